@@ -1,0 +1,35 @@
+"""mobilesam: a fast, faithful MobileSAM and drop-in replacement for ``segment_anything``."""
+
+from .build import (
+    MODEL_CONFIGS,
+    SamConfig,
+    build_sam,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    build_sam_vit_t,
+    sam_model_registry,
+)
+from .checkpoint import CheckpointError
+from .modeling import Sam
+from .predictor import ImageNotSetError, SamPredictor
+from .transforms import ResizeLongestSide
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "CheckpointError",
+    "ImageNotSetError",
+    "ResizeLongestSide",
+    "Sam",
+    "SamConfig",
+    "SamPredictor",
+    "__version__",
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "build_sam_vit_t",
+    "sam_model_registry",
+]

@@ -1,0 +1,162 @@
+"""Model configs, the registry, and builders (``sam_model_registry[key](checkpoint=...)``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from torch import nn
+
+from .checkpoint import (
+    detect_model_type,
+    infer_tiny_vit_config,
+    infer_vit_config,
+    load_state_dict_strict,
+    read_state_dict,
+)
+from .modeling.image_encoder import VIT_PRESETS, ImageEncoderViT, ViTConfig
+from .modeling.mask_decoder import MaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
+from .modeling.sam import Sam
+from .modeling.tiny_vit import TinyViT, TinyViTConfig
+from .modeling.transformer import TwoWayTransformer
+
+EncoderConfig = TinyViTConfig | ViTConfig
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """A whole SAM-family model: its image encoder plus SAM's prompt encoder and decoder."""
+
+    encoder: EncoderConfig = field(default_factory=TinyViTConfig)
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+
+
+#: The one registry of named architectures.
+MODEL_CONFIGS: dict[str, SamConfig] = {
+    "vit_t": SamConfig(encoder=TinyViTConfig()),
+    "vit_b": SamConfig(encoder=VIT_PRESETS["vit_b"]),
+    "vit_l": SamConfig(encoder=VIT_PRESETS["vit_l"]),
+    "vit_h": SamConfig(encoder=VIT_PRESETS["vit_h"]),
+}
+
+
+def encoder_stride(cfg: EncoderConfig) -> int:
+    """Pixels per embedding cell (16 for every SAM and MobileSAM encoder)."""
+    if isinstance(cfg, ViTConfig):
+        return cfg.patch_size
+    return 4 * 2 ** (len(cfg.embed_dims) - 2) * cfg.last_downsample_stride
+
+
+def build_image_encoder(cfg: EncoderConfig) -> nn.Module:
+    """Image encoder for an encoder config."""
+    return TinyViT(cfg) if isinstance(cfg, TinyViTConfig) else ImageEncoderViT(cfg)
+
+
+def build_sam_from_config(cfg: SamConfig) -> Sam:
+    """An untrained :class:`Sam` in eval mode, with randomly initialised weights."""
+    enc = cfg.encoder
+    grid = enc.img_size // encoder_stride(enc)
+    model = Sam(
+        image_encoder=build_image_encoder(enc),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(enc.img_size, enc.img_size),
+            mask_in_chans=cfg.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=cfg.prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=cfg.prompt_embed_dim,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_heads,
+            ),
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+    )
+    return model.eval()
+
+
+def build_sam(
+    checkpoint: str | os.PathLike[str] | None = None,
+    model_type: str | None = None,
+) -> Sam:
+    """Build a model, optionally loading a checkpoint strictly.
+
+    Args:
+        checkpoint: path to an official-format checkpoint (plain state dict, ``{"model": ...}``
+            wrapper or ``module.``-prefixed keys are all accepted).
+        model_type: a :data:`MODEL_CONFIGS` key; detected from the checkpoint's keys and shapes
+            when None.
+
+    Raises:
+        ValueError: unknown ``model_type``, or neither argument given.
+        checkpoint.CheckpointError: the checkpoint does not fit (names every offending key).
+    """
+    if checkpoint is None:
+        if model_type is None:
+            raise ValueError("build_sam needs a checkpoint, a model_type, or both")
+        return build_sam_from_config(_config(model_type))
+    sd = read_state_dict(checkpoint)
+    if model_type is not None:
+        cfg = _config(model_type)
+    else:
+        detected = detect_model_type(sd)
+        if detected in MODEL_CONFIGS:
+            cfg = MODEL_CONFIGS[detected]
+        elif detected == "tiny_vit_custom":
+            cfg = SamConfig(encoder=infer_tiny_vit_config(sd))
+        else:
+            cfg = SamConfig(encoder=infer_vit_config(sd))
+    model = build_sam_from_config(cfg)
+    load_state_dict_strict(model, sd)
+    return model
+
+
+def _config(model_type: str) -> SamConfig:
+    if model_type == "default":
+        model_type = "vit_h"
+    if model_type not in MODEL_CONFIGS:
+        raise ValueError(
+            f"unknown model_type {model_type!r}; choose one of {sorted(MODEL_CONFIGS)} or 'default'"
+        )
+    return MODEL_CONFIGS[model_type]
+
+
+def _registry_builder(model_type: str) -> Callable[..., Sam]:
+    fn = partial(build_sam, model_type=model_type)
+
+    def builder(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
+        return fn(checkpoint=checkpoint)
+
+    builder.__name__ = f"build_sam_{model_type}"
+    builder.__doc__ = f"Build ``{model_type}`` and load ``checkpoint`` (if given) strictly."
+    return builder
+
+
+build_sam_vit_t = _registry_builder("vit_t")
+build_sam_vit_b = _registry_builder("vit_b")
+build_sam_vit_l = _registry_builder("vit_l")
+build_sam_vit_h = _registry_builder("vit_h")
+
+#: Drop-in for ``segment_anything.sam_model_registry`` / ``mobile_sam.sam_model_registry``.
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": build_sam_vit_h,
+    "vit_h": build_sam_vit_h,
+    "vit_l": build_sam_vit_l,
+    "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
+}

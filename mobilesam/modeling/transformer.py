@@ -1,0 +1,154 @@
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .common import MLPBlock
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose internal width may be ``embedding_dim / downsample_rate``.
+
+    Inputs ``q (B, Nq, C)``, ``k (B, Nk, C)``, ``v (B, Nk, C)``; output ``(B, Nq, C)``.
+    """
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads != 0:
+            raise ValueError("num_heads must divide embedding_dim / downsample_rate")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.q_proj(q))
+        k = self._heads(self.k_proj(k))
+        v = self._heads(self.v_proj(v))
+        # Explicit softmax attention, in SAM's order of operations: decoder logits reach
+        # magnitudes of thousands, so float rounding differences show up in the outputs.
+        c_per_head = q.shape[-1]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(c_per_head), dim=-1)
+        out = attn @ v
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Token self-attention, token→image cross-attention, MLP, image→token cross-attention."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        keys_pe = keys + key_pe
+        q = queries + query_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Stack of :class:`TwoWayAttentionBlock` plus a final token→image attention.
+
+    Args of ``forward``:
+        image_embedding: ``(B, C, h, w)``.
+        image_pe: ``(B, C, h, w)`` positional encoding of the grid.
+        point_embedding: ``(B, N, C)`` output and prompt tokens.
+
+    Returns:
+        ``(B, N, C)`` processed tokens and ``(B, h*w, C)`` processed image tokens.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                activation,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        q = queries + point_embedding
+        attn = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
+        return self.norm_final_attn(queries + attn), keys

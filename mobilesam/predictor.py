@@ -1,0 +1,224 @@
+"""``SamPredictor``: embed an image once, then segment it from any number of prompts.
+
+Same names, signatures, shapes, dtypes and coordinate conventions as
+``segment_anything.SamPredictor``; stricter input checking (``ValueError`` with a message that
+says what was expected, where the official code asserts or fails deep inside torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .modeling.sam import Sam
+from .transforms import ResizeLongestSide, to_rgb_uint8
+
+VALID_LABELS = (-1, 0, 1, 2, 3)
+
+
+class ImageNotSetError(RuntimeError, ValueError):
+    """``predict`` was called before ``set_image`` (a RuntimeError, as in SAM, and a
+    ValueError)."""
+
+
+class SamPredictor:
+    """Promptable segmentation of one image at a time.
+
+    Args:
+        sam_model: a :class:`~mobilesam.modeling.sam.Sam` (e.g. from ``sam_model_registry``).
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image.
+
+        Args:
+            image: ``H×W×3`` uint8 in ``image_format`` channel order. Grayscale, RGBA, uint16,
+                bool and [0, 1] float images are converted (see :func:`to_rgb_uint8`).
+            image_format: ``"RGB"`` or ``"BGR"``.
+        """
+        rgb = to_rgb_uint8(image, image_format)
+        if self.model.image_format == "BGR":
+            rgb = rgb[..., ::-1]
+        resized = self.transform.apply_image(rgb)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+        self.set_torch_image(tensor[None], rgb.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
+        """Embed an image already resized by ``self.transform``.
+
+        Args:
+            transformed_image: ``(1, 3, h, w)`` with ``max(h, w) == img_size``, 0-255 values.
+            original_image_size: ``(H, W)`` of the image before the resize.
+        """
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != self.model.img_size:
+            raise ValueError(
+                f"set_torch_image expects (1, 3, h, w) with max(h, w) == "
+                f"{self.model.img_size}, got {shape}; resize with predictor.transform first"
+            )
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(shape[2]), int(shape[3]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        x = self.model.preprocess(transformed_image.to(self.device))
+        self.features = self.model.image_encoder(x)
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment the current image from prompts in the original image frame.
+
+        Args:
+            point_coords: ``(N, 2)`` (x, y) pixels.
+            point_labels: ``(N,)``: 1 foreground, 0 background.
+            box: ``(4,)`` or ``(1, 4)`` XYXY pixels.
+            mask_input: ``(1, 256, 256)`` low-res logits from a previous call.
+            multimask_output: return 3 candidate masks instead of 1.
+            return_logits: return logits instead of thresholded masks.
+
+        Returns:
+            masks ``(C, H, W)`` bool (float32 logits with ``return_logits``), scores ``(C,)``
+            float32, low-res logits ``(C, 256, 256)`` float32; ``C`` is 3 or 1.
+        """
+        self._require_image()
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = _check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(coords, self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            b = self.transform.apply_boxes(_check_box(box), self.original_size)
+            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(
+                self._check_mask_input(mask_input), dtype=torch.float, device=self.device
+            )[None]
+        masks, iou, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
+        )
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the input frame (see ``self.transform``).
+
+        Args:
+            point_coords: ``(B, N, 2)`` float; point_labels: ``(B, N)`` int.
+            boxes: ``(B, 4)`` XYXY. mask_input: ``(B, 1, 256, 256)`` logits.
+
+        Returns:
+            masks ``(B, C, H, W)`` (bool, or float logits), scores ``(B, C)``, low-res logits
+            ``(B, C, 256, 256)``.
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding, ``(1, 256, 64, 64)``."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ImageNotSetError(
+                "An image must be set with .set_image(...) before mask prediction."
+            )
+
+    def _check_mask_input(self, mask_input: np.ndarray) -> np.ndarray:
+        m = np.asarray(mask_input, dtype=np.float32)
+        expected = (1, *self.model.prompt_encoder.mask_input_size)
+        if m.shape != expected:
+            raise ValueError(
+                f"mask_input must have shape {expected} (the low-res logits of one mask from a "
+                f"previous predict call, e.g. low_res[best][None]); got {m.shape}"
+            )
+        if not np.isfinite(m).all():
+            raise ValueError("mask_input contains NaN or inf")
+        return m
+
+
+def _check_points(
+    point_coords: np.ndarray | None, point_labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if point_coords is None or point_labels is None:
+        raise ValueError("point_coords and point_labels must be given together")
+    coords = np.asarray(point_coords, dtype=np.float64)
+    labels = np.asarray(point_labels)
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
+    if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
+        raise ValueError(
+            f"point_labels must have shape (N,) matching point_coords' N={coords.shape[0]}, "
+            f"got {labels.shape}"
+        )
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contains NaN or inf")
+    if not np.isin(labels, VALID_LABELS).all():
+        raise ValueError(
+            f"point_labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}"
+        )
+    return coords, labels.astype(np.int64)
+
+
+def _check_box(box: np.ndarray) -> np.ndarray:
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape not in ((4,), (1, 4)):
+        raise ValueError(f"box must have shape (4,) or (1, 4) as XYXY, got {b.shape}")
+    b = b.reshape(1, 4)
+    if not np.isfinite(b).all():
+        raise ValueError("box contains NaN or inf")
+    if b[0, 2] < b[0, 0] or b[0, 3] < b[0, 1]:
+        raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {b[0].tolist()}")
+    return b
