@@ -169,9 +169,7 @@ def infer_vit_config(sd: Mapping[str, torch.Tensor]) -> ViTConfig:
     )
 
 
-def check_state_dict(
-    model: nn.Module, sd: Mapping[str, torch.Tensor], prefix: str = ""
-) -> None:
+def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], prefix: str = "") -> None:
     """Raise :class:`CheckpointError` naming every missing, unexpected and misshapen key.
 
     Args:

@@ -72,8 +72,12 @@ def upscale_masks(
         ``(B, C, H, W)`` logits, same dtype as the input.
     """
     dev = low_res_masks.device
-    rows = upscale_matrix(low_res_masks.shape[-2], padded_size, input_size[0], original_size[0], dev)
-    cols = upscale_matrix(low_res_masks.shape[-1], padded_size, input_size[1], original_size[1], dev)
+    rows = upscale_matrix(
+        low_res_masks.shape[-2], padded_size, input_size[0], original_size[0], dev
+    )
+    cols = upscale_matrix(
+        low_res_masks.shape[-1], padded_size, input_size[1], original_size[1], dev
+    )
     compute = torch.float32 if low_res_masks.dtype in (torch.float16, torch.bfloat16) else None
     x = low_res_masks.to(compute) if compute else low_res_masks
     rows = rows.to(x.dtype)

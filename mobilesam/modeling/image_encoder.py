@@ -47,12 +47,8 @@ class ViTConfig:
 
 VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_b": ViTConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-    "vit_l": ViTConfig(
-        embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
-    ),
-    "vit_h": ViTConfig(
-        embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
-    ),
+    "vit_l": ViTConfig(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_h": ViTConfig(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
 
 

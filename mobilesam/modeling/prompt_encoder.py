@@ -42,9 +42,7 @@ class PositionEmbeddingRandom(nn.Module):
         gauss = self.positional_encoding_gaussian_matrix
         ys = (torch.arange(h, device=gauss.device, dtype=gauss.dtype) + 0.5) / h
         xs = (torch.arange(w, device=gauss.device, dtype=gauss.dtype) + 0.5) / w
-        grid = torch.stack(
-            [xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1
-        )
+        grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
         return self._pe_encoding(grid).permute(2, 0, 1)
 
     def forward_with_coords(

@@ -68,7 +68,9 @@ class Sam(nn.Module):
     ) -> torch.Tensor:
         """Low-res logits ``(B, C, 256, 256)`` → logits ``(B, C, H, W)`` at the original size."""
         return upscale_masks(
-            masks, (input_size[0], input_size[1]), (original_size[0], original_size[1]),
+            masks,
+            (input_size[0], input_size[1]),
+            (original_size[0], original_size[1]),
             self.img_size,
         )
 
@@ -86,7 +88,7 @@ class Sam(nn.Module):
         images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input])
         embeddings = self.image_encoder(images)
         outputs = []
-        for rec, emb in zip(batched_input, embeddings):
+        for rec, emb in zip(batched_input, embeddings, strict=True):
             points = None
             if rec.get("point_coords") is not None:
                 points = (rec["point_coords"], rec["point_labels"])

@@ -321,7 +321,8 @@ class TinyViT(nn.Module):
         dims, depths = cfg.embed_dims, cfg.depths
         n = len(dims)
         self.patch_embed = PatchEmbed(cfg.in_chans, dims[0])
-        dpr = torch.linspace(0, cfg.drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.layers = nn.ModuleList()
         for i in range(n):
             dp = dpr[sum(depths[:i]) : sum(depths[: i + 1])]

@@ -1,0 +1,68 @@
+"""Shared fixtures. Expensive work (model load, image embeddings) happens once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+FIXTURE_CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference fixtures not found at {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def golden(reference: Path) -> dict[str, np.ndarray]:
+    with np.load(reference / "golden" / "golden.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def cases(reference: Path) -> dict:
+    return json.loads((reference / "golden" / "cases.json").read_text())
+
+
+def load_image(reference: Path, name: str) -> np.ndarray:
+    return np.array(Image.open(reference / "images" / name).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def fixture_model(reference: Path):
+    from mobilesam import sam_model_registry
+
+    return sam_model_registry["vit_t"](
+        checkpoint=reference / "checkpoints" / "mobile_sam_fixture.pt"
+    )
+
+
+@pytest.fixture(scope="session")
+def embedded(fixture_model, reference: Path, cases: dict):
+    """``{image name: SamPredictor with that image set}``: one encoder pass per golden image."""
+    from mobilesam import SamPredictor
+
+    out = {}
+    for name in cases["images"]:
+        p = SamPredictor(fixture_model)
+        p.set_image(load_image(reference, name))
+        out[name] = p
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
