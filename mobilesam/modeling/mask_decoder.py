@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -73,6 +74,18 @@ class MaskDecoder(nn.Module):
         )
         return select_outputs(masks, iou, multimask_output)
 
+    def upscale(self, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``output_upscaling`` on image tokens ``(B, h*w, C)`` → ``(B, 4h, 4w, C/8)``.
+
+        Runs the layers of ``self.output_upscaling`` (kept as a Sequential for the official
+        parameter names) channels-last, with the transposed convolutions as matrix products.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        x = keys.reshape(keys.shape[0], h, w, keys.shape[-1])
+        x = _conv_transpose_2x2(x, up1)
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        return act2(_conv_transpose_2x2(x, up2))
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -98,14 +111,28 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
-        _, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, cu, hu * wu)).reshape(b, -1, hu, wu)
+        upscaled = self.upscale(keys, h, w)  # (B, 4h, 4w, C/8), channels-last
+        masks = (upscaled.flatten(1, 2) @ hyper_in.transpose(1, 2)).transpose(1, 2)
+        masks = masks.reshape(b, -1, upscaled.shape[1], upscaled.shape[2])
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def _conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A kernel-2, stride-2 transposed convolution on a channels-last ``(B, H, W, C)`` map.
+
+    Each input pixel maps to its own 2×2 output patch, so the layer is one matrix product
+    followed by a pixel shuffle: ``(B, H, W, C) @ (C, O·2·2)`` → ``(B, 2H, 2W, O)``. Same
+    values as ``nn.ConvTranspose2d`` on NCHW, without its layout conversions.
+    """
+    b, h, w, c = x.shape
+    o = conv.weight.shape[1]
+    y = (x.reshape(b, h * w, c) @ conv.weight.reshape(c, o * 4)).reshape(b, h, w, o, 2, 2)
+    y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, o)
+    return y + conv.bias if conv.bias is not None else y
 
 
 def select_outputs(

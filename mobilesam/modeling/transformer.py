@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
@@ -36,11 +35,7 @@ class Attention(nn.Module):
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
-        # Explicit softmax attention, in SAM's order of operations: decoder logits reach
-        # magnitudes of thousands, so float rounding differences show up in the outputs.
-        c_per_head = q.shape[-1]
-        attn = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(c_per_head), dim=-1)
-        out = attn @ v
+        out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
@@ -144,8 +139,9 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # Token-major copies once: every later op then reads contiguous memory.
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
