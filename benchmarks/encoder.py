@@ -44,16 +44,6 @@ from mobilesam.modeling import mask_decoder, tiny_vit, transformer  # noqa: E402
 @contextlib.contextmanager
 def official_order(model: torch.nn.Module) -> Iterator[None]:
     """Temporarily run the model with the official implementation's arithmetic."""
-    saved = (
-        tiny_vit.Conv2d_BN.forward,
-        tiny_vit.Attention.forward,
-        tiny_vit._nchw,
-        tiny_vit.PatchEmbed.forward,
-        type(model).postprocess_masks,
-        mask_decoder.MaskDecoder.upscale,
-        transformer.Attention.forward,
-        transformer.TwoWayTransformer.forward,
-    )
 
     def upscale(self, keys, h, w):  # type: ignore[no-untyped-def]
         # Official: NCHW view of the tokens through the ConvTranspose2d Sequential.
@@ -96,27 +86,24 @@ def official_order(model: torch.nn.Module) -> Iterator[None]:
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
-    tiny_vit.Conv2d_BN.forward = lambda self, x: self.bn(self.c(x))
-    tiny_vit.Attention.forward = attn_forward
-    tiny_vit._nchw = lambda x: x.permute(0, 3, 1, 2).contiguous()
-    tiny_vit.PatchEmbed.forward = lambda self, x: self.seq(x).permute(0, 2, 3, 1)
-    type(model).postprocess_masks = postprocess
-    mask_decoder.MaskDecoder.upscale = upscale
-    transformer.Attention.forward = dec_attn
-    transformer.TwoWayTransformer.forward = two_way
+    patches = [
+        (tiny_vit.Conv2d_BN, "forward", lambda self, x: self.bn(self.c(x))),
+        (tiny_vit.Attention, "forward", attn_forward),
+        (tiny_vit, "_nchw", lambda x: x.permute(0, 3, 1, 2).contiguous()),
+        (tiny_vit.PatchEmbed, "forward", lambda self, x: self.seq(x).permute(0, 2, 3, 1)),
+        (type(model), "postprocess_masks", postprocess),
+        (mask_decoder.MaskDecoder, "upscale", upscale),
+        (transformer.Attention, "forward", dec_attn),
+        (transformer.TwoWayTransformer, "forward", two_way),
+    ]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, new in patches:
+        setattr(obj, name, new)
     try:
         yield
     finally:
-        (
-            tiny_vit.Conv2d_BN.forward,
-            tiny_vit.Attention.forward,
-            tiny_vit._nchw,
-            tiny_vit.PatchEmbed.forward,
-            type(model).postprocess_masks,
-            mask_decoder.MaskDecoder.upscale,
-            transformer.Attention.forward,
-            transformer.TwoWayTransformer.forward,
-        ) = saved
+        for obj, name, old in saved:
+            setattr(obj, name, old)
 
 
 def encoder_flops(model: torch.nn.Module) -> int:

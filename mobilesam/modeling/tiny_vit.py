@@ -244,14 +244,12 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        # Explicit softmax attention: on CPU, SDPA with a float mask takes a slower path that
-        # re-validates the mask on every call. The bias is gathered each call: never stale.
-        attn = torch.baddbmm(
-            bias.expand(b, -1, -1, -1).reshape(-1, n, n),
-            q.reshape(-1, n, self.key_dim),
-            k.reshape(-1, n, self.key_dim).transpose(1, 2),
-            alpha=self.key_dim**-0.5,
-        ).softmax(dim=-1)
+        # Explicit softmax attention, in the official order ((q·kᵀ)·scale + bias). On CPU, SDPA
+        # with a float mask takes a slower path that re-validates the mask on every call. The
+        # bias is gathered each call (never stale) and broadcast-added in place (no copies).
+        scores = torch.bmm(q.reshape(-1, n, self.key_dim), k.reshape(-1, n, self.key_dim).mT)
+        scores = scores.view(b, self.num_heads, n, n).mul_(self.key_dim**-0.5).add_(bias)
+        attn = scores.softmax(dim=-1).view(-1, n, n)
         out = torch.bmm(attn, v.reshape(-1, n, self.key_dim)).view(b, self.num_heads, n, -1)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
