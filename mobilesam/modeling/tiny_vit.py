@@ -352,9 +352,9 @@ class TinyViT(nn.Module):
             self.layers.append(layer)
         self.neck = nn.Sequential(
             nn.Conv2d(dims[-1], cfg.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
+            LayerNorm2d(cfg.out_chans, fused=True),
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
+            LayerNorm2d(cfg.out_chans, fused=True),
         )
         self.apply(_init_weights)
 
