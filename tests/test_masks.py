@@ -1,0 +1,128 @@
+"""Mask utilities for segment-everything: RLE, stability, boxes, NMS, crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from mobilesam.masks import (
+    area_from_rle,
+    batched_mask_to_box,
+    batched_nms,
+    box_iou,
+    build_point_grid,
+    calculate_stability_score,
+    generate_crop_boxes,
+    mask_to_rle,
+    nms,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+
+
+def _random_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, h // 4 + 1, w // 4 + 1, generator=g)
+    up = torch.nn.functional.interpolate(base[:, None], (h, w), mode="bilinear")[:, 0]
+    return up > 0.5
+
+
+def test_rle_round_trip_and_pycocotools():
+    masks = _random_masks(6, 37, 53)
+    masks[0] = True
+    masks[1] = False
+    for m, rle in zip(masks, mask_to_rle(masks), strict=True):
+        decoded = rle_to_mask(rle)
+        np.testing.assert_array_equal(decoded, m.numpy())
+        assert area_from_rle(rle) == int(m.sum())
+        assert sum(rle["counts"]) == 37 * 53
+        coco = mask_utils.frPyObjects(rle, 37, 53)
+        np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), m.numpy())
+        ref = mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8)))
+        assert mask_utils.area(ref) == area_from_rle(rle)
+        assert coco["counts"] == ref["counts"]
+
+
+def test_stability_score():
+    logits = torch.tensor([[[3.0, 0.5], [-0.5, -3.0]]])
+    # > +1: one pixel; > -1: three pixels
+    assert calculate_stability_score(logits, 0.0, 1.0).item() == pytest.approx(1 / 3)
+    assert calculate_stability_score(logits, 0.0, 0.1).item() == pytest.approx(2 / 2)
+
+
+def test_batched_mask_to_box():
+    masks = torch.zeros(3, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[2, 9, 11] = True
+    boxes = batched_mask_to_box(masks)
+    assert boxes.tolist() == [[3, 2, 8, 4], [0, 0, 0, 0], [11, 9, 11, 9]]
+    assert tuple(batched_mask_to_box(masks[None]).shape) == (1, 3, 4)
+
+
+def test_nms_matches_greedy_rule():
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(60, 2, generator=g) * 100
+    wh = torch.rand(60, 2, generator=g) * 40 + 5
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.rand(60, generator=g)
+    keep = nms(boxes, scores, 0.5)
+    # reference: plain greedy loop
+    order = torch.argsort(scores, descending=True).tolist()
+    iou = box_iou(boxes, boxes)
+    ref = []
+    for i in order:
+        if all(iou[i, j] <= 0.5 for j in ref):
+            ref.append(i)
+    assert keep.tolist() == ref
+    cats = torch.arange(60) % 2
+    keep_b = batched_nms(boxes, scores, cats, 0.5)
+    for c in (0, 1):
+        sel = torch.nonzero(cats == c)[:, 0]
+        expected = sel[nms(boxes[sel], scores[sel], 0.5)]
+        assert set(keep_b[cats[keep_b] == c].tolist()) == set(expected.tolist())
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
+
+
+def test_point_grid():
+    g = build_point_grid(2)
+    np.testing.assert_allclose(g, [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])
+    assert build_point_grid(32).shape == (1024, 2)
+
+
+def test_crop_boxes_and_uncrop():
+    boxes, layers = generate_crop_boxes((770, 769), 1, 512 / 1500)
+    assert boxes[0] == [0, 0, 769, 770] and layers == [0, 1, 1, 1, 1]
+    for b in boxes[1:]:
+        assert 0 <= b[0] < b[2] <= 769 and 0 <= b[1] < b[3] <= 770
+    # the four crops cover the image
+    cover = np.zeros((770, 769), bool)
+    for x0, y0, x1, y1 in boxes[1:]:
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
+    crop = [100, 50, 300, 250]
+    assert uncrop_boxes_xyxy(torch.tensor([[1, 2, 3, 4]]), crop).tolist() == [[101, 52, 103, 54]]
+    assert uncrop_points(torch.tensor([[1.0, 2.0]]), crop).tolist() == [[101.0, 52.0]]
+    m = torch.ones(1, 200, 200, dtype=torch.bool)
+    full = uncrop_masks(m, crop, 400, 500)
+    assert tuple(full.shape) == (1, 400, 500)
+    assert int(full.sum()) == 200 * 200 and bool(full[0, 50, 100]) and not bool(full[0, 49, 100])
+
+
+def test_golden_amg_rles_decode_to_their_area_and_box(reference):
+    """The official generator's RLEs (amg.json) decode here to the areas and XYWH boxes it
+    reported: same RLE convention and the same box rule (w = x1 - x0 on inclusive pixels)."""
+    import json
+
+    data = json.loads((reference / "golden" / "amg.json").read_text())
+    for ann in data["masks"][:40]:
+        m = rle_to_mask({"size": ann["size"], "counts": ann["rle_counts"]})
+        assert m.shape == tuple(ann["size"])
+        assert int(m.sum()) == ann["area"] == area_from_rle({"counts": ann["rle_counts"]})
+        x0, y0, x1, y1 = batched_mask_to_box(torch.from_numpy(m)[None])[0].tolist()
+        assert [x0, y0, x1 - x0, y1 - y0] == ann["bbox"]
+        rle = mask_to_rle(torch.from_numpy(m)[None])[0]
+        assert rle["counts"] == ann["rle_counts"]
