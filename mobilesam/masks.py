@@ -153,17 +153,13 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    iou = box_iou(boxes[order].float(), boxes[order].float())
-    n = order.numel()
-    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    over = (box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold).cpu().numpy()
+    suppressed = np.zeros(order.numel(), dtype=bool)
     keep = []
-    over = (iou > iou_threshold).cpu().numpy()
-    supp = suppressed.cpu().numpy()
-    for i in range(n):
-        if supp[i]:
-            continue
-        keep.append(i)
-        supp |= over[i]
+    for i in range(order.numel()):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= over[i]
     return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
 
 

@@ -168,7 +168,7 @@ def test_vit_small_encoder_parity(reference):
     assert np.abs(out - expected).max() <= 2e-3
 
 
-def test_tiny_vit_train_mode_matches_eval_after_bn_freeze(fixture_model):
+def test_folded_batchnorm_matches_plain_batchnorm(fixture_model):
     """The folded-BN eval path equals plain BatchNorm with running statistics."""
     enc: TinyViT = fixture_model.image_encoder
     x = torch.randn(1, 3, 128, 128)
