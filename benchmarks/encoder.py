@@ -16,14 +16,11 @@ Usage: ``python benchmarks/encoder.py [--threads 2] [--repeats 7] [--json PATH]`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,74 +33,9 @@ from common import (  # noqa: E402
     time_fn,
     write_json,
 )
+from reference import official_order  # noqa: E402
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
-from mobilesam.modeling import mask_decoder, tiny_vit, transformer  # noqa: E402
-
-
-@contextlib.contextmanager
-def official_order(model: torch.nn.Module) -> Iterator[None]:
-    """Temporarily run the model with the official implementation's arithmetic."""
-
-    def upscale(self, keys, h, w):  # type: ignore[no-untyped-def]
-        # Official: NCHW view of the tokens through the ConvTranspose2d Sequential.
-        x = self.output_upscaling(keys.transpose(1, 2).view(keys.shape[0], -1, h, w))
-        return x.permute(0, 2, 3, 1)
-
-    def dec_attn(self, q, k, v):  # type: ignore[no-untyped-def]
-        q, k, v = (
-            self._heads(self.q_proj(q)),
-            self._heads(self.k_proj(k)),
-            self._heads(self.v_proj(v)),
-        )
-        attn = torch.softmax((q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5, dim=-1)
-        out = attn @ v
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
-
-    def two_way(self, image_embedding, image_pe, point_embedding):  # type: ignore[no-untyped-def]
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
-        attn = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
-        return self.norm_final_attn(queries + attn), keys
-
-    def attn_forward(self: tiny_vit.Attention, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = (
-            self.qkv(self.norm(x)).view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
-        )
-        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
-        bias = self.attention_biases[:, self.attention_bias_idxs]
-        attn = ((q @ k.transpose(-2, -1)) * self.key_dim**-0.5 + bias).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
-
-    def postprocess(self, masks, input_size, original_size):  # type: ignore[no-untyped-def]
-        s = self.img_size
-        masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
-
-    patches = [
-        (tiny_vit.Conv2d_BN, "forward", lambda self, x: self.bn(self.c(x))),
-        (tiny_vit.Attention, "forward", attn_forward),
-        (tiny_vit, "_nchw", lambda x: x.permute(0, 3, 1, 2).contiguous()),
-        (tiny_vit.PatchEmbed, "forward", lambda self, x: self.seq(x).permute(0, 2, 3, 1)),
-        (type(model), "postprocess_masks", postprocess),
-        (mask_decoder.MaskDecoder, "upscale", upscale),
-        (transformer.Attention, "forward", dec_attn),
-        (transformer.TwoWayTransformer, "forward", two_way),
-    ]
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    for obj, name, new in patches:
-        setattr(obj, name, new)
-    try:
-        yield
-    finally:
-        for obj, name, old in saved:
-            setattr(obj, name, old)
 
 
 def encoder_flops(model: torch.nn.Module) -> int:

@@ -1,5 +1,6 @@
 """mobilesam: a fast, faithful MobileSAM and drop-in replacement for ``segment_anything``."""
 
+from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .build import (
     MODEL_CONFIGS,
     SamConfig,
@@ -23,6 +24,7 @@ __all__ = [
     "ImageNotSetError",
     "ResizeLongestSide",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "__version__",

@@ -17,14 +17,13 @@ import hashlib
 import http.client
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+
+from .progress import progress_bar
 
 __all__ = [
     "MODEL_ZOO",
@@ -255,88 +254,6 @@ def _verify_file(path: Path, entry: ZooEntry) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- progress
-
-
-def _load_tqdm() -> Callable[..., Any] | None:
-    """Return ``tqdm.tqdm`` if it is importable, else ``None``."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm
-
-
-class _TextBar:
-    """Minimal stderr progress bar used when tqdm is not installed."""
-
-    def __init__(self, total: int | None, desc: str, stream: TextIO | None = None) -> None:
-        self.total = total if total and total > 0 else None
-        self.desc = desc
-        self.stream = stream if stream is not None else sys.stderr
-        self.n = 0
-        self._last_draw = 0.0
-        self._last_pct = -1
-        self._draw(force=True)
-
-    def _draw(self, force: bool = False) -> None:
-        mb = self.n / 1e6
-        if self.total:
-            pct = min(100, int(self.n * 100 / self.total))
-            now = time.monotonic()
-            if not force and pct == self._last_pct and now - self._last_draw < 0.5:
-                return
-            self._last_pct, self._last_draw = pct, now
-            width = 30
-            filled = width * pct // 100
-            bar = "#" * filled + "-" * (width - filled)
-            line = f"\r{self.desc}: {pct:3d}% [{bar}] {mb:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            now = time.monotonic()
-            if not force and now - self._last_draw < 0.5:
-                return
-            self._last_draw = now
-            line = f"\r{self.desc}: {mb:.1f} MB"
-        self.stream.write(line)
-        self.stream.flush()
-
-    def update(self, n: int) -> None:
-        self.n += n
-        self._draw()
-
-    def close(self) -> None:
-        self._draw(force=True)
-        self.stream.write("\n")
-        self.stream.flush()
-
-
-class _NullBar:
-    """Progress sink that prints nothing (``progress=False``)."""
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _make_bar(total: int | None, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NullBar()
-    tqdm = _load_tqdm()
-    if tqdm is not None:
-        return tqdm(
-            total=total,
-            desc=desc,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            leave=True,
-        )
-    return _TextBar(total, desc)
-
-
 # --------------------------------------------------------------------------- download
 
 
@@ -436,7 +353,9 @@ def download_weights(
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                bar = _make_bar(total or entry.size_bytes, entry.filename, progress)
+                bar = progress_bar(
+                    total or entry.size_bytes, entry.filename, unit="B", enabled=progress
+                )
                 try:
                     with open(part, "wb") as fh:
                         while True:

@@ -8,6 +8,8 @@ being of zeros. Every function is vectorised torch or numpy code: no Python loop
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -117,20 +119,9 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
 
     Empty masks give ``[0, 0, 0, 0]``. Returns int64 ``(..., 4)``.
     """
-    if masks.numel() == 0:
-        return torch.zeros(*masks.shape[:-2], 4, dtype=torch.long, device=masks.device)
     h, w = masks.shape[-2:]
-    rows = masks.any(dim=-1)  # (..., H)
-    cols = masks.any(dim=-2)  # (..., W)
-    ys = torch.arange(h, device=masks.device)
-    xs = torch.arange(w, device=masks.device)
-    bottom = torch.where(rows, ys, -1).amax(dim=-1)
-    top = torch.where(rows, ys, h).amin(dim=-1)
-    right = torch.where(cols, xs, -1).amax(dim=-1)
-    left = torch.where(cols, xs, w).amin(dim=-1)
-    out = torch.stack([left, top, right, bottom], dim=-1)
-    empty = (right < left) | (bottom < top)
-    return torch.where(empty[..., None], torch.zeros_like(out), out)
+    lead = masks.shape[:-2]
+    return MaskRuns.from_masks(masks.reshape(-1, h, w)).boxes().reshape(*lead, 4)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -176,25 +167,140 @@ def batched_nms(
 
 def mask_to_rle(masks: torch.Tensor) -> list[dict]:
     """Uncompressed column-major RLE of ``(B, H, W)`` bool masks (first count is zeros)."""
-    b, h, w = masks.shape
-    flat = masks.permute(0, 2, 1).flatten(1)  # column-major
-    change = flat[:, 1:] ^ flat[:, :-1]
-    idx_b, idx_pos = change.nonzero(as_tuple=True)
-    out = []
-    for i in range(b):
-        cuts = idx_pos[idx_b == i] + 1
-        bounds = torch.cat(
-            [
-                torch.zeros(1, dtype=cuts.dtype, device=cuts.device),
-                cuts,
-                torch.tensor([h * w], dtype=cuts.dtype, device=cuts.device),
-            ]
+    return MaskRuns.from_masks(masks).to_rle()
+
+
+@dataclass(frozen=True)
+class MaskRuns:
+    """Where ``(B, H, W)`` bool masks change value down their columns.
+
+    Both the column-major RLE and the tight boxes follow from these few change points plus
+    each mask's first and last row, so a batch of masks is read once, in memory order (no
+    transposed copy), and everything after that is sparse. ``(x, y)`` are pixel column and row.
+
+    Attributes:
+        height, width: mask size.
+        top, bottom: ``(B, W)`` bool, rows ``0`` and ``H - 1``.
+        index, row, col: ``(K,)`` int64: mask ``index`` differs between ``(col, row - 1)``
+            and ``(col, row)``, ``1 <= row < H``.
+        rising: ``(K,)`` bool: the change is 0 → 1 (foreground starts at ``row``).
+    """
+
+    height: int
+    width: int
+    top: torch.Tensor
+    bottom: torch.Tensor
+    index: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    rising: torch.Tensor
+
+    @classmethod
+    def from_masks(cls, masks: torch.Tensor) -> MaskRuns:
+        if masks.dim() != 3 or masks.dtype != torch.bool:
+            raise ValueError(
+                f"expected (B, H, W) bool masks, got {tuple(masks.shape)} {masks.dtype}"
+            )
+        _, h, w = masks.shape
+        index, row, col = (masks[:, 1:, :] != masks[:, :-1, :]).nonzero(as_tuple=True)
+        row = row + 1
+        return cls(
+            h,
+            w,
+            masks[:, 0, :].clone(),
+            masks[:, -1, :].clone(),
+            index,
+            row,
+            col,
+            masks[index, row, col],
         )
-        counts = (bounds[1:] - bounds[:-1]).tolist()
-        if bool(flat[i, 0]):
-            counts = [0, *counts]
-        out.append({"size": [h, w], "counts": counts})
-    return out
+
+    def __len__(self) -> int:
+        return self.top.shape[0]
+
+    def select(self, keep: torch.Tensor) -> MaskRuns:
+        """The masks where the ``(B,)`` bool ``keep`` is true, in order."""
+        keep = keep.to(torch.bool)
+        new_index = torch.cumsum(keep, 0) - 1
+        sel = keep[self.index]
+        return MaskRuns(
+            self.height,
+            self.width,
+            self.top[keep],
+            self.bottom[keep],
+            new_index[self.index[sel]],
+            self.row[sel],
+            self.col[sel],
+            self.rising[sel],
+        )
+
+    def uncrop(self, crop_box: list[int], orig_h: int, orig_w: int) -> MaskRuns:
+        """The same masks zero-padded from ``crop_box`` (XYXY) to ``(orig_h, orig_w)``."""
+        x0, y0, x1, y1 = crop_box
+        if (x0, y0, x1, y1) == (0, 0, orig_w, orig_h):
+            return self
+        b = len(self)
+        parts = [(self.index, self.row + y0, self.col + x0, self.rising)]
+        top = self.top.new_zeros(b, orig_w)
+        bottom = self.bottom.new_zeros(b, orig_w)
+        if y0 > 0:  # the crop's first row now starts below background
+            i, c = self.top.nonzero(as_tuple=True)
+            parts.append((i, torch.full_like(i, y0), c + x0, torch.ones_like(i, dtype=torch.bool)))
+        else:
+            top[:, x0:x1] = self.top
+        if y1 < orig_h:  # ... and its last row now ends above background
+            i, c = self.bottom.nonzero(as_tuple=True)
+            parts.append((i, torch.full_like(i, y1), c + x0, torch.zeros_like(i, dtype=torch.bool)))
+        else:
+            bottom[:, x0:x1] = self.bottom
+        index, row, col, rising = (torch.cat(t) for t in zip(*parts, strict=True))
+        return MaskRuns(orig_h, orig_w, top, bottom, index, row, col, rising)
+
+    def boxes(self) -> torch.Tensor:
+        """Tight XYXY boxes, inclusive pixel indices, ``(B, 4)`` int64; empty masks give 0s."""
+        b, h, w = len(self), self.height, self.width
+        dev = self.top.device
+        if h == 0 or w == 0:
+            return torch.zeros(b, 4, dtype=torch.long, device=dev)
+        # A column holds foreground iff its first pixel does or its value changes.
+        col_fg = self.top.clone()
+        col_fg[self.index, self.col] = True
+        xs = torch.arange(w, device=dev)
+        left = torch.where(col_fg, xs, w).amin(dim=-1)
+        right = torch.where(col_fg, xs, -1).amax(dim=-1)
+        # First foreground row: 0 if row 0 has any, else the earliest 0 → 1 change.
+        top = torch.where(self.top.any(-1), 0, h).to(torch.long)
+        r = self.rising
+        top = top.scatter_reduce(0, self.index[r], self.row[r], "amin")
+        # Last foreground row: H - 1 if the last row has any, else before the latest 1 → 0.
+        bottom = torch.where(self.bottom.any(-1), h - 1, -1).to(torch.long)
+        bottom = bottom.scatter_reduce(0, self.index[~r], self.row[~r] - 1, "amax")
+        out = torch.stack([left, top, right, bottom], dim=-1)
+        return torch.where(col_fg.any(-1, keepdim=True), out, torch.zeros_like(out))
+
+    def to_rle(self) -> list[dict]:
+        """Uncompressed column-major RLE, one dict per mask (first count is zeros)."""
+        b, h, w = len(self), self.height, self.width
+        n = h * w
+        # Change points in the column-major scan: within columns, and where a column's last
+        # pixel differs from the next column's first.
+        wrap_i, wrap_x = (self.bottom[:, :-1] != self.top[:, 1:]).nonzero(as_tuple=True)
+        index = torch.cat([self.index, wrap_i])
+        pos = torch.cat([self.col * h + self.row, (wrap_x + 1) * h])
+        order = torch.argsort(index * n + pos)
+        per_mask = torch.bincount(index, minlength=b).tolist()
+        cuts = pos[order].cpu().numpy()
+        starts_with_one = self.top[:, 0].cpu().numpy() if n else np.zeros(b, dtype=bool)
+        out = []
+        offset = 0
+        for i in range(b):
+            bounds = np.concatenate([[0], cuts[offset : offset + per_mask[i]], [n]])
+            offset += per_mask[i]
+            counts = np.diff(bounds).tolist()
+            if starts_with_one[i]:
+                counts = [0, *counts]
+            out.append({"size": [h, w], "counts": counts})
+        return out
 
 
 def rle_to_mask(rle: dict) -> np.ndarray:
@@ -209,3 +315,39 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 def area_from_rle(rle: dict) -> int:
     """Foreground pixel count of an uncompressed RLE."""
     return int(sum(rle["counts"][1::2]))
+
+
+def coco_encode_rle(rle: dict) -> dict:
+    """Uncompressed RLE → COCO compressed RLE (``counts`` a UTF-8 string), via pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    h, w = rle["size"]
+    out = mask_utils.frPyObjects(rle, h, w)
+    out["counts"] = out["counts"].decode("utf-8")
+    return out
+
+
+def remove_small_regions(
+    mask: np.ndarray, area_thresh: float, mode: str
+) -> tuple[np.ndarray, bool]:
+    """SAM's small-region cleanup of one ``(H, W)`` bool mask, 8-connected.
+
+    ``mode="holes"`` fills background components smaller than ``area_thresh`` pixels;
+    ``mode="islands"`` drops foreground components smaller than that (keeping the largest if
+    all are small). Returns the new mask and whether anything changed.
+    """
+    from scipy import ndimage
+
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    holes = mode == "holes"
+    labels, n = ndimage.label(mask ^ holes, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    small = sizes < area_thresh
+    if not small.any():
+        return mask, False
+    if holes:
+        fill = np.concatenate([[False], small])
+        return mask | fill[labels], True
+    keep = ~small if (~small).any() else np.arange(n) == int(np.argmax(sizes))
+    return np.concatenate([[False], keep])[labels], True

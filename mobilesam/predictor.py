@@ -151,22 +151,47 @@ class SamPredictor:
             masks ``(B, C, H, W)`` (bool, or float logits), scores ``(B, C)``, low-res logits
             ``(B, C, 256, 256)``.
         """
-        self._require_image()
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        low_res, iou = self.predict_low_res_torch(
+            point_coords, point_labels, boxes, mask_input, multimask_output
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    @torch.no_grad()
+    def predict_low_res_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        folded_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder half of :meth:`predict_torch`: same inputs, without the upsampling.
+
+        ``folded_attention`` selects the faster cross-attention order for many prompts (see
+        :class:`~mobilesam.modeling.transformer.Attention`); the automatic generator uses it.
+
+        Returns:
+            low-res logits ``(B, C, 256, 256)`` and scores ``(B, C)``. Callers that filter
+            masks by score (the automatic generator) upsample only the survivors with
+            ``self.model.postprocess_masks``.
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            folded_attention=folded_attention,
+        )
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, ``(1, 256, 64, 64)``."""

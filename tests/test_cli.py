@@ -56,3 +56,56 @@ def test_segment_bad_arguments(tmp_path, reference):
     assert res.returncode != 0 and "cannot read image" in res.stderr
     res = _run("segment", "--checkpoint", str(tmp_path / "missing.pt"))
     assert res.returncode != 0 and "missing.pt" in res.stderr
+
+
+def test_everything_writes_json_and_overlay_then_skips(tmp_path, reference):
+    from pycocotools import mask as mask_utils
+
+    ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    small = Image.open(reference / "images" / "picture1.jpg").convert("RGB").resize((256, 256))
+    small.save(photos / "a.jpg")
+    small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "sub" / "b.png")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    args = ("everything", str(photos), "--checkpoint", str(ckpt), "--out", str(out))
+    res = _run(*args, "--points-per-side", "4")
+    assert res.returncode == 1, res.stderr  # one unreadable image
+    assert "broken.jpg" in res.stderr and "skipping" in res.stderr
+    for stem in ("a", "sub/b"):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["image"]["height"] == record["image"]["width"] == 256
+        assert record["settings"]["points_per_side"] == 4
+        anns = record["annotations"]
+        assert anns and [a["id"] for a in anns] == list(range(1, len(anns) + 1))
+        for a in anns:
+            m = mask_utils.decode(a["segmentation"])
+            assert m.shape == (256, 256) and int(m.sum()) == a["area"]
+        overlay = np.array(Image.open(out / f"{stem}_overlay.png"))
+        assert overlay.shape == (256, 256, 3)
+    assert not (out / "broken.json").exists()
+    # a rerun skips finished images and retries only the broken one
+    before = (out / "a.json").stat().st_mtime_ns
+    res = _run(*args, "--points-per-side", "4", "--quiet")
+    assert "skipping 2 image(s) already done" in res.stdout
+    assert (out / "a.json").stat().st_mtime_ns == before
+
+
+def test_everything_bad_input(tmp_path):
+    res = _run("everything", str(tmp_path / "missing.jpg"), "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert "no such file or directory" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _run("everything", str(empty))
+    assert res.returncode == 2 and "no images" in res.stderr
+
+
+def test_help_lists_commands_with_examples():
+    res = _run("--help")
+    assert res.returncode == 0 and "segment" in res.stdout and "everything" in res.stdout
+    for cmd in ("segment", "everything"):
+        res = _run(cmd, "--help")
+        assert res.returncode == 0 and "examples:" in res.stdout

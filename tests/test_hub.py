@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilesam import hub
+from mobilesam import progress
 from mobilesam.hub import (
     MODEL_ZOO,
     ChecksumError,
@@ -403,7 +403,7 @@ def test_progress_true_builtin_bar_without_tqdm(
     cache: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(hub, "_load_tqdm", lambda: None)
+    monkeypatch.setattr(progress, "_load_tqdm", lambda: None)
     download_weights(entry, cache_dir=cache, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""

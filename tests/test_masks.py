@@ -126,3 +126,40 @@ def test_golden_amg_rles_decode_to_their_area_and_box(reference):
         assert [x0, y0, x1 - x0, y1 - y0] == ann["bbox"]
         rle = mask_to_rle(torch.from_numpy(m)[None])[0]
         assert rle["counts"] == ann["rle_counts"]
+
+
+def _dense_box(m: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(m)
+    return [0, 0, 0, 0] if len(xs) == 0 else [xs.min(), ys.min(), xs.max(), ys.max()]
+
+
+def test_mask_runs_boxes_select_and_uncrop():
+    from mobilesam.masks import MaskRuns
+
+    masks = _random_masks(8, 31, 45, seed=5)
+    masks[0] = False
+    masks[1] = True
+    masks[2] = False
+    masks[2, 0, 44] = masks[2, 30, 0] = True  # opposite corners
+    masks[3] = False
+    masks[3, 7:9, :] = True  # a full-width band (no vertical change at the edges)
+    runs = MaskRuns.from_masks(masks)
+    boxes = runs.boxes().tolist()
+    assert boxes == [_dense_box(m) for m in masks.numpy()]
+    keep = torch.tensor([True, False, True, True, False, True, False, True])
+    sub = runs.select(keep)
+    assert sub.boxes().tolist() == [b for b, k in zip(boxes, keep.tolist(), strict=True) if k]
+    assert sub.to_rle() == mask_to_rle(masks[keep])
+    # (crop box XYXY, padded h, w): none, right, below, all four sides
+    for crop, h, w in (
+        ([0, 0, 45, 31], 31, 45),
+        ([10, 0, 55, 31], 31, 55),
+        ([0, 6, 45, 37], 37, 45),
+        ([3, 4, 48, 35], 37, 50),
+    ):
+        padded = uncrop_masks(masks, crop, h, w)
+        assert runs.uncrop(crop, h, w).to_rle() == mask_to_rle(padded)
+        assert runs.uncrop(crop, h, w).boxes().tolist() == [_dense_box(m) for m in padded.numpy()]
+    one_row = torch.tensor([[[False, True, True, False]]])
+    assert mask_to_rle(one_row)[0]["counts"] == [1, 2, 1]
+    assert batched_mask_to_box(one_row).tolist() == [[1, 0, 2, 0]]

@@ -17,6 +17,9 @@ class MaskDecoder(nn.Module):
     Masks come out at 4× the embedding grid (``256×256`` for a 64×64 embedding), as logits.
     """
 
+    #: Image tokens per chunk of the upscaling tail on CPU (a cache-size tuning constant).
+    UPSCALE_CHUNK_TOKENS = 256
+
     def __init__(
         self,
         *,
@@ -56,6 +59,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        folded_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's decoder call.
 
@@ -65,26 +69,66 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: ``(B, N, C)``.
             dense_prompt_embeddings: ``(B, C, h, w)``.
             multimask_output: return the 3 multimask outputs instead of the single one.
+            folded_attention: the faster cross-attention order for many prompts (see
+                :class:`~mobilesam.modeling.transformer.Attention`).
 
         Returns:
             masks ``(B, M, 4h, 4w)`` logits and IoU predictions ``(B, M)``, ``M`` = 3 or 1.
         """
         masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            folded_attention,
         )
         return select_outputs(masks, iou, multimask_output)
 
-    def upscale(self, keys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``output_upscaling`` on image tokens ``(B, h*w, C)`` → ``(B, 4h, 4w, C/8)``.
+    def masks_from_tokens(
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        """Upscale the image tokens and take each mask token's product with them.
 
-        Runs the layers of ``self.output_upscaling`` (kept as a Sequential for the official
-        parameter names) channels-last, with the transposed convolutions as matrix products.
+        Args:
+            keys: ``(B, h*w, C)`` image tokens from the transformer.
+            hyper_in: ``(B, T, C/8)`` hypernetwork outputs, one per mask token.
+
+        Returns:
+            ``(B, T, 4h, 4w)`` mask logits.
+
+        ``output_upscaling`` (kept as a Sequential for the official parameter names) is two
+        kernel-2 stride-2 transposed convolutions, so every token owns a ``4×4`` output patch
+        and the whole tail (both layers, LayerNorm, GELUs, the hypernetwork product) is
+        independent per token. It runs as matrix products in a sub-pixel layout, without
+        shuffling pixels; only the ``T``-channel result is rearranged into an image. On CPU the
+        tokens go through in chunks of ``UPSCALE_CHUNK_TOKENS`` so the ``C/4``- and
+        ``C/8``-channel intermediates stay in cache (about 3× faster there); per-pixel
+        arithmetic is the same either way.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
-        x = keys.reshape(keys.shape[0], h, w, keys.shape[-1])
-        x = _conv_transpose_2x2(x, up1)
-        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
-        return act2(_conv_transpose_2x2(x, up2))
+        w1, w2 = _conv_transpose_weight(up1), _conv_transpose_weight(up2)
+        hyper_t = hyper_in.transpose(1, 2)  # (B, C/8, T)
+
+        def tail(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+            x = _conv_transpose_2x2(x, w1, up1.bias)  # (b, 4p, C/4)
+            x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+            x = act2(_conv_transpose_2x2(x, w2, up2.bias))  # (b, 16p, C/8)
+            return x @ hyper  # (b, 16p, T)
+
+        b, n, _ = keys.shape
+        t = hyper_in.shape[1]
+        step = self.UPSCALE_CHUNK_TOKENS
+        if keys.device.type != "cpu" or n <= step or torch.jit.is_tracing():
+            masks = tail(keys, hyper_t)
+        else:
+            masks = keys.new_empty(b, 16 * n, t)
+            for i in range(b):
+                for s in range(0, n, step):
+                    chunk = keys[i : i + 1, s : s + step]
+                    masks[i, 16 * s : 16 * (s + chunk.shape[1])] = tail(chunk, hyper_t[i])[0]
+        # (B, i, j, a, b, c, d, T) → pixel (4i + 2a + c, 4j + 2b + d)
+        masks = masks.reshape(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, t, 4 * h, 4 * w)
 
     def predict_masks(
         self,
@@ -92,6 +136,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        folded_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, T, 4h, 4w)`` and IoU scores ``(B, T)``."""
         b = sparse_prompt_embeddings.shape[0]
@@ -103,11 +148,15 @@ class MaskDecoder(nn.Module):
                 f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or match the "
                 f"{b} prompts"
             )
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != b:
-            src = src.expand(b, -1, -1, -1)
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
+            # One image, one dense prompt for all (no mask input): the transformer receives
+            # the image once and shares its first-layer image projections across prompts.
+            src = image_embeddings + dense[:1]
+        else:
+            src = image_embeddings + dense
         _, c, h, w = src.shape
-        hs, keys = self.transformer(src, image_pe, tokens)
+        hs, keys = self.transformer(src, image_pe, tokens, folded_attention)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
@@ -115,24 +164,26 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
-        upscaled = self.upscale(keys, h, w)  # (B, 4h, 4w, C/8), channels-last
-        masks = (upscaled.flatten(1, 2) @ hyper_in.transpose(1, 2)).transpose(1, 2)
-        masks = masks.reshape(b, -1, upscaled.shape[1], upscaled.shape[2])
+        masks = self.masks_from_tokens(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
 
 
-def _conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """A kernel-2, stride-2 transposed convolution on a channels-last ``(B, H, W, C)`` map.
+def _conv_transpose_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``(C, O, 2, 2)`` kernel → ``(C, 4·O)`` matrix with sub-pixel-major columns."""
+    c, o = conv.weight.shape[:2]
+    return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o)
 
-    Each input pixel maps to its own 2×2 output patch, so the layer is one matrix product
-    followed by a pixel shuffle: ``(B, H, W, C) @ (C, O·2·2)`` → ``(B, 2H, 2W, O)``. Same
-    values as ``nn.ConvTranspose2d`` on NCHW, without its layout conversions.
-    """
-    b, h, w, c = x.shape
-    o = conv.weight.shape[1]
-    y = (x.reshape(b, h * w, c) @ conv.weight.reshape(c, o * 4)).reshape(b, h, w, o, 2, 2)
-    y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, o)
-    return y + conv.bias if conv.bias is not None else y
+
+def _conv_transpose_2x2(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """A kernel-2, stride-2 transposed convolution on pixels in rows: ``(B, P, C)`` →
+    ``(B, 4P, O)``, where output row ``4p + 2a + b`` is sub-pixel ``(a, b)`` (row, column)
+    of input pixel ``p``. Each input pixel owns its 2×2 output patch, so the layer is one
+    matrix product with the :func:`_conv_transpose_weight` matrix."""
+    b, p, c = x.shape
+    y = (x.reshape(b * p, c) @ weight).reshape(b, 4 * p, weight.shape[1] // 4)
+    return y + bias if bias is not None else y
 
 
 def select_outputs(

@@ -1,19 +1,23 @@
-"""Command line: ``mobilesam segment`` (more subcommands arrive with their issues).
-
-The library never imports this module.
-"""
+"""``mobilesam segment``: masks from point and box prompts for one photo."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .common import (
+    add_model_args,
+    example_image,
+    load_model,
+    overlay,
+    parse_floats,
+    read_rgb,
+)
 
 EXAMPLES = """examples:
   mobilesam segment --point 400,380                      # bundled photo, official weights
@@ -22,47 +26,17 @@ EXAMPLES = """examples:
 """
 
 
-def example_image() -> Path:
-    """Path of the bundled example photo (769×770, from the MobileSAM repository)."""
-    return Path(str(resources.files("mobilesam") / "assets" / "example.jpg"))
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise CliError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if len(vals) not in n:
-        raise CliError(f"{what} takes {' or '.join(map(str, n))} numbers, got {text!r}")
-    return vals
-
-
-def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    out = image.astype(np.float32)
-    out[mask] = 0.45 * out[mask] + 0.55 * np.array(color, np.float32)
-    return out.astype(np.uint8)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from . import SamPredictor, build_sam
-    from .hub import resolve_checkpoint
+    from ..predictor import SamPredictor
 
     image_path = Path(args.image) if args.image else example_image()
-    try:
-        image = np.array(Image.open(image_path).convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read image {image_path}: {exc}") from None
-    points = [_floats(p, (2, 3), "--point") for p in args.point]
-    box = _floats(args.box, (4,), "--box") if args.box else None
+    image = read_rgb(image_path)
+    points = [parse_floats(p, (2, 3), "--point") for p in args.point]
+    box = parse_floats(args.box, (4,), "--box") if args.box else None
     if not points and box is None:
         h, w = image.shape[:2]
         points = [[w / 2, h / 2, 1]]
-    ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
-    model = build_sam(ckpt)
+    model, ckpt = load_model(args)
     predictor = SamPredictor(model)
     t0 = time.perf_counter()
     predictor.set_image(image)
@@ -87,7 +61,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for name, m in zip(names, masks, strict=True):
         Image.fromarray(m.astype(np.uint8) * 255).save(out / name)
     best = int(np.argmax(scores))
-    Image.fromarray(_overlay(image, masks[best], (30, 144, 255))).save(out / f"{stem}_overlay.png")
+    Image.fromarray(overlay(image, masks[best], (30, 144, 255))).save(out / f"{stem}_overlay.png")
     report = {
         "image": str(image_path),
         "checkpoint": str(ckpt),
@@ -107,28 +81,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mobilesam",
-        description="MobileSAM: fast promptable segmentation.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser(
         "segment",
-        help="segment an image from point / box prompts",
+        help="segment a photo from point / box prompts",
+        description="Masks for one photo from point and/or box prompts.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     seg.add_argument("image", nargs="?", help="photo to segment (default: the bundled example)")
-    src = seg.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="path to an official-format checkpoint")
-    src.add_argument(
-        "--model",
-        default="mobilesam",
-        help="model-zoo name, downloaded and verified (default mobilesam)",
-    )
+    add_model_args(seg)
     seg.add_argument(
         "--point",
         action="append",
@@ -140,19 +102,3 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--multimask", action="store_true", help="write the 3 candidate masks")
     seg.add_argument("--out", default="mobilesam_out", help="output directory")
     seg.set_defaults(func=cmd_segment)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CliError as exc:
-        print(f"mobilesam: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()
-        print(
-            f"mobilesam: error: {' '.join(first) if first else type(exc).__name__}", file=sys.stderr
-        )
-        return 1

@@ -1,0 +1,51 @@
+"""The ``mobilesam`` command line: one console script, one subcommand per job.
+
+The library never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import everything, segment
+from .common import CliError
+
+EXAMPLES = """examples:
+  mobilesam segment --point 400,380                       # bundled photo, official weights
+  mobilesam segment photo.jpg --checkpoint mobile_sam.pt --box 10,20,300,400 --out masks/
+  mobilesam everything photos/ --checkpoint mobile_sam.pt --out masks/
+
+run 'mobilesam COMMAND --help' for each command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilesam",
+        description="MobileSAM: fast promptable segmentation.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    segment.add_parser(sub)
+    everything.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"mobilesam: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        first = str(exc).strip().splitlines()
+        print(
+            f"mobilesam: error: {' '.join(first) if first else type(exc).__name__}", file=sys.stderr
+        )
+        return 1
+
+
+__all__ = ["CliError", "build_parser", "main"]

@@ -1,0 +1,186 @@
+"""``mobilesam everything``: segment everything in photos and folders of photos.
+
+For each image it writes ``<stem>.json`` (COCO-style annotations: compressed RLE, area, XYWH
+box, scores, prompt point, crop box) and ``<stem>_overlay.png`` (every mask in its own colour
+over the photo). The JSON is written last, by rename, so its presence marks a finished image:
+a rerun skips those. Unreadable images are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..progress import progress_bar
+from .common import (
+    IMAGE_SUFFIXES,
+    CliError,
+    add_model_args,
+    distinct_colors,
+    load_model,
+    read_rgb,
+)
+
+EXAMPLES = """examples:
+  mobilesam everything photo.jpg --checkpoint mobile_sam.pt --out masks/
+  mobilesam everything photos/ more.jpg --model mobilesam --points-per-side 16 --out masks/
+  mobilesam everything big.jpg --crop-n-layers 1 --min-mask-region-area 100 --out masks/
+"""
+
+SETTINGS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_n_points_downscale_factor",
+    "min_mask_region_area",
+)
+
+
+def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """``(image path, output stem relative to --out)`` for files and folders (recursive)."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(
+                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            found += [(f, f.relative_to(path).with_suffix("")) for f in files]
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            raise CliError(f"no such file or directory: {item}")
+    seen: set[Path] = set()
+    unique = []
+    for f, rel in found:
+        if rel in seen:  # a.jpg and a.png side by side: keep both, by full name
+            rel = rel.with_name(f"{rel.name}_{f.suffix.lstrip('.').lower()}")
+        seen.add(rel)
+        unique.append((f, rel))
+    return unique
+
+
+def annotation_overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Masks painted over the photo in distinct colours, largest first so small ones stay
+    visible."""
+    out = image.astype(np.float32)
+    colors = distinct_colors(len(masks)).astype(np.float32)
+    for m, color in sorted(zip(masks, colors, strict=True), key=lambda mc: -int(mc[0].sum())):
+        out[m] = 0.5 * out[m] + 0.5 * color
+    return out.astype(np.uint8)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def process_image(
+    gen: Any, image_path: Path, out_stem: Path, meta: dict[str, Any]
+) -> tuple[int, float]:
+    """Segment one photo and write its JSON and overlay; returns (masks, seconds)."""
+    from pycocotools import mask as mask_utils
+
+    image = read_rgb(image_path)
+    start = time.perf_counter()
+    anns = gen.generate(image)
+    seconds = time.perf_counter() - start
+    h, w = image.shape[:2]
+    masks = [mask_utils.decode(a["segmentation"]).astype(bool) for a in anns]
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(annotation_overlay(image, masks)).save(
+        out_stem.with_name(out_stem.name + "_overlay.png")
+    )
+    record = {
+        "image": {"file_name": str(image_path), "height": h, "width": w},
+        **meta,
+        "seconds": round(seconds, 3),
+        "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
+    }
+    _write_atomic(out_stem.with_name(out_stem.name + ".json"), json.dumps(record))
+    return len(anns), seconds
+
+
+def cmd_everything(args: argparse.Namespace) -> int:
+    from ..automatic_mask_generator import SamAutomaticMaskGenerator
+
+    images = collect_images(args.inputs)
+    if not images:
+        raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {' '.join(args.inputs)}")
+    out = Path(args.out)
+    todo = [
+        (f, rel)
+        for f, rel in images
+        if args.overwrite or not (out / rel).with_name(rel.name + ".json").exists()
+    ]
+    if len(todo) < len(images):
+        print(f"skipping {len(images) - len(todo)} image(s) already done in {out}")
+    if not todo:
+        return 0
+    model, ckpt = load_model(args)
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    gen = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
+    meta = {"model": {"checkpoint": str(ckpt)}, "settings": settings}
+    failed: list[str] = []
+    total_masks, total_s = 0, 0.0
+    bar = progress_bar(len(todo), "everything", unit="img", enabled=not args.quiet)
+    for image_path, rel in todo:
+        try:
+            n, seconds = process_image(gen, image_path, out / rel, meta)
+            total_masks += n
+            total_s += seconds
+        except (CliError, ValueError) as exc:
+            failed.append(str(image_path))
+            print(f"\nmobilesam: skipping {image_path}: {exc}", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    done = len(todo) - len(failed)
+    print(
+        f"wrote {done} image(s) to {out}: {total_masks} masks, "
+        f"{total_s / max(done, 1):.1f} s per image"
+        + (f"; {len(failed)} unreadable image(s) skipped" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "everything",
+        help="segment everything in photos (COCO-style JSON + overlay per image)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="photos and/or folders")
+    add_model_args(p)
+    p.add_argument("--out", default="mobilesam_everything", help="output directory")
+    p.add_argument("--points-per-side", type=int, default=32, help="prompt grid (default 32)")
+    p.add_argument("--points-per-batch", type=int, default=64)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
+    p.add_argument("--box-nms-thresh", type=float, default=0.7)
+    p.add_argument("--crop-n-layers", type=int, default=0, help="extra crop layers (default 0)")
+    p.add_argument("--crop-nms-thresh", type=float, default=0.7)
+    p.add_argument("--crop-n-points-downscale-factor", type=int, default=1)
+    p.add_argument(
+        "--min-mask-region-area",
+        type=int,
+        default=0,
+        help="fill holes / drop islands smaller than this many pixels (default 0: off)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo images already done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_everything)

@@ -1,0 +1,271 @@
+"""Segment-everything: parity with the official generator's output (amg.json), output
+formats, crop layers, small-region cleanup, argument checking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from mobilesam import SamAutomaticMaskGenerator
+from mobilesam.masks import batched_mask_to_box, rle_to_mask
+
+from .conftest import load_image
+
+
+def _coco(rles: list[dict]) -> list[dict]:
+    return [mask_utils.frPyObjects(r, *r["size"]) for r in rles]
+
+
+def _match(golden: list[dict], ours: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matching by mask IoU: (golden index, our index, IoU) of each pair."""
+    g = _coco([{"size": a["size"], "counts": a["rle_counts"]} for a in golden])
+    o = _coco([a["segmentation"] for a in ours])
+    iou = np.asarray(mask_utils.iou(o, g, [0] * len(g))).T  # (golden, ours)
+    rows, cols = linear_sum_assignment(-iou)
+    return rows, cols, iou[rows, cols]
+
+
+@pytest.fixture(scope="session")
+def amg_golden(reference) -> dict:
+    return json.loads((reference / "golden" / "amg.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def picture1(reference) -> np.ndarray:
+    return load_image(reference, "picture1.jpg")
+
+
+@pytest.fixture(scope="session")
+def amg_output(fixture_model, amg_golden, picture1) -> list[dict]:
+    gen = SamAutomaticMaskGenerator(
+        fixture_model, output_mode="uncompressed_rle", **amg_golden["settings"]
+    )
+    out = gen.generate(picture1)
+    assert set(gen.stage_times) >= {"encoder", "decoder", "upsample", "filter", "rle", "nms"}
+    return out
+
+
+def test_parity_with_official_generator(amg_golden, amg_output):
+    golden = amg_golden["masks"]
+    assert abs(len(amg_output) - len(golden)) <= 0.02 * len(golden)
+    g_idx, o_idx, iou = _match(golden, amg_output)
+    good = iou >= 0.99
+    assert good.sum() >= 0.97 * len(golden), f"only {good.sum()} of {len(golden)} matched"
+    for gi, oi in zip(g_idx[good], o_idx[good], strict=True):
+        g, o = golden[gi], amg_output[oi]
+        assert abs(g["predicted_iou"] - o["predicted_iou"]) <= 1e-3
+        assert abs(g["stability_score"] - o["stability_score"]) <= 1e-3
+        assert np.abs(np.array(g["bbox"]) - np.array(o["bbox"])).max() <= 1
+        assert o["crop_box"] == g["crop_box"]
+        np.testing.assert_allclose(o["point_coords"], g["point_coords"], atol=1e-6)
+
+
+def test_folded_attention_gives_the_same_masks(fixture_model, amg_golden, picture1):
+    """The faster decoding order: same mask set and scores. (Boxes are not compared: a lone
+    pixel whose logit is within float32 rounding of 0 may flip between any two fp32
+    implementations; on picture1 one such pixel moves one box by 2 px, and float64 agrees
+    with the folded order there.)"""
+    gen = SamAutomaticMaskGenerator(
+        fixture_model,
+        output_mode="uncompressed_rle",
+        folded_attention=True,
+        **amg_golden["settings"],
+    )
+    out = gen.generate(picture1)
+    golden = amg_golden["masks"]
+    assert abs(len(out) - len(golden)) <= 0.02 * len(golden)
+    g_idx, o_idx, iou = _match(golden, out)
+    assert (iou >= 0.99).sum() >= 0.97 * len(golden)
+    score = [
+        abs(golden[g]["predicted_iou"] - out[o]["predicted_iou"])
+        for g, o in zip(g_idx, o_idx, strict=True)
+    ]
+    assert max(score) <= 1e-3
+
+
+def test_annotation_fields_are_consistent(amg_output, picture1):
+    h, w = picture1.shape[:2]
+    for ann in amg_output[:60]:
+        assert set(ann) == {
+            "segmentation",
+            "area",
+            "bbox",
+            "predicted_iou",
+            "point_coords",
+            "stability_score",
+            "crop_box",
+        }
+        m = rle_to_mask(ann["segmentation"])
+        assert m.shape == (h, w)
+        assert ann["area"] == int(m.sum())
+        x0, y0, x1, y1 = batched_mask_to_box(torch.from_numpy(m)[None])[0].tolist()
+        assert ann["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert all(isinstance(v, int) for v in ann["bbox"])
+        assert ann["predicted_iou"] > 0.88 and ann["stability_score"] >= 0.95
+        assert ann["crop_box"] == [0, 0, w, h]
+
+
+def test_sorted_by_nms_and_no_heavy_overlap(amg_output):
+    scores = [a["predicted_iou"] for a in amg_output]
+    assert scores == sorted(scores, reverse=True)
+    boxes = torch.tensor([a["bbox"] for a in amg_output], dtype=torch.float)
+    boxes[:, 2:] += boxes[:, :2]
+    from mobilesam.masks import box_iou
+
+    iou = box_iou(boxes, boxes)
+    iou.fill_diagonal_(0)
+    assert float(iou.max()) <= 0.7 + 1e-6
+
+
+@pytest.fixture(scope="session")
+def small_image(picture1) -> np.ndarray:
+    return np.ascontiguousarray(picture1[::2, ::2])  # 385×385: cheaper encoder crops
+
+
+def test_output_modes_agree(fixture_model, small_image):
+    kw = {"points_per_side": 4}
+    rle = SamAutomaticMaskGenerator(fixture_model, output_mode="uncompressed_rle", **kw)
+    out_rle = rle.generate(small_image)
+    out_bin = SamAutomaticMaskGenerator(fixture_model, **kw).generate(small_image)
+    out_coco = SamAutomaticMaskGenerator(fixture_model, output_mode="coco_rle", **kw).generate(
+        small_image
+    )
+    assert len(out_rle) == len(out_bin) == len(out_coco) > 0
+    for a, b, c in zip(out_rle, out_bin, out_coco, strict=True):
+        m = b["segmentation"]
+        assert m.dtype == np.bool_ and m.shape == small_image.shape[:2]
+        np.testing.assert_array_equal(rle_to_mask(a["segmentation"]), m)
+        assert isinstance(c["segmentation"]["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(c["segmentation"]).astype(bool), m)
+        assert a["area"] == b["area"] == c["area"] == int(m.sum())
+
+
+def test_decoder_batching_does_not_change_masks(fixture_model, small_image):
+    kw = {"points_per_side": 4, "output_mode": "uncompressed_rle"}
+    a = SamAutomaticMaskGenerator(fixture_model, decoder_batch_size=1, **kw).generate(small_image)
+    b = SamAutomaticMaskGenerator(
+        fixture_model, points_per_batch=7, decoder_batch_size=5, max_upsample_bytes=1, **kw
+    ).generate(small_image)
+    assert [x["segmentation"] for x in a] == [x["segmentation"] for x in b]
+    np.testing.assert_allclose(
+        [x["predicted_iou"] for x in a], [x["predicted_iou"] for x in b], atol=1e-6
+    )
+
+
+def test_crop_layers(fixture_model, small_image):
+    h, w = small_image.shape[:2]
+    gen = SamAutomaticMaskGenerator(
+        fixture_model,
+        points_per_side=4,
+        crop_n_layers=1,
+        crop_n_points_downscale_factor=2,
+        output_mode="uncompressed_rle",
+    )
+    out = gen.generate(small_image)
+    crops = {tuple(a["crop_box"]) for a in out}
+    assert len(crops) >= 2, "expected masks from the full image and from crops"
+    for ann in out:
+        m = rle_to_mask(ann["segmentation"])
+        assert m.shape == (h, w) and ann["area"] == int(m.sum())
+        cx, cy, cw, ch = ann["crop_box"]
+        assert not m[:, : max(cx, 0)].any() and not m[: max(cy, 0)].any()
+        assert not m[cy + ch :].any() and not m[:, cx + cw :].any()
+        (px, py) = ann["point_coords"][0]
+        assert cx <= px <= cx + cw and cy <= py <= cy + ch
+        x0, y0, bw, bh = ann["bbox"]
+        ys, xs = np.nonzero(m)
+        assert [x0, y0, bw, bh] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+
+
+def test_min_mask_region_area_removes_small_islands_and_holes(fixture_model, small_image):
+    area = 400
+    out = SamAutomaticMaskGenerator(
+        fixture_model, points_per_side=4, min_mask_region_area=area
+    ).generate(small_image)
+    assert out
+    eight = np.ones((3, 3), dtype=bool)
+    for ann in out:
+        m = ann["segmentation"]
+        labels, n = ndimage.label(m, structure=eight)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert n == 1 or (sizes >= area).all()
+        holes, _ = ndimage.label(~m, structure=eight)
+        hole_sizes = np.bincount(holes.ravel())[1:]
+        assert (hole_sizes >= area).all()
+        assert ann["area"] == int(m.sum())
+
+
+def test_remove_small_regions_rules():
+    from mobilesam.masks import remove_small_regions
+
+    m = np.zeros((20, 20), dtype=bool)
+    m[2:12, 2:12] = True
+    m[5, 5] = False  # a 1-pixel hole
+    m[16, 16] = True  # a 1-pixel island
+    filled, changed = remove_small_regions(m, 5, "holes")
+    assert changed and filled[5, 5] and filled[16, 16]
+    cleaned, changed = remove_small_regions(filled, 5, "islands")
+    assert changed and not cleaned[16, 16] and cleaned[2:12, 2:12].all()
+    same, changed = remove_small_regions(cleaned, 5, "islands")
+    assert not changed and (same == cleaned).all()
+    tiny = np.zeros((10, 10), dtype=bool)
+    tiny[1, 1] = tiny[5, 5] = tiny[5, 6] = True  # every island small: keep the largest
+    kept, _ = remove_small_regions(tiny, 50, "islands")
+    assert kept.sum() == 2 and kept[5, 5] and kept[5, 6]
+    with pytest.raises(ValueError, match="mode"):
+        remove_small_regions(m, 5, "other")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"points_per_side": None}, "Exactly one of points_per_side or point_grids"),
+        ({"point_grids": [np.zeros((4, 2))]}, "Exactly one"),
+        ({"output_mode": "png"}, "output_mode"),
+        ({"points_per_batch": 0}, "points_per_batch"),
+        ({"points_per_side": 0}, "points_per_side"),
+        ({"crop_n_layers": -1}, "crop_n_layers"),
+        ({"points_per_side": None, "point_grids": [np.full((3, 2), 2.0)]}, r"\[0, 1\]"),
+        ({"points_per_side": None, "point_grids": [np.zeros((3, 3))]}, r"\(N, 2\)"),
+        (
+            {"points_per_side": None, "point_grids": [np.zeros((3, 2))], "crop_n_layers": 1},
+            "one grid per layer",
+        ),
+        ({"decoder_batch_size": 0}, "decoder_batch_size"),
+    ],
+)
+def test_bad_arguments(fixture_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamAutomaticMaskGenerator(fixture_model, **kwargs)
+
+
+def test_explicit_point_grid_and_bad_image(fixture_model, small_image):
+    grid = np.array([[0.5, 0.5], [0.25, 0.25]])
+    gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=None, point_grids=[grid])
+    out = gen.generate(small_image)
+    assert 1 <= len(out) <= 6
+    for ann in out:
+        px, py = ann["point_coords"][0]
+        assert (px, py) in {(192.5, 192.5), (96.25, 96.25)}
+    with pytest.raises(ValueError):
+        gen.generate(np.zeros((10, 10, 5), dtype=np.uint8))
+
+
+def test_heap_trimmer():
+    from mobilesam._heap import HeapTrimmer, resident_bytes
+
+    trimmer = HeapTrimmer(budget_bytes=0)
+    rss = resident_bytes()
+    if rss is None or trimmer._trim is None:
+        pytest.skip("no /proc or glibc here")
+    assert rss > 0
+    blob = bytearray(64 * 2**20)  # grow, then free
+    del blob
+    assert isinstance(trimmer.trim_if_grown(), bool)
+    assert HeapTrimmer(budget_bytes=2**62).trim_if_grown() is False
