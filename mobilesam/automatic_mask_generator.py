@@ -219,6 +219,7 @@ class SamAutomaticMaskGenerator:
             return self._annotations(data)
 
     def _annotations(self, data: _Candidates) -> list[dict[str, Any]]:
+        data.rles = [{"size": r["size"], "counts": _as_list(r["counts"])} for r in data.rles]
         if self.output_mode == "coco_rle":
             segmentations: list[Any] = [coco_encode_rle(r) for r in data.rles]
         elif self.output_mode == "binary_mask":
@@ -387,7 +388,7 @@ class SamAutomaticMaskGenerator:
                 )
                 pts = pts[keep.cpu()]
         with self._stage("rle"):
-            rles = runs.uncrop(crop_box, orig_h, orig_w).to_rle()
+            rles = runs.uncrop(crop_box, orig_h, orig_w).to_rle(as_list=False)
         self._heap.trim_if_grown()
         return _Candidates(
             rles=rles,
@@ -406,30 +407,26 @@ class SamAutomaticMaskGenerator:
         cleanup left unchanged; changed masks that survive get their new RLE and box."""
         if len(data) == 0:
             return data
-        masks, unchanged = [], []
-        for rle in data.rles:
+        rles, boxes, unchanged = list(data.rles), data.boxes.clone(), []
+        for i, rle in enumerate(data.rles):
             mask, changed_holes = remove_small_regions(rle_to_mask(rle), min_area, "holes")
             mask, changed_islands = remove_small_regions(mask, min_area, "islands")
-            masks.append(torch.from_numpy(mask))
             unchanged.append(not (changed_holes or changed_islands))
-        stacked = torch.stack(masks)
-        boxes = batched_mask_to_box(stacked)
+            if not unchanged[-1]:  # an unchanged mask keeps its RLE and box
+                m = torch.from_numpy(mask)[None]
+                rles[i], boxes[i] = mask_to_rle(m)[0], batched_mask_to_box(m)[0]
         scores = torch.tensor(unchanged, dtype=torch.float)
         keep = batched_nms(
             boxes.float(), scores, torch.zeros(len(data), dtype=torch.long), nms_thresh
         )
         data = _Candidates(
-            rles=list(data.rles),
-            boxes=data.boxes.clone(),
+            rles=rles,
+            boxes=boxes,
             iou_preds=data.iou_preds,
             stability=data.stability,
             points=data.points,
             crop_boxes=data.crop_boxes,
         )
-        for i in keep.tolist():
-            if not unchanged[i]:
-                data.rles[i] = mask_to_rle(stacked[i : i + 1])[0]
-                data.boxes[i] = boxes[i]
         return data.select(keep)
 
     @contextmanager
@@ -439,6 +436,10 @@ class SamAutomaticMaskGenerator:
             yield
         finally:
             self.stage_times[name] = self.stage_times.get(name, 0.0) + (time.perf_counter() - start)
+
+
+def _as_list(counts: Any) -> list[int]:
+    return counts.tolist() if isinstance(counts, np.ndarray) else list(counts)
 
 
 def _xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:

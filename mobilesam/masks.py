@@ -278,8 +278,12 @@ class MaskRuns:
         out = torch.stack([left, top, right, bottom], dim=-1)
         return torch.where(col_fg.any(-1, keepdim=True), out, torch.zeros_like(out))
 
-    def to_rle(self) -> list[dict]:
-        """Uncompressed column-major RLE, one dict per mask (first count is zeros)."""
+    def to_rle(self, as_list: bool = True) -> list[dict]:
+        """Uncompressed column-major RLE, one dict per mask (first count is zeros).
+
+        ``as_list=False`` keeps ``counts`` as int32 numpy arrays: a twentieth of the memory of
+        Python int lists, for RLE held in bulk (the generator converts its survivors only).
+        """
         b, h, w = len(self), self.height, self.width
         n = h * w
         # Change points in the column-major scan: within columns, and where a column's last
@@ -296,10 +300,13 @@ class MaskRuns:
         for i in range(b):
             bounds = np.concatenate([[0], cuts[offset : offset + per_mask[i]], [n]])
             offset += per_mask[i]
-            counts = np.diff(bounds).tolist()
             if starts_with_one[i]:
-                counts = [0, *counts]
-            out.append({"size": [h, w], "counts": counts})
+                bounds = np.concatenate([[0], bounds])
+            counts = np.diff(bounds)
+            if not as_list:
+                out.append({"size": [h, w], "counts": counts.astype(np.int32)})
+            else:
+                out.append({"size": [h, w], "counts": counts.tolist()})
         return out
 
 
@@ -314,7 +321,7 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 
 def area_from_rle(rle: dict) -> int:
     """Foreground pixel count of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
+    return int(np.asarray(rle["counts"][1::2], dtype=np.int64).sum())
 
 
 def coco_encode_rle(rle: dict) -> dict:
