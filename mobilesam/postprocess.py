@@ -32,10 +32,45 @@ def upscale_masks(
     Returns:
         ``(B, C, H, W)`` logits, same dtype as the input.
     """
-    x = F.interpolate(
-        low_res_masks, (padded_size, padded_size), mode="bilinear", align_corners=False
-    )
+    resize = bilinear_graph if torch.jit.is_tracing() else _interpolate
+    x = resize(low_res_masks, padded_size, padded_size)
     x = x[..., : input_size[0], : input_size[1]]
-    return F.interpolate(
-        x, (original_size[0], original_size[1]), mode="bilinear", align_corners=False
-    )
+    return resize(x, original_size[0], original_size[1])
+
+
+def _interpolate(x: torch.Tensor, out_h: SizeLike, out_w: SizeLike) -> torch.Tensor:
+    return F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)
+
+
+def _source_index(
+    out_size: SizeLike, in_size: SizeLike, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch's half-pixel rule as its CPU kernel evaluates it: ``scale = in / out`` in
+    float32, then ``src = scale * (dst + 0.5) - 0.5`` fused (one float32 rounding, emulated
+    exactly in float64), clamped at 0. Returns the two source indices and their float32
+    weights per output index."""
+    out_i = torch.as_tensor(out_size, device=device).to(torch.int64)
+    in_i = torch.as_tensor(in_size, device=device).to(torch.int64)
+    scale = (in_i.to(torch.float32) / out_i.to(torch.float32)).to(torch.float64)
+    dst = torch.arange(out_i, device=device).to(torch.float64)
+    src = ((dst + 0.5) * scale - 0.5).to(torch.float32).clamp(min=0)
+    i0 = src.to(torch.int64)
+    i1 = torch.minimum(i0 + 1, in_i - 1)
+    w1 = src - i0.to(torch.float32)
+    return i0, i1, 1 - w1, w1
+
+
+def bilinear_graph(x: torch.Tensor, out_h: SizeLike, out_w: SizeLike) -> torch.Tensor:
+    """``F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)`` written as
+    gathers and weighted sums, with PyTorch's float32 coordinate arithmetic and order of
+    operations (columns, then rows).
+
+    Used when tracing for ONNX: ONNX Runtime's ``Resize`` computes source coordinates with a
+    different rounding, which at ~1000-pixel coordinates moves steep logits by up to 1e-2;
+    this graph agrees with PyTorch to float32 rounding instead.
+    """
+    h_in, w_in = x.shape[-2], x.shape[-1]
+    c0, c1, cw0, cw1 = _source_index(out_w, w_in, x.device)
+    t = x.index_select(-1, c0) * cw0 + x.index_select(-1, c1) * cw1
+    r0, r1, rw0, rw1 = _source_index(out_h, h_in, x.device)
+    return t.index_select(-2, r0) * rw0[:, None] + t.index_select(-2, r1) * rw1[:, None]

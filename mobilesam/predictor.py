@@ -16,6 +16,34 @@ from .transforms import ResizeLongestSide, to_rgb_uint8
 VALID_LABELS = (-1, 0, 1, 2, 3)
 
 
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class DegenerateEmbeddingError(RuntimeError):
+    """The image encoder returned NaN/inf or a (near-)constant embedding. Masks decoded from
+    it would be empty or meaningless, so prediction stops instead."""
+
+
+def check_embedding(embedding: torch.Tensor | np.ndarray, where: str) -> None:
+    """Raise :class:`DegenerateEmbeddingError` if ``embedding`` ``(1, C, h, w)`` holds NaN or
+    inf, or is spatially constant in every channel (what an overflowed or collapsed
+    reduced-precision encoder returns)."""
+    e = torch.as_tensor(embedding).detach().float()
+    finite = torch.isfinite(e)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DegenerateEmbeddingError(
+            f"{where}: the image embedding has {bad} NaN/inf values out of {e.numel()} "
+            "(reduced-precision overflow?); use float32, or bfloat16 instead of float16"
+        )
+    spread = float(e.flatten(2).std(dim=-1).max()) if e.dim() >= 3 else float(e.std())
+    if spread <= 1e-6 * max(1.0, float(e.abs().max())):
+        raise DegenerateEmbeddingError(
+            f"{where}: the image embedding is constant over the image (spread {spread:.3g}); "
+            "the encoder output is degenerate, so every mask would be empty or identical"
+        )
+
+
 class ImageNotSetError(RuntimeError, ValueError):
     """``predict`` was called before ``set_image`` (a RuntimeError, as in SAM, and a
     ValueError)."""
@@ -26,10 +54,20 @@ class SamPredictor:
 
     Args:
         sam_model: a :class:`~mobilesam.modeling.sam.Sam` (e.g. from ``sam_model_registry``).
+        dtype: run the model in ``torch.float16`` or ``torch.bfloat16`` (converts the model's
+            parameters in place, like ``sam.half()``). Inputs and outputs stay float32; every
+            embedding is checked (:class:`DegenerateEmbeddingError`).
     """
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, dtype: torch.dtype | None = None) -> None:
+        if dtype is not None:
+            if dtype not in (torch.float32, *REDUCED_DTYPES):
+                raise ValueError(
+                    f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}"
+                )
+            sam_model = sam_model.to(dtype)
         self.model = sam_model
+        self.dtype = sam_model.pixel_mean.dtype
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -81,8 +119,10 @@ class SamPredictor:
         self.input_size = (int(shape[2]), int(shape[3]))
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
-        x = self.model.preprocess(transformed_image.to(self.device))
-        self.features = self.model.image_encoder(x)
+        x = self.model.preprocess(transformed_image.to(self.device, self.dtype))
+        features = self.model.image_encoder(x)
+        check_embedding(features, f"SamPredictor ({self.dtype})")
+        self.features = features
         self.is_image_set = True
 
     def predict(
@@ -120,13 +160,15 @@ class SamPredictor:
             box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
         if mask_input is not None:
             mask_t = torch.as_tensor(
-                self._check_mask_input(mask_input), dtype=torch.float, device=self.device
+                check_mask_input(mask_input, (1, *self.model.prompt_encoder.mask_input_size)),
+                dtype=torch.float,
+                device=self.device,
             )[None]
         masks, iou, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
         )
         return (
-            masks[0].cpu().numpy(),
+            (masks[0].float() if return_logits else masks[0]).cpu().numpy(),
             iou[0].float().cpu().numpy(),
             low_res[0].float().cpu().numpy(),
         )
@@ -182,7 +224,12 @@ class SamPredictor:
         self._require_image()
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
-        points = (point_coords, point_labels) if point_coords is not None else None
+        dt = self.dtype
+        points = None
+        if point_coords is not None and point_labels is not None:
+            points = (point_coords.to(dt), point_labels)
+        boxes = boxes.to(dt) if boxes is not None else None
+        mask_input = mask_input.to(dt) if mask_input is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(
             image_embeddings=self.features,
@@ -205,17 +252,18 @@ class SamPredictor:
                 "An image must be set with .set_image(...) before mask prediction."
             )
 
-    def _check_mask_input(self, mask_input: np.ndarray) -> np.ndarray:
-        m = np.asarray(mask_input, dtype=np.float32)
-        expected = (1, *self.model.prompt_encoder.mask_input_size)
-        if m.shape != expected:
-            raise ValueError(
-                f"mask_input must have shape {expected} (the low-res logits of one mask from a "
-                f"previous predict call, e.g. low_res[best][None]); got {m.shape}"
-            )
-        if not np.isfinite(m).all():
-            raise ValueError("mask_input contains NaN or inf")
-        return m
+
+def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+    """``mask_input`` as float32 of shape ``expected`` (``(1, 256, 256)``), or ValueError."""
+    m = np.asarray(mask_input, dtype=np.float32)
+    if m.shape != expected:
+        raise ValueError(
+            f"mask_input must have shape {expected} (the low-res logits of one mask from a "
+            f"previous predict call, e.g. low_res[best][None]); got {m.shape}"
+        )
+    if not np.isfinite(m).all():
+        raise ValueError("mask_input contains NaN or inf")
+    return m
 
 
 def _check_points(

@@ -81,6 +81,15 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {dt}; expected uint8")
 
 
+def resize_longest_size(size: torch.Tensor, long_side_length: int) -> torch.Tensor:
+    """Traceable :meth:`ResizeLongestSide.get_preprocess_shape`: ``(2,)`` ``(H, W)`` (any
+    numeric dtype) → int64 ``(h, w)`` after the resize, rounded half-up in float64 exactly as
+    the Python version, so exported graphs and the predictor agree for every size."""
+    size = size.to(torch.float64)
+    scale = long_side_length / size.max()
+    return torch.floor(size * scale + 0.5).to(torch.int64)
+
+
 class ResizeLongestSide:
     """Resize images so the longest side is ``target_length``, and scale prompts to match."""
 

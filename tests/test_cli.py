@@ -109,3 +109,15 @@ def test_help_lists_commands_with_examples():
     for cmd in ("segment", "everything"):
         res = _run(cmd, "--help")
         assert res.returncode == 0 and "examples:" in res.stdout
+
+
+def test_export_writes_onnx_and_model_json(tmp_path, reference):
+    ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
+    res = _run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--opset", "17")
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model"] == "mobile_sam_fixture"
+    for name in ("encoder.onnx", "decoder.onnx", "decoder_multimask.onnx"):
+        assert (tmp_path / name).stat().st_size > 1000
+    res = _run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--quantize", "fp4")
+    assert res.returncode == 2 and "invalid choice" in res.stderr

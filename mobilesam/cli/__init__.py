@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import everything, segment
+from . import everything, export, segment
 from .common import CliError
 
 EXAMPLES = """examples:
   mobilesam segment --point 400,380                       # bundled photo, official weights
   mobilesam segment photo.jpg --checkpoint mobile_sam.pt --box 10,20,300,400 --out masks/
   mobilesam everything photos/ --checkpoint mobile_sam.pt --out masks/
+  mobilesam export --checkpoint mobile_sam.pt --out onnx/ --quantize int8
 
 run 'mobilesam COMMAND --help' for each command's options and examples.
 """
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     segment.add_parser(sub)
     everything.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

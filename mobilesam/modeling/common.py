@@ -31,7 +31,7 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             x = x.permute(0, 2, 3, 1)
-            x = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+            x = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
             return x.permute(0, 3, 1, 2)
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)

@@ -111,7 +111,7 @@ class MaskDecoder(nn.Module):
 
         def tail(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
             x = _conv_transpose_2x2(x, w1, up1.bias)  # (b, 4p, C/4)
-            x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+            x = act1(F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps))
             x = act2(_conv_transpose_2x2(x, w2, up2.bias))  # (b, 16p, C/8)
             return x @ hyper  # (b, 16p, T)
 
@@ -192,3 +192,24 @@ def select_outputs(
     """SAM's output choice: tokens 1.. when ``multimask_output``, else token 0."""
     sl = slice(1, None) if multimask_output else slice(0, 1)
     return masks[:, sl], iou[:, sl]
+
+
+def select_by_point_count(
+    masks: torch.Tensor, iou: torch.Tensor, num_points: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's ONNX single-mask choice: with fewer than 3 prompt points (padding included)
+    the best-scoring multimask output, otherwise the single-mask token 0.
+
+    Args:
+        masks: ``(B, T, h, w)`` all tokens; iou: ``(B, T)``; num_points: prompt points,
+            including padding and box corners.
+
+    Returns:
+        ``(B, 1, h, w)`` masks and ``(B, 1)`` scores.
+    """
+    reweight = torch.zeros(iou.shape[-1], dtype=iou.dtype, device=iou.device)
+    reweight[0] = 1000.0
+    score = iou + (num_points - 2.5) * reweight
+    best = torch.argmax(score, dim=1)
+    rows = torch.arange(masks.shape[0], device=masks.device)
+    return masks[rows, best].unsqueeze(1), iou[rows, best].unsqueeze(1)

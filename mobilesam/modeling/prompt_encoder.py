@@ -124,6 +124,15 @@ class PromptEncoder(nn.Module):
         """``(B, 1, 4h, 4w)`` low-res mask logits → ``(B, embed_dim, h, w)``."""
         return self.mask_downscaling(masks)
 
+    def dense_from_mask_input(
+        self, mask_input: torch.Tensor, has_mask_input: torch.Tensor
+    ) -> torch.Tensor:
+        """SAM's ONNX dense prompt: ``has_mask_input`` (``(1,)``, 1 or 0) blends the embedded
+        ``mask_input`` ``(B, 1, 256, 256)`` with the no-mask embedding, without branching."""
+        has = has_mask_input.reshape(-1, 1, 1, 1).to(mask_input.dtype)
+        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has * self.embed_masks(mask_input) + (1 - has) * no_mask
+
     def no_mask_dense(self, batch: int) -> torch.Tensor:
         """Dense embedding used when no mask is given: ``(batch, embed_dim, h, w)``."""
         h, w = self.image_embedding_size

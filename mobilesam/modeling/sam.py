@@ -16,6 +16,16 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def normalize_and_pad(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int
+) -> torch.Tensor:
+    """``(B, 3, h, w)`` 0-255 RGB → ``(B, 3, size, size)``: ``(x - mean) / std`` per channel
+    (``mean``/``std`` shaped ``(3, 1, 1)``), then zeros at the bottom and right."""
+    x = (x - mean) / std
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, size - w, 0, size - h))
+
+
 class Sam(nn.Module):
     """Segment Anything model with any image encoder (TinyViT for MobileSAM, ViT for SAM).
 
@@ -56,9 +66,7 @@ class Sam(nn.Module):
 
         ``h, w <= S``; padding is zeros at the bottom and right (after normalisation).
         """
-        x = (x - self.pixel_mean) / self.pixel_std
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        return normalize_and_pad(x, self.pixel_mean, self.pixel_std, self.img_size)
 
     def postprocess_masks(
         self,

@@ -247,7 +247,9 @@ class Attention(nn.Module):
         # Explicit softmax attention, in the official order ((q·kᵀ)·scale + bias). On CPU, SDPA
         # with a float mask takes a slower path that re-validates the mask on every call. The
         # bias is gathered each call (never stale) and broadcast-added in place (no copies).
-        scores = torch.bmm(q.reshape(-1, n, self.key_dim), k.reshape(-1, n, self.key_dim).mT)
+        scores = torch.bmm(
+            q.reshape(-1, n, self.key_dim), k.reshape(-1, n, self.key_dim).transpose(1, 2)
+        )
         scores = scores.view(b, self.num_heads, n, n).mul_(self.key_dim**-0.5).add_(bias)
         attn = scores.softmax(dim=-1).view(-1, n, n)
         out = torch.bmm(attn, v.reshape(-1, n, self.key_dim)).view(b, self.num_heads, n, -1)

@@ -1,0 +1,157 @@
+"""CPU benchmark of the deployment paths: ONNX Runtime fp32 / int8 / fp16 against torch fp32 /
+bf16 / fp16, and against the official-order eager encoder, with agreement of every
+reduced-precision path measured as mask IoU against torch fp32 over the golden prompt cases.
+
+Usage: ``python benchmarks/deploy.py [--threads 2] [--repeats 5] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REFERENCE,
+    machine_info,
+    matmul_peak,
+    print_table,
+    summary,
+    time_fn,
+    write_json,
+)
+from reference import official_order  # noqa: E402
+
+from mobilesam import SamPredictor, build_sam  # noqa: E402
+from mobilesam.onnx import OnnxPredictor, export_onnx  # noqa: E402
+
+CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
+
+
+def golden_cases() -> list[tuple[str, dict]]:
+    cases = json.loads((REFERENCE / "golden" / "cases.json").read_text())["cases"]
+    out = []
+    for c in cases:
+        if (
+            "onnx" in c["key"]
+            or "batched" in c["key"]
+            or "point_labels" not in c
+            and "box" not in c
+        ):
+            continue
+        kw = {
+            "point_coords": np.array(c["point_coords"]) if "point_coords" in c else None,
+            "point_labels": np.array(c["point_labels"]) if "point_labels" in c else None,
+            "box": np.array(c["box"]) if "box" in c else None,
+            "multimask_output": c.get("multimask_output", True),
+        }
+        out.append((c["image"], kw))
+    return out
+
+
+def agreement(pred, ref_masks: dict, images: dict, cases: list) -> float:
+    """Mean mask IoU against torch fp32 over every mask of every golden prompt case."""
+    ious = []
+    for name in images:
+        pred.set_image(images[name])
+        for (img, kw), ref in zip(cases, ref_masks[name], strict=False):
+            if img != name:
+                continue
+            masks = pred.predict(**kw)[0]
+            for a, b in zip(masks, ref, strict=True):
+                union = np.logical_or(a, b).sum()
+                ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+    return float(np.mean(ious))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = [matmul_peak()]
+    cases = golden_cases()
+    names = sorted({img for img, _ in cases})
+    images = {n: np.array(Image.open(REFERENCE / "images" / n).convert("RGB")) for n in names}
+    image = images["picture1.jpg"]
+    pt, lb = np.array([[420.0, 385.0]]), np.array([1])
+
+    rows, result = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(build_sam(CKPT), tmp, quantize="int8", fp16=True, checkpoint=CKPT)
+        ref = SamPredictor(build_sam(CKPT))
+        ref_masks = {}
+        for name in names:
+            ref.set_image(images[name])
+            ref_masks[name] = [ref.predict(**kw)[0] for img, kw in cases if img == name]
+        x = torch.randn(1, 3, 1024, 1024)
+
+        def torch_path(label: str, dtype: torch.dtype) -> None:
+            model = build_sam(CKPT)
+            pred = SamPredictor(model, dtype=dtype)
+            with torch.no_grad():
+                enc = time_fn(lambda: model.image_encoder(x.to(dtype)), args.repeats)
+            pred.set_image(image)
+            dec = time_fn(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+            agree = 1.0 if dtype == torch.float32 else agreement(pred, ref_masks, images, cases)
+            result[label] = {"encoder": summary(enc), "predict": summary(dec), "miou": agree}
+
+        def ort_path(label: str, encoder: str, decoder: str) -> None:
+            pred = OnnxPredictor(tmp, encoder=encoder, decoder=decoder, threads=args.threads)
+            sess = pred._encoder
+            enc = time_fn(lambda: sess.run(None, {"image": x.numpy()}), args.repeats)
+            pred.set_image(image)
+            dec = time_fn(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+            agree = agreement(pred, ref_masks, images, cases)
+            result[label] = {"encoder": summary(enc), "predict": summary(dec), "miou": agree}
+
+        torch_path("torch fp32", torch.float32)
+        torch_path("torch bf16", torch.bfloat16)
+        torch_path("torch fp16", torch.float16)
+        ort_path("ORT fp32", "fp32", "fp32")
+        ort_path("ORT int8 (encoder + decoder)", "int8", "int8")
+        ort_path("ORT int8 encoder, fp32 decoder", "int8", "fp32")
+        ort_path("ORT fp16 encoder", "fp16", "fp32")
+        model = build_sam(CKPT)
+        with official_order(model), torch.no_grad():
+            off = time_fn(lambda: model.image_encoder(x), args.repeats)
+        result["official-order eager fp32"] = {"encoder": summary(off)}
+    peaks.append(matmul_peak())
+    peak = max(p["best_gflops"] for p in peaks)
+    off_s = result["official-order eager fp32"]["encoder"]["median_s"]
+    for label, r in result.items():
+        enc = r["encoder"]["median_s"]
+        rows.append(
+            (
+                label,
+                f"{enc:.3f}",
+                f"{off_s / enc:.2f}×",
+                f"{1000 * r['predict']['median_s']:.1f}" if "predict" in r else "-",
+                f"{r['miou']:.4f}" if "miou" in r else "-",
+            )
+        )
+    medians = ", ".join(f"{p['median_gflops']:.0f}" for p in peaks)
+    print(
+        f"threads={args.threads}  matmul 2048² best-of-10 peak={peak:.0f} GFLOP/s "
+        f"(medians {medians})"
+    )
+    print_table(
+        rows,
+        ("path", "encoder s", "vs official-order", "predict ms", "mIoU vs torch fp32"),
+    )
+    print("anchor: official eager encoder 2.2-2.4 s (README of ../shared/reference)")
+    out = {"machine": machine_info(), "threads": args.threads, "peak_gflops": peak, **result}
+    print(f"json: {write_json('deploy', out, args.json)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""``mobilesam export``: ONNX encoder and decoder (SAM's public interface) plus model.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_model_args, load_model
+
+EXAMPLES = """examples:
+  mobilesam export --checkpoint mobile_sam.pt --out onnx/
+  mobilesam export --model mobilesam --out onnx/ --quantize int8 --fp16
+  mobilesam export --checkpoint mobile_sam.pt --out onnx/ --quantize int8 --quantize-parts encoder
+"""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..onnx.export import QUANTIZE_PARTS, export_onnx
+
+    if args.quantize_parts not in QUANTIZE_PARTS:
+        raise ValueError(f"--quantize-parts must be one of {QUANTIZE_PARTS}")
+    model, ckpt = load_model(args)
+    out = Path(args.out)
+    record = export_onnx(
+        model,
+        out,
+        opset=args.opset,
+        quantize=args.quantize,
+        quantize_parts=args.quantize_parts,
+        fp16=args.fp16,
+        checkpoint=ckpt,
+        model_name=Path(str(ckpt)).stem,
+    )
+    print(f"wrote {', '.join(record['files'].values())} and model.json to {out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export ONNX encoder + decoder (SAM's ONNX interface) and model.json",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--out", default="mobilesam_onnx", help="output directory")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--quantize", choices=["int8"], help="also write int8 (dynamic) models")
+    p.add_argument(
+        "--quantize-parts",
+        default="both",
+        help="encoder, decoder or both (default both)",
+    )
+    p.add_argument("--fp16", action="store_true", help="also write a float16 encoder")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,176 @@
+"""``export_onnx``: write ``encoder.onnx``, ``decoder.onnx`` (SAM's public interface, best
+mask), ``decoder_multimask.onnx`` (all mask tokens, for :class:`OnnxPredictor`) and
+``model.json``; optionally int8 (ONNX Runtime dynamic quantization) and fp16 encoder variants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modeling.sam import Sam
+from .wrapper import INPUT_NAMES, OUTPUT_NAMES, SamOnnxDecoder, SamOnnxEncoder
+
+QUANTIZE_PARTS = ("encoder", "decoder", "both")
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, opset: int, **kw: Any) -> None:
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter (deprecated upstream, still supported) handles the
+        # data-dependent sizes SAM's interface needs (orig_im_size) without extra packages.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+            **kw,
+        )
+
+
+def export_encoder(model: Sam, path: Path, opset: int, dtype: torch.dtype = torch.float32) -> None:
+    s = model.img_size
+    enc = SamOnnxEncoder(model, dtype).eval()
+    if dtype != torch.float32:
+        enc = enc.to(dtype)
+    with torch.no_grad():
+        _export(
+            enc,
+            (torch.zeros(1, 3, s, s),),
+            path,
+            opset,
+            input_names=["image"],
+            output_names=["image_embeddings"],
+        )
+
+
+def export_decoder(model: Sam, path: Path, opset: int, return_single_mask: bool) -> None:
+    dec = SamOnnxDecoder(model, return_single_mask).eval()
+    c, (h, w) = model.prompt_encoder.embed_dim, model.prompt_encoder.image_embedding_size
+    mh, mw = model.prompt_encoder.mask_input_size
+    # Dummy sizes deliberately unusual, so nothing sized from them can pass the tests.
+    args = (
+        torch.randn(1, c, h, w),
+        torch.randint(0, model.img_size, (1, 3, 2)).float(),
+        torch.tensor([[1.0, 0.0, -1.0]]),
+        torch.randn(1, 1, mh, mw),
+        torch.tensor([1.0]),
+        torch.tensor([577.0, 931.0]),
+    )
+    with torch.no_grad():
+        _export(
+            dec,
+            args,
+            path,
+            opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                "point_coords": {1: "num_points"},
+                "point_labels": {1: "num_points"},
+                "masks": {2: "height", 3: "width"},
+            },
+        )
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime dynamic quantization of the MatMul/Gemm weights to int8."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise ImportError(
+            'int8 quantization needs onnxruntime: pip install "mobilesam[onnx]"'
+        ) from None
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quiet its "consider pre-processing" advice
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(
+    model: Sam,
+    out_dir: str | Path,
+    *,
+    opset: int = 17,
+    quantize: str | None = None,
+    quantize_parts: str = "both",
+    fp16: bool = False,
+    checkpoint: str | Path | None = None,
+    model_name: str = "mobilesam",
+) -> dict[str, Any]:
+    """Export ``model`` to ``out_dir``; returns the ``model.json`` record.
+
+    Args:
+        quantize: ``"int8"`` adds ``*.int8.onnx`` files for ``quantize_parts``
+            (``"encoder"``, ``"decoder"`` or ``"both"``).
+        fp16: adds ``encoder.fp16.onnx``: the encoder in float16 behind the float32 interface
+            (for GPU execution providers; ONNX Runtime's CPU provider lacks fp16 kernels for
+            most of it).
+        checkpoint: the weights file, for its sha256 in ``model.json``.
+    """
+    from .. import __version__
+    from ..hub import sha256_file
+    from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize_parts not in QUANTIZE_PARTS:
+        raise ValueError(f"quantize_parts must be one of {QUANTIZE_PARTS}, got {quantize_parts!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    files = {
+        "encoder": "encoder.onnx",
+        "decoder": "decoder.onnx",
+        "decoder_multimask": "decoder_multimask.onnx",
+    }
+    export_encoder(model, out / files["encoder"], opset)
+    export_decoder(model, out / files["decoder"], opset, return_single_mask=True)
+    export_decoder(model, out / files["decoder_multimask"], opset, return_single_mask=False)
+    if quantize == "int8":
+        parts = ["encoder", "decoder", "decoder_multimask"]
+        if quantize_parts == "encoder":
+            parts = ["encoder"]
+        elif quantize_parts == "decoder":
+            parts = ["decoder", "decoder_multimask"]
+        for part in parts:
+            name = files[part].replace(".onnx", ".int8.onnx")
+            quantize_int8(out / files[part], out / name)
+            files[f"{part}_int8"] = name
+    if fp16:
+        export_encoder(model, out / "encoder.fp16.onnx", opset, torch.float16)
+        files["encoder_fp16"] = "encoder.fp16.onnx"
+    record = {
+        "model": model_name,
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+        "mobilesam_version": __version__,
+        "opset": opset,
+        "files": files,
+        "preprocessing": {
+            "img_size": model.img_size,
+            "resize": "longest side to img_size, PIL bilinear on uint8 RGB, half-up rounding",
+            "pixel_mean": list(PIXEL_MEAN),
+            "pixel_std": list(PIXEL_STD),
+            "pad": "zeros at the bottom and right after normalisation, to img_size²",
+            "mask_threshold": model.mask_threshold,
+        },
+        "decoder_inputs": list(INPUT_NAMES),
+        "decoder_outputs": list(OUTPUT_NAMES),
+    }
+    (out / "model.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,167 @@
+"""``OnnxPredictor``: :class:`~mobilesam.SamPredictor`'s API on an export directory, run by
+ONNX Runtime on the CPU.
+
+It shares the torch predictor's input checks, ``ResizeLongestSide`` transforms, normalisation
+and output selection, so everything in front of and behind the model runs the same way; only
+the encoder and the decoder (``decoder_multimask.onnx``, all mask tokens) are ONNX graphs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.mask_decoder import select_outputs
+from ..modeling.sam import normalize_and_pad
+from ..predictor import (
+    ImageNotSetError,
+    _check_box,
+    _check_points,
+    check_embedding,
+    check_mask_input,
+)
+from ..transforms import ResizeLongestSide, to_rgb_uint8
+
+VARIANTS = ("fp32", "int8", "fp16")
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError(
+            'OnnxPredictor needs onnxruntime: pip install "mobilesam[onnx]"'
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: export with `mobilesam export` first")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxPredictor:
+    """Promptable segmentation with ONNX Runtime.
+
+    Args:
+        export_dir: a directory written by :func:`~mobilesam.onnx.export_onnx`.
+        encoder: ``"fp32"``, ``"int8"`` or ``"fp16"`` encoder file; decoder: ``"fp32"`` or
+            ``"int8"``.
+        threads: ONNX Runtime intra-op threads (default: its own choice).
+    """
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        encoder: str = "fp32",
+        decoder: str = "fp32",
+        threads: int | None = None,
+    ) -> None:
+        root = Path(export_dir)
+        meta_path = root / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: not a mobilesam export directory")
+        self.meta = json.loads(meta_path.read_text())
+        files = self.meta["files"]
+        if encoder not in VARIANTS or decoder not in VARIANTS[:2]:
+            raise ValueError(f"encoder must be one of {VARIANTS}, decoder 'fp32' or 'int8'")
+        enc_key = "encoder" if encoder == "fp32" else f"encoder_{encoder}"
+        dec_key = "decoder_multimask" + ("" if decoder == "fp32" else "_int8")
+        for key, what in ((enc_key, encoder), (dec_key, decoder)):
+            if key not in files:
+                raise FileNotFoundError(
+                    f"no {what} {key.split('_')[0]} in {root}: export with "
+                    f"{'--quantize int8' if what == 'int8' else '--fp16'}"
+                )
+        self.encoder_variant, self.decoder_variant = encoder, decoder
+        self._encoder = _session(root / files[enc_key], threads)
+        self._decoder = _session(root / files[dec_key], threads)
+        pre = self.meta["preprocessing"]
+        self.img_size = int(pre["img_size"])
+        self.mask_threshold = float(pre["mask_threshold"])
+        self._mean = torch.tensor(pre["pixel_mean"]).view(-1, 1, 1)
+        self._std = torch.tensor(pre["pixel_std"]).view(-1, 1, 1)
+        self.transform = ResizeLongestSide(self.img_size)
+        self.reset_image()
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image (same inputs and conversions as ``SamPredictor.set_image``)."""
+        rgb = to_rgb_uint8(image, image_format)
+        resized = self.transform.apply_image(rgb)
+        x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
+        x = normalize_and_pad(x, self._mean, self._std, self.img_size)
+        (features,) = self._encoder.run(None, {"image": x.numpy()})
+        check_embedding(features, f"OnnxPredictor ({self.encoder_variant} encoder)")
+        self.reset_image()
+        self.features = features
+        self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        self.input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Same arguments and outputs as ``SamPredictor.predict``."""
+        self._require_image()
+        assert self.original_size is not None
+        coords = np.zeros((0, 2))
+        labels = np.zeros((0,))
+        if point_coords is not None or point_labels is not None:
+            c, lab = _check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(c, self.original_size)
+            labels = lab.astype(np.float64)
+        if box is not None:
+            corners = self.transform.apply_boxes(_check_box(box), self.original_size)
+            coords = np.concatenate([coords, corners.reshape(2, 2)])
+            labels = np.concatenate([labels, [2.0, 3.0]])
+        else:  # SAM's prompt encoder pads point prompts without a box with one (0, 0, -1)
+            coords = np.concatenate([coords, np.zeros((1, 2))])
+            labels = np.concatenate([labels, [-1.0]])
+        if mask_input is not None:
+            mask = check_mask_input(mask_input, (1, 256, 256))[None]
+            has_mask = np.ones(1, np.float32)
+        else:
+            mask = np.zeros((1, 1, 256, 256), np.float32)
+            has_mask = np.zeros(1, np.float32)
+        masks, iou, low_res = self._decoder.run(
+            None,
+            {
+                "image_embeddings": self.features,
+                "point_coords": coords[None].astype(np.float32),
+                "point_labels": labels[None].astype(np.float32),
+                "mask_input": mask.astype(np.float32),
+                "has_mask_input": has_mask,
+                "orig_im_size": np.array(self.original_size, np.float32),
+            },
+        )
+        m, s = select_outputs(torch.from_numpy(masks), torch.from_numpy(iou), multimask_output)
+        low, _ = select_outputs(torch.from_numpy(low_res), torch.from_numpy(iou), multimask_output)
+        out = m[0] if return_logits else m[0] > self.mask_threshold
+        return out.numpy(), s[0].numpy(), low[0].numpy()
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ImageNotSetError(
+                "An image must be set with .set_image(...) before mask prediction."
+            )
