@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import everything, export, segment
+from . import distill, everything, export, segment
 from .common import CliError
 
 EXAMPLES = """examples:
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   mobilesam segment photo.jpg --checkpoint mobile_sam.pt --box 10,20,300,400 --out masks/
   mobilesam everything photos/ --checkpoint mobile_sam.pt --out masks/
   mobilesam export --checkpoint mobile_sam.pt --out onnx/ --quantize int8
+  mobilesam distill train --cache cache/ --student vit_t --teacher-checkpoint t.pth --out run/
 
 run 'mobilesam COMMAND --help' for each command's options and examples.
 """
@@ -32,11 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_parser(sub)
     everything.add_parser(sub)
     export.add_parser(sub)
+    distill.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = distill.apply_config(parser, argv)
+    except (ValueError, OSError) as exc:
+        print(f"mobilesam: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except CliError as exc:

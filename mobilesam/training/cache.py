@@ -1,0 +1,257 @@
+"""The teacher-embedding cache: the teacher encoder runs once per image (and per augmented
+view), and its ``256×64×64`` embeddings are stored in checksummed shards.
+
+Layout of ``CACHE/``: ``shard_00000.pt`` (``keys``, ``embeddings`` in the cache dtype,
+``views``) with a sidecar ``shard_00000.json`` (its sha256, entries and the fingerprint of
+the settings that made it), and ``manifest.json`` once every shard exists. A rerun verifies
+finished shards by checksum and fingerprint and skips them; a corrupt or truncated shard is
+recomputed. Under ``torchrun`` each rank takes the shards ``i % world == rank``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam, normalize_and_pad
+from ..progress import progress_bar
+from ..transforms import ResizeLongestSide
+from .data import ImageReader, ImageRef, View, augment_views
+
+log = logging.getLogger("mobilesam.training")
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How the cache is made. ``views``: augmented views per image besides the original."""
+
+    shard_size: int = 64
+    dtype: str = "float16"
+    views: int = 0
+    seed: int = 0
+
+
+def to_model_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
+    """``H×W×3`` uint8 → ``(3, S, S)`` float32 on the CPU, exactly as
+    ``SamPredictor.set_image`` prepares it (PIL resize of the longest side, normalise, pad)."""
+    resized = ResizeLongestSide(img_size).apply_image(rgb)
+    x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
+    mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
+    return normalize_and_pad(x, mean, std, img_size)[0]
+
+
+def sha256_bytes_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(teacher_sha: str | None, cfg: CacheConfig, keys: list[str]) -> str:
+    blob = json.dumps([teacher_sha, asdict(cfg), keys])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _shard_ok(shard: Path, fingerprint: str) -> bool:
+    side = shard.with_suffix(".json")
+    if not (shard.is_file() and side.is_file()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    if sha256_bytes_of(shard) != meta.get("sha256"):
+        log.warning("%s is corrupt or truncated (checksum mismatch): recomputing", shard.name)
+        return False
+    return True
+
+
+def build_cache(
+    teacher: Sam,
+    refs: list[ImageRef],
+    out: str | Path,
+    cfg: CacheConfig = CacheConfig(),
+    *,
+    teacher_name: str = "teacher",
+    teacher_sha256: str | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Compute the missing shards of this rank; returns the manifest if it is complete."""
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {cfg.dtype!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = 1 + cfg.views
+    entries = [(ref, v) for ref in refs for v in range(per_image)]
+    shards = [entries[i : i + cfg.shard_size] for i in range(0, len(entries), cfg.shard_size)]
+    mine = [i for i in range(len(shards)) if i % world == rank]
+    reader = ImageReader()
+    teacher.eval()
+    bar = progress_bar(len(mine), f"cache (rank {rank})", unit="shard", enabled=progress)
+    done = skipped = 0
+    for i in mine:
+        shard_path = out / f"shard_{i:05d}.pt"
+        keys = [f"{ref.key}#{v}" for ref, v in shards[i]]
+        fp = _fingerprint(teacher_sha256, cfg, keys)
+        if _shard_ok(shard_path, fp):
+            skipped += 1
+        else:
+            _compute_shard(teacher, shards[i], shard_path, fp, cfg, reader)
+            done += 1
+        bar.update(1)
+    bar.close()
+    reader.close()
+    log.info("rank %d: %d shards computed, %d verified and skipped", rank, done, skipped)
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank != 0:
+        return None
+    return write_manifest(out, len(shards), teacher, cfg, teacher_name, teacher_sha256)
+
+
+@torch.no_grad()
+def _compute_shard(
+    teacher: Sam,
+    entries: list[tuple[ImageRef, int]],
+    path: Path,
+    fingerprint: str,
+    cfg: CacheConfig,
+    reader: ImageReader,
+) -> None:
+    keys, embs, views, records, unreadable = [], [], [], [], []
+    image, image_key = None, None
+    for ref, v in entries:
+        if ref.key != image_key:
+            image, image_key = reader.try_read(ref), ref.key
+        if image is None:
+            unreadable.append(ref.key)
+            continue
+        view = augment_views(ref, image.shape[:2], cfg.views, cfg.seed)[v]
+        x = to_model_input(view.apply(image), teacher.img_size).to(teacher.device)
+        embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
+        keys.append(f"{ref.key}#{v}")
+        views.append(view.to_json())
+        records.append({"key": ref.key, "path": ref.path, "member": ref.member, "view": v})
+    data = {
+        "keys": keys,
+        "embeddings": torch.stack(embs) if embs else torch.zeros(0),
+        "views": views,
+    }
+    tmp = path.with_name(path.name + ".part")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    side = {
+        "sha256": sha256_bytes_of(path),
+        "fingerprint": fingerprint,
+        "entries": [dict(r, view_params=vp) for r, vp in zip(records, views, strict=True)],
+        "unreadable": sorted(set(unreadable)),
+    }
+    tmp_side = path.with_suffix(".json.part")
+    tmp_side.write_text(json.dumps(side))
+    os.replace(tmp_side, path.with_suffix(".json"))
+
+
+def write_manifest(
+    out: Path,
+    n_shards: int,
+    teacher: Sam,
+    cfg: CacheConfig,
+    teacher_name: str,
+    teacher_sha256: str | None,
+) -> dict[str, Any] | None:
+    """``manifest.json`` from the shard sidecars, if all ``n_shards`` exist."""
+    from .. import __version__
+
+    shards = []
+    for i in range(n_shards):
+        side = out / f"shard_{i:05d}.json"
+        if not side.is_file():
+            log.info("cache incomplete: %s missing (another rank still running?)", side.name)
+            return None
+        meta = json.loads(side.read_text())
+        shards.append(
+            {
+                "file": f"shard_{i:05d}.pt",
+                "sha256": meta["sha256"],
+                "entries": meta["entries"],
+                "unreadable": meta["unreadable"],
+            }
+        )
+    manifest = {
+        "teacher": teacher_name,
+        "teacher_checkpoint_sha256": teacher_sha256,
+        "preprocessing": {
+            "img_size": teacher.img_size,
+            "pixel_mean": list(PIXEL_MEAN),
+            "pixel_std": list(PIXEL_STD),
+            "resize": "longest side, PIL bilinear; pad bottom-right",
+        },
+        "embedding_shape": [
+            teacher.prompt_encoder.embed_dim,
+            *teacher.prompt_encoder.image_embedding_size,
+        ],
+        "config": asdict(cfg),
+        "mobilesam_version": __version__,
+        "shards": shards,
+        "n_entries": sum(len(s["entries"]) for s in shards),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+class CacheReader:
+    """Entries of a finished cache: ``(ImageRef, View, teacher embedding)``; shards are
+    checksum-verified on first load and kept in a small LRU."""
+
+    def __init__(self, cache_dir: str | Path, keep: int = 2) -> None:
+        self.root = Path(cache_dir)
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `mobilesam distill cache` first")
+        self.manifest = json.loads(path.read_text())
+        self.index: list[tuple[int, int]] = [
+            (s, j)
+            for s, shard in enumerate(self.manifest["shards"])
+            for j in range(len(shard["entries"]))
+        ]
+        self.keep = keep
+        self._loaded: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def shard_of(self, i: int) -> int:
+        return self.index[i][0]
+
+    def _shard(self, s: int) -> dict[str, Any]:
+        if s not in self._loaded:
+            meta = self.manifest["shards"][s]
+            path = self.root / meta["file"]
+            if sha256_bytes_of(path) != meta["sha256"]:
+                raise OSError(f"{path} fails its checksum: rerun `mobilesam distill cache`")
+            if len(self._loaded) >= self.keep:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[s] = torch.load(path, map_location="cpu", weights_only=True)
+        return self._loaded[s]
+
+    def entry(self, i: int) -> tuple[ImageRef, View, torch.Tensor]:
+        s, j = self.index[i]
+        rec = self.manifest["shards"][s]["entries"][j]
+        ref = ImageRef(rec["key"], rec["path"], rec["member"])
+        return ref, View.from_json(rec["view_params"]), self._shard(s)["embeddings"][j]

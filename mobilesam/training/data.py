@@ -1,0 +1,167 @@
+"""Image sources for distillation: folders (recursive), single files and SA-1B ``sa_*.tar``
+shards read in place (no unpacking), with a deterministic subset/split and recorded
+augmentation views.
+
+Every image has a stable ``key`` (its path relative to the source, or ``tarname/member``),
+so selection and ordering do not depend on the file system's listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("mobilesam.training")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one image lives: a file, or a member of a tar file."""
+
+    key: str
+    path: str
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class View:
+    """An augmented view: optional horizontal flip, then an optional crop ``(x0, y0, x1, y1)``
+    in pixels of the (flipped) image. The identity view is ``View()``."""
+
+    flip: bool = False
+    crop: tuple[int, int, int, int] | None = None
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        out = image[:, ::-1] if self.flip else image
+        if self.crop is not None:
+            x0, y0, x1, y1 = self.crop
+            out = out[y0:y1, x0:x1]
+        return np.ascontiguousarray(out)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> View:
+        crop = d.get("crop")
+        return View(bool(d.get("flip", False)), tuple(crop) if crop else None)  # type: ignore[arg-type]
+
+
+def collect_images(sources: list[str]) -> list[ImageRef]:
+    """Images under ``sources`` (folders, image files, ``.tar`` files), sorted by key."""
+    refs: list[ImageRef] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    refs.append(ImageRef(f"{path.name}/{f.relative_to(path).as_posix()}", str(f)))
+                elif f.is_file() and f.suffix == ".tar":
+                    refs += _tar_members(f)
+        elif path.is_file() and path.suffix == ".tar":
+            refs += _tar_members(path)
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            refs.append(ImageRef(path.name, str(path)))
+        else:
+            raise FileNotFoundError(f"no images at {src} (a folder, an image or a .tar shard)")
+    refs.sort(key=lambda r: r.key)
+    keys = [r.key for r in refs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two images share a key; give each source folder a distinct name")
+    return refs
+
+
+def _tar_members(path: Path) -> list[ImageRef]:
+    """The images of one tar (SA-1B shards hold ``.jpg`` + ``.json``; the JSON is skipped).
+    Only the headers are read."""
+    with tarfile.open(path, "r:") as tar:
+        return [
+            ImageRef(f"{path.name}/{m.name}", str(path), m.name)
+            for m in tar.getmembers()
+            if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+        ]
+
+
+class ImageReader:
+    """Reads :class:`ImageRef` s as ``H×W×3`` uint8 RGB, keeping tar files open."""
+
+    def __init__(self) -> None:
+        self._tars: dict[str, tarfile.TarFile] = {}
+
+    def read(self, ref: ImageRef) -> np.ndarray:
+        if ref.member is None:
+            with Image.open(ref.path) as im:
+                return np.array(im.convert("RGB"))
+        tar = self._tars.get(ref.path)
+        if tar is None:
+            tar = self._tars[ref.path] = tarfile.open(ref.path, "r:")  # noqa: SIM115 (kept open; see close)
+        f = tar.extractfile(ref.member)
+        if f is None:
+            raise OSError(f"{ref.member} is not a file in {ref.path}")
+        with Image.open(io.BytesIO(f.read())) as im:
+            return np.array(im.convert("RGB"))
+
+    def try_read(self, ref: ImageRef) -> np.ndarray | None:
+        """The image, or ``None`` (logged) if it cannot be read."""
+        try:
+            return self.read(ref)
+        except (OSError, ValueError, Image.DecompressionBombError, tarfile.TarError) as exc:
+            log.warning("skipping unreadable image %s: %s", ref.key, exc)
+            return None
+
+    def close(self) -> None:
+        for t in self._tars.values():
+            t.close()
+        self._tars.clear()
+
+
+def unit_hash(key: str, salt: str) -> float:
+    """A stable pseudo-random number in [0, 1) for ``key``."""
+    digest = hashlib.sha1(f"{salt}:{key}".encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+def select(
+    refs: list[ImageRef],
+    fraction: float = 1.0,
+    split: str = "train",
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> list[ImageRef]:
+    """A deterministic subset (``fraction`` of all images, e.g. 0.01 for the paper's 1%) and
+    split (``"train"``, ``"val"`` or ``"all"``), decided per key by hashing: the same image
+    always lands in the same place, whatever else is added."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be train, val or all, got {split!r}")
+    out = []
+    for r in refs:
+        if unit_hash(r.key, f"subset{seed}") >= fraction:
+            continue
+        is_val = unit_hash(r.key, f"split{seed}") < val_fraction
+        if split == "all" or (split == "val") == is_val:
+            out.append(r)
+    return out
+
+
+def augment_views(ref: ImageRef, size: tuple[int, int], n: int, seed: int) -> list[View]:
+    """The identity view plus ``n`` random views (flip, resized crop covering 50–100% of each
+    side), drawn from a generator seeded by the key so they are reproducible."""
+    h, w = size
+    rng = np.random.default_rng(int(unit_hash(ref.key, f"aug{seed}") * 2**32))
+    views = [View()]
+    for _ in range(n):
+        sw, sh = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+        x0, y0 = int(rng.integers(0, w - sw + 1)), int(rng.integers(0, h - sh + 1))
+        views.append(View(bool(rng.random() < 0.5), (x0, y0, x0 + sw, y0 + sh)))
+    return views

@@ -1,0 +1,312 @@
+"""Student training, the paper's decoupled distillation: the student image encoder alone is
+trained to reproduce the cached teacher embeddings (MSE).
+
+AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on GPU,
+DistributedDataParallel under ``torchrun`` (NCCL on GPU, gloo on CPU; rank 0 logs and
+saves), atomic checkpoints every ``save_every`` steps and exact resumption (model,
+optimizer, scheduler, RNG and data order). The result, ``RUN/student.pt``, is an
+official-format checkpoint: the student encoder plus the teacher's prompt encoder and mask
+decoder under their original keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..build import build_image_encoder
+from ..checkpoint import read_state_dict
+from ..modeling.tiny_vit import TinyViTConfig
+from ..progress import progress_bar
+from .cache import CacheReader, to_model_input
+from .data import ImageReader
+
+#: Student encoders. ``vit_t`` is MobileSAM's TinyViT-5M; ``vit_t_small`` is a ~4× cheaper
+#: TinyViT for quick experiments.
+STUDENT_PRESETS: dict[str, TinyViTConfig] = {
+    "vit_t": TinyViTConfig(),
+    "vit_t_small": TinyViTConfig(
+        embed_dims=(32, 64, 96, 192), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 6)
+    ),
+}
+MODES = ("decoupled",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on (stored in its checkpoints)."""
+
+    cache: str
+    out: str
+    teacher_checkpoint: str
+    student: str = "vit_t"
+    mode: str = "decoupled"
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None  # default: 5% of all steps
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 1.0
+    save_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    max_steps: int | None = None  # stop early (smoke tests)
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """``(student input (3, S, S), teacher embedding (C, h, w) float32)`` per cache entry."""
+
+    def __init__(self, cache_dir: str, img_size: int) -> None:
+        self.cache_dir = cache_dir
+        self.img_size = img_size
+        self._cache: CacheReader | None = None
+        self._images: ImageReader | None = None
+        self.length = len(CacheReader(cache_dir))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None:  # per worker process
+            self._cache, self._images = CacheReader(self.cache_dir), ImageReader()
+        assert self._images is not None
+        ref, view, target = self._cache.entry(i)
+        x = to_model_input(view.apply(self._images.read(ref)), self.img_size)
+        return x, target.float()
+
+
+def epoch_order(cache: CacheReader, epoch: int, seed: int, rank: int, world: int) -> list[int]:
+    """This rank's entries for ``epoch``: shards in a seeded random order, entries shuffled
+    within each shard (so a worker keeps one shard loaded), dealt round-robin to ranks and
+    cut to equal length."""
+    rng = np.random.default_rng([seed, epoch])
+    by_shard: dict[int, list[int]] = {}
+    for i in range(len(cache)):
+        by_shard.setdefault(cache.shard_of(i), []).append(i)
+    order: list[int] = []
+    for s in rng.permutation(sorted(by_shard)):
+        order += [by_shard[int(s)][j] for j in rng.permutation(len(by_shard[int(s)]))]
+    per_rank = len(order) // world
+    return order[rank::world][:per_rank]
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device(device if device not in ("auto", "cuda") else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, dev
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def export_student(encoder: nn.Module, teacher_checkpoint: str, path: Path) -> None:
+    """Official-format checkpoint: ``image_encoder.*`` from the student, ``prompt_encoder.*``
+    and ``mask_decoder.*`` from the teacher, as a plain fp32 state dict."""
+    teacher = read_state_dict(teacher_checkpoint)
+    sd = {f"image_encoder.{k}": v.detach().float().cpu() for k, v in encoder.state_dict().items()}
+    for k, v in teacher.items():
+        if k.startswith(("prompt_encoder.", "mask_decoder.")):
+            sd[k] = v
+    _atomic_save(sd, path)
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a distillation; returns the end-of-run summary.
+
+    ``stop_after`` ends this invocation after that many steps in all (as an interruption
+    would), leaving ``last.pt`` to resume from; the schedule still spans the whole run.
+    """
+    if cfg.student not in STUDENT_PRESETS:
+        raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
+    if cfg.mode not in MODES:
+        raise ValueError(
+            f"mode {cfg.mode!r} is not available; implemented: {', '.join(MODES)} "
+            "(semi-coupled is planned)"
+        )
+    if not Path(cfg.teacher_checkpoint).is_file():
+        raise FileNotFoundError(f"teacher checkpoint {cfg.teacher_checkpoint} not found")
+    rank, world, device = _setup_distributed(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    enc_cfg = STUDENT_PRESETS[cfg.student]
+    student = build_image_encoder(enc_cfg).to(device)
+    cache = CacheReader(cfg.cache)
+    emb_shape = cache.manifest["embedding_shape"]
+    if emb_shape[0] != enc_cfg.out_chans:
+        raise ValueError(f"student outputs {enc_cfg.out_chans} channels, cache has {emb_shape}")
+    model: nn.Module = student
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(epoch_order(cache, 0, cfg.seed, rank, world)) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(cache)} cached entries over {world} rank(s) do not fill one batch of "
+            f"{cfg.batch_size}"
+        )
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio)
+    )
+    step = 0
+    last = out / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        _set_rng_state(state["rng"])
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    dataset = CacheDataset(cfg.cache, enc_cfg.img_size)
+    autocast = device.type == "cuda"
+    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    bar = progress_bar(total, "distill", unit="step", enabled=progress and rank == 0)
+    bar.update(step)
+    start, first_step, losses = time.perf_counter(), step, []
+
+    def save() -> None:
+        if rank != 0:
+            return
+        _atomic_save(
+            {
+                "student": student.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "rng": _rng_state(),
+                "config": asdict(cfg),
+            },
+            last,
+        )
+
+    model.train()
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = epoch_order(cache, epoch, cfg.seed, rank, world)
+        order = order[in_epoch * cfg.batch_size : steps_per_epoch * cfg.batch_size]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers
+        )
+        for x, target in loader:
+            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                pred = model(x)
+            loss = F.mse_loss(pred.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+            opt.step()
+            sched.step()
+            step += 1
+            loss_value = loss.detach().item()
+            losses.append(loss_value)
+            if metrics is not None:
+                metrics.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss_value,
+                            "grad_norm": float(grad_norm),
+                            "lr": sched.get_last_lr()[0],
+                            "seconds": round(time.perf_counter() - start, 3),
+                        }
+                    )
+                    + "\n"
+                )
+                metrics.flush()
+            bar.update(1)
+            if step % cfg.save_every == 0:
+                save()
+            if step >= total or (stop_after is not None and step >= stop_after):
+                break
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+    save()
+    summary = {
+        "steps": step,
+        "steps_this_run": step - first_step,
+        "seconds": round(time.perf_counter() - start, 2),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "student": cfg.student,
+    }
+    if rank == 0:
+        assert metrics is not None
+        metrics.close()
+    if rank == 0 and step >= total:
+        export_student(student, cfg.teacher_checkpoint, out / "student.pt")
+        summary["checkpoint"] = str(out / "student.pt")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world > 1:
+        dist.barrier()
+    return summary

@@ -1,0 +1,304 @@
+"""Distillation toolkit: sources (folders, SA-1B tars), deterministic split, the teacher
+cache (manifest, resume, corruption, ranks), training (loss falls, exact resumption) and the
+official-format student checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilesam import SamPredictor, build_sam, sam_model_registry
+from mobilesam.training.cache import CacheConfig, CacheReader, build_cache
+from mobilesam.training.data import ImageReader, collect_images, select
+from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, export_student, train
+
+from .conftest import load_image
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(reference):
+    return reference / "checkpoints" / "distill_teacher.pt"
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_ckpt):
+    return build_sam(teacher_ckpt)
+
+
+@pytest.fixture(scope="session")
+def sources(tmp_path_factory, reference):
+    """A folder with two small photos and a broken file, and an SA-1B-style tar."""
+    root = tmp_path_factory.mktemp("src")
+    photos = root / "photos"
+    photos.mkdir()
+    img = Image.fromarray(load_image(reference, "picture1.jpg")).resize((160, 160))
+    img.save(photos / "a.jpg")
+    img.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(photos / "b.png")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    tar_path = root / "sa_000000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, im in [("sa_1.jpg", img.rotate(90)), ("sa_2.jpg", img.rotate(180))]:
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG")
+            info = tarfile.TarInfo(name)
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+        ann = json.dumps({"annotations": []}).encode()
+        info = tarfile.TarInfo("sa_1.json")
+        info.size = len(ann)
+        tar.addfile(info, io.BytesIO(ann))
+    return [str(photos), str(tar_path)]
+
+
+def test_sources_and_split(sources):
+    refs = collect_images(sources)
+    keys = [r.key for r in refs]
+    assert keys == sorted(keys)
+    assert "sa_000000.tar/sa_1.jpg" in keys and "photos/b.png" in keys
+    assert not any(k.endswith(".json") for k in keys)
+    reader = ImageReader()
+    tar_ref = next(r for r in refs if r.member == "sa_2.jpg")
+    assert reader.read(tar_ref).shape == (160, 160, 3)
+    assert reader.try_read(next(r for r in refs if r.key.endswith("broken.jpg"))) is None
+    reader.close()
+    train_refs = select(refs, split="train", val_fraction=0.5, seed=1)
+    val_refs = select(refs, split="val", val_fraction=0.5, seed=1)
+    assert {r.key for r in train_refs}.isdisjoint(r.key for r in val_refs)
+    assert len(train_refs) + len(val_refs) == len(refs)
+    assert select(refs, split="train", val_fraction=0.5, seed=1) == train_refs
+    big = [type(refs[0])(f"k{i}", "x") for i in range(2000)]
+    assert 10 <= len(select(big, fraction=0.01)) <= 35
+    with pytest.raises(ValueError, match="fraction"):
+        select(refs, fraction=0)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, teacher, sources, teacher_ckpt):
+    from mobilesam.hub import sha256_file
+
+    out = tmp_path_factory.mktemp("cache")
+    refs = collect_images(sources)
+    manifest = build_cache(
+        teacher,
+        refs,
+        out,
+        CacheConfig(shard_size=3, views=1),
+        teacher_name="fixture",
+        teacher_sha256=sha256_file(teacher_ckpt),
+        progress=False,
+    )
+    assert manifest is not None
+    return out
+
+
+def test_cache_manifest_and_embeddings(cache_dir, teacher, sources):
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["teacher"] == "fixture" and manifest["teacher_checkpoint_sha256"]
+    assert manifest["embedding_shape"] == [256, 64, 64]
+    assert manifest["config"]["dtype"] == "float16" and manifest["config"]["views"] == 1
+    unreadable = [k for s in manifest["shards"] for k in s["unreadable"]]
+    assert unreadable == ["photos/broken.jpg"]
+    assert manifest["n_entries"] == 4 * 2  # 4 readable images × (original + 1 view)
+    reader = CacheReader(cache_dir)
+    ref, view, emb = reader.entry(0)
+    assert emb.dtype == torch.float16 and tuple(emb.shape) == (256, 64, 64)
+    assert view.flip is False and view.crop is None  # entry #0 of an image: the original
+    pred = SamPredictor(teacher)
+    pred.set_image(ImageReader().read(ref))
+    ref_emb = pred.get_image_embedding()[0]
+    assert (emb.float() - ref_emb).abs().max() <= 2e-3 * max(1.0, float(ref_emb.abs().max()))
+    aug_ref, aug_view, _ = reader.entry(1)
+    assert aug_ref.key == ref.key and aug_view.crop is not None
+
+
+def test_cache_resume_corruption_and_ranks(tmp_path, teacher, sources):
+    refs = collect_images(sources)[:3]
+    cfg = CacheConfig(shard_size=1)
+    # two ranks, run one after the other: disjoint shards, manifest once both are done
+    assert build_cache(teacher, refs, tmp_path, cfg, rank=1, world=2, progress=False) is None
+    assert {p.name for p in tmp_path.glob("*.pt")} == {"shard_00001.pt"}
+    manifest = build_cache(teacher, refs, tmp_path, cfg, rank=0, world=2, progress=False)
+    assert manifest is not None and len(manifest["shards"]) == 3
+    shard = tmp_path / "shard_00000.pt"
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")}
+    build_cache(teacher, refs, tmp_path, cfg, progress=False)  # resume: nothing to redo
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")} == before
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncate
+    with pytest.raises(OSError, match="checksum"):
+        CacheReader(tmp_path).entry(0)
+    build_cache(teacher, refs, tmp_path, cfg, progress=False)
+    assert shard.stat().st_mtime_ns != before["shard_00000.pt"]
+    CacheReader(tmp_path).entry(0)  # repaired
+
+
+def _cfg(cache_dir, out, teacher_ckpt, **kw) -> TrainConfig:
+    base = dict(
+        cache=str(cache_dir),
+        out=str(out),
+        teacher_checkpoint=str(teacher_ckpt),
+        student="vit_t_small",
+        epochs=2,
+        batch_size=2,
+        lr=2e-3,
+        save_every=1,
+        max_steps=3,
+        warmup_steps=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_resumes_exactly(tmp_path, cache_dir, teacher_ckpt):
+    straight = train(_cfg(cache_dir, tmp_path / "a", teacher_ckpt), progress=False)
+    assert straight["steps"] == 3
+    b = _cfg(cache_dir, tmp_path / "b", teacher_ckpt)
+    part = train(b, progress=False, stop_after=2)
+    assert part["steps"] == 2 and not (tmp_path / "b" / "student.pt").exists()
+    resumed = train(b, resume=True, progress=False)
+    assert resumed["steps"] == 3 and resumed["steps_this_run"] == 1
+    a_sd = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
+    b_sd = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
+    assert a_sd.keys() == b_sd.keys()
+    for k in a_sd:
+        torch.testing.assert_close(a_sd[k], b_sd[k], rtol=1e-5, atol=1e-6)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    a_losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(np.isfinite(a_losses))
+    # the artefact is an official-format checkpoint with the teacher's decoder
+    teacher_sd = torch.load(teacher_ckpt, weights_only=True)
+    for k, v in teacher_sd.items():
+        if k.startswith(("prompt_encoder.", "mask_decoder.")):
+            assert torch.equal(a_sd[k], v)
+    model = build_sam(tmp_path / "a" / "student.pt")
+    assert model.image_encoder.cfg.embed_dims == STUDENT_PRESETS["vit_t_small"].embed_dims
+
+
+def test_loss_falls(tmp_path, cache_dir, teacher_ckpt):
+    s = train(
+        _cfg(cache_dir, tmp_path, teacher_ckpt, max_steps=8, epochs=4, lr=3e-3), progress=False
+    )
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and s["last_loss"] == losses[-1]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_vit_t_student_loads_with_the_registry(tmp_path, teacher_ckpt, reference):
+    from mobilesam.build import build_image_encoder
+
+    torch.manual_seed(0)
+    export_student(
+        build_image_encoder(STUDENT_PRESETS["vit_t"]), str(teacher_ckpt), tmp_path / "s.pt"
+    )
+    model = sam_model_registry["vit_t"](checkpoint=tmp_path / "s.pt")
+    pred = SamPredictor(model)
+    pred.set_image(load_image(reference, "picture1.jpg")[::4, ::4].copy())
+    masks, scores, _ = pred.predict(np.array([[50, 50]]), np.array([1]))
+    assert masks.shape == (3, 193, 193) and np.isfinite(scores).all()
+
+
+def test_bad_training_arguments(tmp_path, cache_dir, teacher_ckpt):
+    with pytest.raises(ValueError, match="student"):
+        train(_cfg(cache_dir, tmp_path, teacher_ckpt, student="vit_z"), progress=False)
+    with pytest.raises(ValueError, match="semi-coupled"):
+        train(_cfg(cache_dir, tmp_path, teacher_ckpt, mode="semi-coupled"), progress=False)
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        train(_cfg(cache_dir, tmp_path / "new", teacher_ckpt), resume=True, progress=False)
+    with pytest.raises(ValueError, match="batch"):
+        train(_cfg(cache_dir, tmp_path, teacher_ckpt, batch_size=64), progress=False)
+
+
+def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
+    """The commands as a user runs them: cache from a folder, then two gloo ranks under
+    torchrun; rank 0 alone writes the metrics and the checkpoint."""
+    import subprocess
+    import sys
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilesam",
+            "distill",
+            "cache",
+            "--checkpoint",
+            str(teacher_ckpt),
+            "--data",
+            sources[0],
+            "--out",
+            str(cache),
+            "--shard-size",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "2 embeddings of 3 images" in res.stdout and "1 unreadable skipped" in res.stdout
+    config = tmp_path / "recipe.toml"
+    config.write_text(
+        f'[train]\ncache = "{cache}"\nteacher_checkpoint = "{teacher_ckpt}"\n'
+        f'student = "vit_t_small"\nbatch_size = 1\nmax_steps = 2\nnum_workers = 0\n'
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "mobilesam",
+            "distill",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert (run / "student.pt").is_file() and (run / "last.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilesam",
+            "distill",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(run),
+            "--student",
+            "vit_q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "student must be one of" in bad.stderr
