@@ -209,8 +209,8 @@ def test_vit_t_student_loads_with_the_registry(tmp_path, teacher_ckpt, reference
 def test_bad_training_arguments(tmp_path, cache_dir, teacher_ckpt):
     with pytest.raises(ValueError, match="student"):
         train(_cfg(cache_dir, tmp_path, teacher_ckpt, student="vit_z"), progress=False)
-    with pytest.raises(ValueError, match="semi-coupled"):
-        train(_cfg(cache_dir, tmp_path, teacher_ckpt, mode="semi-coupled"), progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        train(_cfg(cache_dir, tmp_path, teacher_ckpt, mode="coupled"), progress=False)
     with pytest.raises(FileNotFoundError, match="last.pt"):
         train(_cfg(cache_dir, tmp_path / "new", teacher_ckpt), resume=True, progress=False)
     with pytest.raises(ValueError, match="batch"):
@@ -282,7 +282,8 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
     assert (run / "student.pt").is_file() and (run / "last.pt").is_file()
-    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["ranks_in_sync"] is True
     bad = subprocess.run(
         [
             sys.executable,
@@ -302,3 +303,62 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
         timeout=300,
     )
     assert bad.returncode != 0 and "student must be one of" in bad.stderr
+
+
+def test_eval_miou_identical_and_different(tmp_path, sources, teacher_ckpt, reference):
+    import subprocess
+    import sys
+
+    fixture = reference / "checkpoints" / "mobile_sam_fixture.pt"
+
+    def run(model, out):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mobilesam",
+                "eval",
+                "miou",
+                "--model",
+                str(model),
+                "--reference",
+                str(teacher_ckpt),
+                "--data",
+                sources[0],
+                "--n-prompts",
+                "3",
+                "--distances",
+                "40",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads((out / "miou.json").read_text())["summary"]
+
+    same = run(teacher_ckpt, tmp_path / "same")
+    assert set(same) == {"point", "box", "two_points@40"}
+    assert all(s["miou"] == 1.0 and s["n"] >= 2 for s in same.values())
+    diff = run(fixture, tmp_path / "diff")
+    assert diff["point"]["miou"] < 1.0
+    assert (tmp_path / "diff" / "miou.png").stat().st_size > 1000
+    assert "| point |" in (tmp_path / "diff" / "miou.md").read_text()
+
+
+def test_semi_coupled_mode_trains(tmp_path, cache_dir, teacher_ckpt):
+    """The ablation: a mask loss through the teacher's frozen decoder, against the teacher's
+    own masks for random points and their boxes."""
+    s = train(
+        _cfg(cache_dir, tmp_path, teacher_ckpt, mode="semi-coupled", max_steps=2, mask_points=2),
+        progress=False,
+    )
+    assert s["steps"] == 2 and np.isfinite(s["last_loss"]) and s["last_loss"] > 0
+    teacher_sd = torch.load(teacher_ckpt, weights_only=True)
+    student_sd = torch.load(tmp_path / "student.pt", weights_only=True)
+    for k, v in teacher_sd.items():  # the frozen decoder left unchanged
+        if k.startswith("mask_decoder."):
+            assert torch.equal(student_sd[k], v)

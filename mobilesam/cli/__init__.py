@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import distill, everything, export, segment
+from . import distill, evaluate, everything, export, segment
 from .common import CliError
 
 EXAMPLES = """examples:
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_parser(sub)
     export.add_parser(sub)
     distill.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -111,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         max_steps=args.max_steps,
+        mask_points=args.mask_points,
     )
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -168,7 +169,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="run directory (last.pt, metrics.jsonl, student.pt)")
     t.add_argument("--teacher-checkpoint", help="source of the prompt encoder and mask decoder")
     t.add_argument("--student", default="vit_t", help="vit_t (TinyViT-5M) or vit_t_small")
-    t.add_argument("--mode", default="decoupled", help="decoupled (the paper's)")
+    t.add_argument(
+        "--mode",
+        default="decoupled",
+        choices=["decoupled", "semi-coupled"],
+        help="decoupled: embedding MSE (the paper's); semi-coupled: mask loss through the "
+        "teacher's frozen decoder (the ablation)",
+    )
+    t.add_argument("--mask-points", type=int, default=4, help="semi-coupled: prompts per image")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=8, help="per process")
     t.add_argument("--lr", type=float, default=1e-3)

@@ -30,8 +30,10 @@ from ..build import build_image_encoder
 from ..checkpoint import read_state_dict
 from ..modeling.tiny_vit import TinyViTConfig
 from ..progress import progress_bar
+from ..transforms import ResizeLongestSide
 from .cache import CacheReader, to_model_input
 from .data import ImageReader
+from .losses import mask_distillation_loss
 
 #: Student encoders. ``vit_t`` is MobileSAM's TinyViT-5M; ``vit_t_small`` is a ~4× cheaper
 #: TinyViT for quick experiments.
@@ -41,7 +43,7 @@ STUDENT_PRESETS: dict[str, TinyViTConfig] = {
         embed_dims=(32, 64, 96, 192), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 6)
     ),
 }
-MODES = ("decoupled",)
+MODES = ("decoupled", "semi-coupled")
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,12 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     max_steps: int | None = None  # stop early (smoke tests)
+    mask_points: int = 4  # semi-coupled: point prompts per image (plus their boxes)
 
 
 class CacheDataset(torch.utils.data.Dataset):
-    """``(student input (3, S, S), teacher embedding (C, h, w) float32)`` per cache entry."""
+    """``(student input (3, S, S), teacher embedding (C, h, w) float32, (h, w) of the resized
+    image inside the padded input)`` per cache entry."""
 
     def __init__(self, cache_dir: str, img_size: int) -> None:
         self.cache_dir = cache_dir
@@ -80,13 +84,14 @@ class CacheDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._cache is None:  # per worker process
             self._cache, self._images = CacheReader(self.cache_dir), ImageReader()
         assert self._images is not None
         ref, view, target = self._cache.entry(i)
-        x = to_model_input(view.apply(self._images.read(ref)), self.img_size)
-        return x, target.float()
+        image = view.apply(self._images.read(ref))
+        size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], self.img_size)
+        return to_model_input(image, self.img_size), target.float(), torch.tensor(size)
 
 
 def epoch_order(cache: CacheReader, epoch: int, seed: int, rank: int, world: int) -> list[int]:
@@ -175,10 +180,7 @@ def train(
     if cfg.student not in STUDENT_PRESETS:
         raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
     if cfg.mode not in MODES:
-        raise ValueError(
-            f"mode {cfg.mode!r} is not available; implemented: {', '.join(MODES)} "
-            "(semi-coupled is planned)"
-        )
+        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     if not Path(cfg.teacher_checkpoint).is_file():
         raise FileNotFoundError(f"teacher checkpoint {cfg.teacher_checkpoint} not found")
     rank, world, device = _setup_distributed(cfg.device)
@@ -226,6 +228,12 @@ def train(
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     dataset = CacheDataset(cfg.cache, enc_cfg.img_size)
+    frozen = None
+    if cfg.mode == "semi-coupled":  # the teacher's prompt encoder and mask decoder, frozen
+        from ..build import build_sam
+
+        frozen = build_sam(cfg.teacher_checkpoint).to(device)
+        frozen.requires_grad_(False)
     autocast = device.type == "cuda"
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
     bar = progress_bar(total, "distill", unit="step", enabled=progress and rank == 0)
@@ -255,11 +263,23 @@ def train(
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers
         )
-        for x, target in loader:
+        for x, target, sizes in loader:
             x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 pred = model(x)
-            loss = F.mse_loss(pred.float(), target)
+            if frozen is None:
+                loss = F.mse_loss(pred.float(), target)
+            else:  # prompts drawn from (seed, rank, step): reproducible, also on resume
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
+                loss = mask_distillation_loss(
+                    pred.float(),
+                    target,
+                    sizes,
+                    frozen.prompt_encoder,
+                    frozen.mask_decoder,
+                    cfg.mask_points,
+                    gen,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
@@ -300,6 +320,12 @@ def train(
         "last_loss": losses[-1] if losses else None,
         "student": cfg.student,
     }
+    if world > 1:  # DDP must have kept every rank's weights identical: check, and record
+        flat = torch.cat([p.detach().double().flatten() for p in student.parameters()])
+        digest = torch.stack([flat.sum(), (flat * flat).sum()])
+        gathered = [torch.zeros_like(digest) for _ in range(world)]
+        dist.all_gather(gathered, digest)
+        summary["ranks_in_sync"] = all(torch.equal(g, gathered[0]) for g in gathered)
     if rank == 0:
         assert metrics is not None
         metrics.close()
