@@ -362,3 +362,27 @@ def test_semi_coupled_mode_trains(tmp_path, cache_dir, teacher_ckpt):
     for k, v in teacher_sd.items():  # the frozen decoder left unchanged
         if k.startswith("mask_decoder."):
             assert torch.equal(student_sd[k], v)
+
+
+def test_finetune_decoder_stage(tmp_path, cache_dir, teacher_ckpt):
+    s = train(
+        _cfg(
+            cache_dir, tmp_path, teacher_ckpt, max_steps=1, mask_points=2, finetune_decoder_steps=2
+        ),
+        progress=False,
+    )
+    assert len(s["finetune_decoder_losses"]) == 2
+    teacher_sd = torch.load(teacher_ckpt, weights_only=True)
+    student_sd = torch.load(tmp_path / "student.pt", weights_only=True)
+    changed = [
+        k
+        for k in teacher_sd
+        if k.startswith("mask_decoder.") and not torch.equal(student_sd[k], teacher_sd[k])
+    ]
+    assert changed, "the fine-tuned decoder should differ from the teacher's"
+    assert all(
+        torch.equal(student_sd[k], teacher_sd[k])
+        for k in teacher_sd
+        if k.startswith("prompt_encoder.")
+    )
+    build_sam(tmp_path / "student.pt")  # still an official-format checkpoint

@@ -112,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         max_steps=args.max_steps,
         mask_points=args.mask_points,
+        finetune_decoder_steps=args.finetune_decoder,
     )
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -177,6 +178,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "teacher's frozen decoder (the ablation)",
     )
     t.add_argument("--mask-points", type=int, default=4, help="semi-coupled: prompts per image")
+    t.add_argument(
+        "--finetune-decoder",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="optional second stage: fine-tune the mask decoder for STEPS steps on the frozen "
+        "student (default 0: off)",
+    )
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=8, help="per process")
     t.add_argument("--lr", type=float, default=1e-3)

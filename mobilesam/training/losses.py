@@ -26,6 +26,7 @@ def mask_distillation_loss(
     mask_decoder: MaskDecoder,
     n_points: int,
     generator: torch.Generator,
+    student_decoder: MaskDecoder | None = None,
 ) -> torch.Tensor:
     """BCE + Dice between the frozen decoder's low-res masks from the student's embedding and
     the teacher's own masks, for ``n_points`` random single-point prompts per image and the
@@ -35,7 +36,10 @@ def mask_distillation_loss(
         student_emb, teacher_emb: ``(B, C, h, w)``.
         input_sizes: ``(B, 2)`` (h, w) of each resized image inside the padded input; points
             are drawn there, as (x, y) in the input frame.
+        student_decoder: decodes the student's masks (a trainable copy, when fine-tuning the
+            decoder); default ``mask_decoder``, the frozen teacher decoder.
     """
+    student_decoder = student_decoder or mask_decoder
     pe = prompt_encoder.get_dense_pe()
     stride = prompt_encoder.input_image_size[0] / prompt_encoder.mask_input_size[0]
     total = student_emb.new_zeros(())
@@ -52,8 +56,8 @@ def mask_distillation_loss(
             box_sparse, box_dense = prompt_encoder(points=None, boxes=boxes, masks=None)
             tb_logits, _ = mask_decoder(teacher_emb[b : b + 1], pe, box_sparse, box_dense, False)
             box_target = (tb_logits > 0).float()
-        s_logits, _ = mask_decoder(student_emb[b : b + 1], pe, sparse, dense, False)
-        sb_logits, _ = mask_decoder(student_emb[b : b + 1], pe, box_sparse, box_dense, False)
+        s_logits, _ = student_decoder(student_emb[b : b + 1], pe, sparse, dense, False)
+        sb_logits, _ = student_decoder(student_emb[b : b + 1], pe, box_sparse, box_dense, False)
         for logits, tgt in ((s_logits, target), (sb_logits, box_target)):
             total = total + F.binary_cross_entropy_with_logits(logits, tgt) + dice_loss(logits, tgt)
     return total / student_emb.shape[0]

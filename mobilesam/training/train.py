@@ -68,6 +68,7 @@ class TrainConfig:
     num_workers: int = 0
     max_steps: int | None = None  # stop early (smoke tests)
     mask_points: int = 4  # semi-coupled: point prompts per image (plus their boxes)
+    finetune_decoder_steps: int = 0  # optional second stage (see finetune_decoder)
 
 
 class CacheDataset(torch.utils.data.Dataset):
@@ -155,15 +156,72 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def export_student(encoder: nn.Module, teacher_checkpoint: str, path: Path) -> None:
+def export_student(
+    encoder: nn.Module,
+    teacher_checkpoint: str,
+    path: Path,
+    mask_decoder: nn.Module | None = None,
+) -> None:
     """Official-format checkpoint: ``image_encoder.*`` from the student, ``prompt_encoder.*``
-    and ``mask_decoder.*`` from the teacher, as a plain fp32 state dict."""
+    and ``mask_decoder.*`` from the teacher (or the fine-tuned ``mask_decoder``), as a plain
+    fp32 state dict."""
     teacher = read_state_dict(teacher_checkpoint)
     sd = {f"image_encoder.{k}": v.detach().float().cpu() for k, v in encoder.state_dict().items()}
     for k, v in teacher.items():
         if k.startswith(("prompt_encoder.", "mask_decoder.")):
             sd[k] = v
+    if mask_decoder is not None:
+        for k, v in mask_decoder.state_dict().items():
+            sd[f"mask_decoder.{k}"] = v.detach().float().cpu()
     _atomic_save(sd, path)
+
+
+def finetune_decoder(
+    student: nn.Module,
+    cfg: TrainConfig,
+    dataset: CacheDataset,
+    device: torch.device,
+    out: Path,
+) -> tuple[nn.Module, list[float]]:
+    """Second stage: the student encoder frozen, a copy of the teacher's mask decoder trained
+    for ``cfg.finetune_decoder_steps`` steps with the mask loss against the teacher's own
+    masks (random points and their boxes). Single process; not resumable mid-stage.
+    Returns the decoder and its losses (also appended to ``metrics.jsonl``)."""
+    from ..build import build_sam
+
+    teacher = build_sam(cfg.teacher_checkpoint).to(device)
+    teacher.requires_grad_(False)
+    decoder = build_sam(cfg.teacher_checkpoint).mask_decoder.to(device).train()
+    student.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
+    order = epoch_order(CacheReader(cfg.cache), 10_000, cfg.seed, 0, 1)
+    losses: list[float] = []
+    with open(out / "metrics.jsonl", "a") as metrics:
+        for i in range(cfg.finetune_decoder_steps):
+            idx = [order[(i * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
+            x, target, sizes = (
+                torch.stack(t) for t in zip(*(dataset[k] for k in idx), strict=True)
+            )
+            with torch.no_grad():
+                emb = student(x.to(device)).float()
+            gen = torch.Generator().manual_seed(cfg.seed * 7 + 1_000_000 + i)
+            loss = mask_distillation_loss(
+                emb,
+                target.to(device),
+                sizes,
+                teacher.prompt_encoder,
+                teacher.mask_decoder,
+                cfg.mask_points,
+                gen,
+                student_decoder=decoder,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(decoder.parameters(), cfg.clip_grad)
+            opt.step()
+            losses.append(loss.detach().item())
+            metrics.write(json.dumps({"finetune_step": i + 1, "loss": losses[-1]}) + "\n")
+    return decoder, losses
 
 
 def train(
@@ -330,7 +388,11 @@ def train(
         assert metrics is not None
         metrics.close()
     if rank == 0 and step >= total:
-        export_student(student, cfg.teacher_checkpoint, out / "student.pt")
+        decoder = None
+        if cfg.finetune_decoder_steps > 0:
+            decoder, ft_losses = finetune_decoder(student, cfg, dataset, device, out)
+            summary["finetune_decoder_losses"] = [ft_losses[0], ft_losses[-1]]
+        export_student(student, cfg.teacher_checkpoint, out / "student.pt", decoder)
         summary["checkpoint"] = str(out / "student.pt")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
