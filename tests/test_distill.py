@@ -21,6 +21,14 @@ from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, export_studen
 from .conftest import load_image
 
 
+def _run(*args: str, module: str = "mobilesam"):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="session")
 def teacher_ckpt(reference):
     return reference / "checkpoints" / "distill_teacher.pt"
@@ -220,31 +228,20 @@ def test_bad_training_arguments(tmp_path, cache_dir, teacher_ckpt):
 def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
     """The commands as a user runs them: cache from a folder, then two gloo ranks under
     torchrun; rank 0 alone writes the metrics and the checkpoint."""
-    import subprocess
-    import sys
-
     cache, run = tmp_path / "cache", tmp_path / "run"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mobilesam",
-            "distill",
-            "cache",
-            "--checkpoint",
-            str(teacher_ckpt),
-            "--data",
-            sources[0],
-            "--out",
-            str(cache),
-            "--shard-size",
-            "2",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    res = _run(
+        "distill",
+        "cache",
+        "--checkpoint",
+        str(teacher_ckpt),
+        "--data",
+        sources[0],
+        "--out",
+        str(cache),
+        "--shard-size",
+        "2",
+        "--device",
+        "cpu",
     )
     assert res.returncode == 0, res.stderr
     assert "2 embeddings of 3 images" in res.stdout and "1 unreadable skipped" in res.stdout
@@ -253,30 +250,19 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
         f'[train]\ncache = "{cache}"\nteacher_checkpoint = "{teacher_ckpt}"\n'
         f'student = "vit_t_small"\nbatch_size = 1\nmax_steps = 2\nnum_workers = 0\n'
     )
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "mobilesam",
-            "distill",
-            "train",
-            "--config",
-            str(config),
-            "--out",
-            str(run),
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    train_args = ("distill", "train", "--config", str(config), "--out", str(run))
+    res = _run(
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "mobilesam",
+        *train_args,
+        "--device",
+        "cpu",
+        "--quiet",
+        module="torch.distributed.run",
     )
     assert res.returncode == 0, res.stderr[-2000:]
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -284,58 +270,30 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
     assert (run / "student.pt").is_file() and (run / "last.pt").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["ranks_in_sync"] is True
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mobilesam",
-            "distill",
-            "train",
-            "--config",
-            str(config),
-            "--out",
-            str(run),
-            "--student",
-            "vit_q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = _run(*train_args, "--student", "vit_q")
     assert bad.returncode != 0 and "student must be one of" in bad.stderr
 
 
 def test_eval_miou_identical_and_different(tmp_path, sources, teacher_ckpt, reference):
-    import subprocess
-    import sys
-
     fixture = reference / "checkpoints" / "mobile_sam_fixture.pt"
 
     def run(model, out):
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mobilesam",
-                "eval",
-                "miou",
-                "--model",
-                str(model),
-                "--reference",
-                str(teacher_ckpt),
-                "--data",
-                sources[0],
-                "--n-prompts",
-                "3",
-                "--distances",
-                "40",
-                "--out",
-                str(out),
-                "--quiet",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        res = _run(
+            "eval",
+            "miou",
+            "--model",
+            str(model),
+            "--reference",
+            str(teacher_ckpt),
+            "--data",
+            sources[0],
+            "--n-prompts",
+            "3",
+            "--distances",
+            "40",
+            "--out",
+            str(out),
+            "--quiet",
         )
         assert res.returncode == 0, res.stderr
         return json.loads((out / "miou.json").read_text())["summary"]
