@@ -106,7 +106,7 @@ def test_everything_bad_input(tmp_path):
 def test_help_lists_commands_with_examples():
     res = _run("--help")
     assert res.returncode == 0 and "segment" in res.stdout and "everything" in res.stdout
-    for cmd in ("segment", "everything"):
+    for cmd in ("segment", "everything", "export", "distill", "eval", "bench"):
         res = _run(cmd, "--help")
         assert res.returncode == 0 and "examples:" in res.stdout
 
@@ -121,3 +121,26 @@ def test_export_writes_onnx_and_model_json(tmp_path, reference):
         assert (tmp_path / name).stat().st_size > 1000
     res = _run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--quantize", "fp4")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_bench_prints_and_writes_json(tmp_path, reference):
+    ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
+    out = tmp_path / "bench.json"
+    res = _run(
+        "bench",
+        "--checkpoint",
+        str(ckpt),
+        "--repeats",
+        "1",
+        "--threads",
+        "2",
+        "--everything",
+        "--points-per-side",
+        "2",
+        "--json",
+        str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["encoder_s"] > 0 and data["predict_ms"] > 0 and data["threads"] == 2
+    assert data["everything_masks"] >= 0 and "encoder_s" in res.stdout

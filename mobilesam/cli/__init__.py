@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import distill, evaluate, everything, export, segment
+from . import bench, distill, evaluate, everything, export, segment
 from .common import CliError
 
 EXAMPLES = """examples:
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     distill.add_parser(sub)
     evaluate.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

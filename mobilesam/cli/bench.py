@@ -1,0 +1,90 @@
+"""``mobilesam bench``: a quick timing of this machine (encoder, ``predict``, optionally
+segment-everything) with the matmul peak for context. Full benchmarks: ``benchmarks/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from .common import add_model_args, example_image, load_model, read_rgb
+
+EXAMPLES = """examples:
+  mobilesam bench --checkpoint mobile_sam.pt
+  mobilesam bench photo.jpg --model mobilesam --threads 4 --repeats 5 --everything --json out.json
+"""
+
+
+def _median_s(fn, repeats: int, warmup: int = 1) -> float:  # noqa: ANN001
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..predictor import SamPredictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = read_rgb(Path(args.image) if args.image else example_image())
+    model, ckpt = load_model(args)
+    a = torch.randn(2048, 2048)
+    peak = 2 * 2048**3 / min(_median_s(lambda: a @ a, 1) for _ in range(5)) / 1e9
+    x = torch.randn(1, 3, model.img_size, model.img_size)
+    with torch.no_grad():
+        enc = _median_s(lambda: model.image_encoder(x), args.repeats)
+    pred = SamPredictor(model)
+    set_img = _median_s(lambda: pred.set_image(image), args.repeats)
+    h, w = image.shape[:2]
+    pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
+    predict = _median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+    result = {
+        "checkpoint": str(ckpt),
+        "image_size": [h, w],
+        "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": round(peak, 1),
+        "encoder_s": round(enc, 4),
+        "set_image_s": round(set_img, 4),
+        "predict_ms": round(1000 * predict, 2),
+    }
+    if args.everything:
+        gen = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side)
+        start = time.perf_counter()
+        masks = gen.generate(image)
+        result["everything_s"] = round(time.perf_counter() - start, 2)
+        result["everything_masks"] = len(masks)
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="quick timing of the encoder, predict and segment-everything on this machine",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", nargs="?", help="photo (default: the bundled example)")
+    add_model_args(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--everything", action="store_true", help="also time segment-everything")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench)
