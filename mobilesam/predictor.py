@@ -240,6 +240,29 @@ class SamPredictor:
             folded_attention=folded_attention,
         )
 
+    def set_embedding(
+        self,
+        features: torch.Tensor,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int],
+    ) -> None:
+        """Restore a cached image: ``features`` from :meth:`get_image_embedding`, with the
+        ``original_size`` ``(H, W)`` and ``input_size`` ``(h, w)`` it was computed for."""
+        expected = (
+            1,
+            self.model.prompt_encoder.embed_dim,
+            *self.model.prompt_encoder.image_embedding_size,
+        )
+        if tuple(features.shape) != expected:
+            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        self.reset_image()
+        self.features = features.to(self.device, self.dtype)
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.is_image_set = True
+
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, ``(1, 256, 64, 64)``."""
         self._require_image()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, distill, evaluate, everything, export, segment
+from . import bench, distill, evaluate, everything, export, segment, serve
 from .common import CliError
 
 EXAMPLES = """examples:
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,210 @@
+"""The HTTP API: upload a photo once, then segment it from prompts or everything.
+
+- ``POST /v1/images`` (multipart ``file``): decode (size- and pixel-limited), embed once,
+  keep the embedding in an LRU cache; returns ``id``, ``width``, ``height``, ``encode_ms``.
+- ``POST /v1/images/{id}/segment`` (JSON): points with labels and/or a box, optionally the
+  handle of a previous low-res mask; returns masks (PNG base64 or COCO RLE), scores and the
+  handle of the new low-res logits.
+- ``POST /v1/images/{id}/everything``: COCO-RLE annotations.
+- ``GET /healthz``.
+
+Safe by default: bind to 127.0.0.1 (see the CLI), upload and pixel limits, no filesystem
+paths from clients, 404 for unknown ids, 422 with the reason for malformed prompts, 400 for
+undecodable images. Model calls are serialised by one lock (the model and predictor are not
+thread-safe); everything else runs concurrently.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at
+runtime, and the request models are local to :func:`create_app`.)
+"""
+
+import base64
+import io
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from ..modeling.sam import Sam
+from ..predictor import SamPredictor
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    cache_images: int = 16
+    cache_masks: int = 256
+    max_points_per_side: int = 64
+
+
+class LRU:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """``H×W×3`` uint8 RGB; ValueError if undecodable or over ``max_pixels`` (checked from
+    the header, before decoding)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")
+            return np.array(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise ValueError(f"cannot decode the upload as an image: {exc}") from None
+
+
+def mask_png_base64(mask: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
+    """The FastAPI application for ``model``."""
+    import torch
+    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from pydantic import BaseModel, Field
+
+    from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..masks import coco_encode_rle, mask_to_rle
+
+    class SegmentRequest(BaseModel):
+        points: list[tuple[float, float]] | None = Field(
+            None, description="(x, y) pixels in the original image"
+        )
+        labels: list[int] | None = Field(None, description="1 foreground, 0 background")
+        box: tuple[float, float, float, float] | None = Field(None, description="XYXY pixels")
+        mask_input: str | None = Field(None, description="low_res_handle of a previous call")
+        multimask: bool = True
+        format: Literal["png", "rle"] = "png"
+
+    class EverythingRequest(BaseModel):
+        points_per_side: int = Field(32, ge=1, le=settings.max_points_per_side)
+        pred_iou_thresh: float = Field(0.88, ge=0, le=1)
+        stability_score_thresh: float = Field(0.95, ge=0, le=1)
+
+    app = FastAPI(title="mobilesam", version="1")
+    predictor = SamPredictor(model)
+    model_lock = threading.Lock()
+    images = LRU(settings.cache_images)
+    low_res = LRU(settings.cache_masks)
+
+    def entry(image_id: str) -> dict[str, Any]:
+        found = images.get(image_id)
+        if found is None:
+            raise HTTPException(404, f"unknown image id {image_id!r} (expired or never uploaded)")
+        return found
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "cached_images": len(images)}
+
+    @app.post("/v1/images")
+    def upload(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        data = file.file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"upload over the {settings.max_upload_bytes}-byte limit")
+        try:
+            image = decode_image(data, settings.max_pixels)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        start = time.perf_counter()
+        with model_lock:
+            predictor.set_image(image)
+            record = {
+                "features": predictor.get_image_embedding().clone(),
+                "original_size": predictor.original_size,
+                "input_size": predictor.input_size,
+                "image": image,
+            }
+        encode_ms = 1000 * (time.perf_counter() - start)
+        image_id = uuid.uuid4().hex
+        images.put(image_id, record)
+        h, w = image.shape[:2]
+        return {"id": image_id, "width": w, "height": h, "encode_ms": round(encode_ms, 1)}
+
+    @app.post("/v1/images/{image_id}/segment")
+    def segment(image_id: str, req: SegmentRequest) -> dict[str, Any]:
+        rec = entry(image_id)
+        mask_input = None
+        if req.mask_input is not None:
+            mask_input = low_res.get(req.mask_input)
+            if mask_input is None:
+                raise HTTPException(404, f"unknown mask_input handle {req.mask_input!r}")
+        if req.points is None and req.box is None:
+            raise HTTPException(422, "give points (with labels) and/or a box")
+        try:
+            with model_lock:
+                predictor.set_embedding(rec["features"], rec["original_size"], rec["input_size"])
+                masks, scores, logits = predictor.predict(
+                    point_coords=np.array(req.points) if req.points is not None else None,
+                    point_labels=np.array(req.labels) if req.labels is not None else None,
+                    box=np.array(req.box) if req.box is not None else None,
+                    mask_input=mask_input,
+                    multimask_output=req.multimask,
+                )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        best = int(np.argmax(scores))
+        handle = uuid.uuid4().hex
+        low_res.put(handle, logits[best][None])
+        if req.format == "png":
+            out = [mask_png_base64(m) for m in masks]
+        else:
+            out = [coco_encode_rle(r) for r in mask_to_rle(torch.from_numpy(masks))]
+        return {
+            "masks": out,
+            "format": req.format,
+            "scores": [float(s) for s in scores],
+            "best": best,
+            "low_res_handle": handle,
+        }
+
+    @app.post("/v1/images/{image_id}/everything")
+    def everything(image_id: str, req: EverythingRequest | None = None) -> dict[str, Any]:
+        rec = entry(image_id)
+        req = req or EverythingRequest()
+        gen = SamAutomaticMaskGenerator(
+            model,
+            points_per_side=req.points_per_side,
+            pred_iou_thresh=req.pred_iou_thresh,
+            stability_score_thresh=req.stability_score_thresh,
+            output_mode="coco_rle",
+        )
+        start = time.perf_counter()
+        with model_lock:
+            anns = gen.generate(rec["image"])
+        return {
+            "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+
+    return app

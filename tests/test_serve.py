@@ -1,0 +1,147 @@
+"""The HTTP API through FastAPI's TestClient: every endpoint and error code, masks equal to
+the library's, and concurrent requests."""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import load_image, mask_iou
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mobilesam.serve import ServerSettings, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(fixture_model):
+    app = create_app(
+        fixture_model, ServerSettings(max_upload_bytes=2_000_000, max_pixels=2_000_000)
+    )
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def photo(reference) -> bytes:
+    return (reference / "images" / "picture1.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def image_id(client, photo) -> str:
+    res = client.post("/v1/images", files={"file": ("p.jpg", photo, "image/jpeg")})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["width"], body["height"]) == (769, 770) and body["encode_ms"] > 0
+    return body["id"]
+
+
+def _png(b64: str) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(base64.b64decode(b64)))) > 0
+
+
+def test_healthz_and_openapi(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    schema = client.get("/openapi.json").json()
+    assert "/v1/images/{image_id}/segment" in schema["paths"]
+
+
+def test_segment_matches_library(client, image_id, embedded, cases):
+    pred = embedded[cases["images"][0]]
+    body = {"points": [[420, 385]], "labels": [1]}
+    res = client.post(f"/v1/images/{image_id}/segment", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    masks, scores, _ = pred.predict(np.array([[420, 385]]), np.array([1]))
+    assert len(out["masks"]) == 3
+    for b64, m in zip(out["masks"], masks, strict=True):
+        assert mask_iou(_png(b64), m) >= 0.999
+    np.testing.assert_allclose(out["scores"], scores, atol=1e-4)
+    # refinement with the returned low-res handle, box + RLE output
+    res = client.post(
+        f"/v1/images/{image_id}/segment",
+        json={
+            "box": [300, 250, 600, 600],
+            "mask_input": out["low_res_handle"],
+            "multimask": False,
+            "format": "rle",
+        },
+    )
+    assert res.status_code == 200, res.text
+    rle = res.json()["masks"][0]
+    assert rle["size"] == [770, 769] and isinstance(rle["counts"], str)
+
+
+def test_everything(client, image_id):
+    res = client.post(f"/v1/images/{image_id}/everything", json={"points_per_side": 4})
+    assert res.status_code == 200, res.text
+    anns = res.json()["annotations"]
+    assert anns and {"segmentation", "bbox", "predicted_iou"} <= set(anns[0])
+
+
+def test_error_codes(client, image_id):
+    assert (
+        client.post("/v1/images/nope/segment", json={"points": [[1, 1]], "labels": [1]}).status_code
+        == 404
+    )
+    assert client.post("/v1/images/nope/everything").status_code == 404
+    bad = client.post(f"/v1/images/{image_id}/segment", json={"points": [[1, 1]], "labels": [1, 1]})
+    assert bad.status_code == 422 and "point_labels" in bad.text
+    assert client.post(f"/v1/images/{image_id}/segment", json={}).status_code == 422
+    assert client.post(f"/v1/images/{image_id}/segment", json={"box": [1, 2]}).status_code == 422
+    unknown = client.post(
+        f"/v1/images/{image_id}/segment", json={"box": [1, 2, 30, 40], "mask_input": "x"}
+    )
+    assert unknown.status_code == 404
+    too_many = client.post(f"/v1/images/{image_id}/everything", json={"points_per_side": 1000})
+    assert too_many.status_code == 422
+    assert (
+        client.post("/v1/images", files={"file": ("x.jpg", b"garbage", "image/jpeg")}).status_code
+        == 400
+    )
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 1500)).save(big, format="PNG")
+    assert (
+        client.post(
+            "/v1/images", files={"file": ("b.png", big.getvalue(), "image/png")}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/v1/images", files={"file": ("h.bin", b"0" * 2_000_001, "image/png")}
+        ).status_code
+        == 413
+    )
+
+
+def test_concurrent_requests(client, image_id, reference):
+    second = client.post(
+        "/v1/images",
+        files={"file": ("b.png", _encode(load_image(reference, "picture2.jpg")), "image/png")},
+    ).json()["id"]
+
+    def call(i: int) -> tuple[int, list[float]]:
+        target = image_id if i % 2 == 0 else second
+        res = client.post(
+            f"/v1/images/{target}/segment", json={"points": [[100 + i, 200]], "labels": [1]}
+        )
+        return res.status_code, res.json()["scores"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(24)))
+    assert all(code == 200 for code, _ in results)
+    # answers do not depend on interleaving: repeat sequentially and compare
+    for i in (0, 1, 2, 3):
+        assert call(i)[1] == pytest.approx(results[i][1], abs=1e-5)
+
+
+def _encode(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
