@@ -106,7 +106,7 @@ def test_everything_bad_input(tmp_path):
 def test_help_lists_commands_with_examples():
     res = _run("--help")
     assert res.returncode == 0 and "segment" in res.stdout and "everything" in res.stdout
-    for cmd in ("segment", "everything", "export", "distill", "eval", "bench"):
+    for cmd in ("segment", "everything", "export", "distill", "eval", "bench", "serve"):
         res = _run(cmd, "--help")
         assert res.returncode == 0 and "examples:" in res.stdout
 
