@@ -145,3 +145,60 @@ def _encode(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_load_real_server(fixture_model, photo, tmp_path):
+    """8 concurrent clients, 200 segment requests in all, against uvicorn on 127.0.0.1:
+    no request fails; p50/p95 latency are reported (and saved under the test's tmp dir)."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(fixture_model)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    try:
+        image_id = httpx.post(
+            f"{base}/v1/images", files={"file": ("p.jpg", photo, "image/jpeg")}, timeout=60
+        ).json()["id"]
+
+        def client(k: int) -> list[tuple[int, float]]:
+            out = []
+            with httpx.Client(base_url=base, timeout=60) as c:
+                for i in range(25):
+                    body = {"points": [[50 + 20 * k, 40 + 25 * i]], "labels": [1], "format": "rle"}
+                    t = time.perf_counter()
+                    res = c.post(f"/v1/images/{image_id}/segment", json=body)
+                    out.append((res.status_code, time.perf_counter() - t))
+            return out
+
+        with ThreadPoolExecutor(8) as pool:
+            results = [r for rs in pool.map(client, range(8)) for r in rs]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert len(results) == 200 and all(code == 200 for code, _ in results)
+    lat = np.array([t for _, t in results]) * 1000
+    report = {
+        "requests": 200,
+        "clients": 8,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+    }
+    (tmp_path / "load.json").write_text(json.dumps(report))
+    print(f"load test: p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms")
