@@ -71,14 +71,14 @@ class _Candidates:
 
     def select(self, keep: torch.Tensor) -> _Candidates:
         """Rows ``keep`` (int indices, in that order)."""
-        idx = keep.cpu().tolist()
+        keep = keep.cpu()
         return _Candidates(
-            rles=[self.rles[i] for i in idx],
-            boxes=self.boxes[keep.cpu()],
-            iou_preds=self.iou_preds[keep.cpu()],
-            stability=self.stability[keep.cpu()],
-            points=self.points[keep.cpu()],
-            crop_boxes=self.crop_boxes[keep.cpu()],
+            rles=[self.rles[i] for i in keep.tolist()],
+            boxes=self.boxes[keep],
+            iou_preds=self.iou_preds[keep],
+            stability=self.stability[keep],
+            points=self.points[keep],
+            crop_boxes=self.crop_boxes[keep],
         )
 
     @staticmethod

@@ -270,10 +270,13 @@ class SamPredictor:
         return self.features
 
     def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise ImageNotSetError(
-                "An image must be set with .set_image(...) before mask prediction."
-            )
+        require_image(self.is_image_set)
+
+
+def require_image(is_image_set: bool) -> None:
+    """Raise :class:`ImageNotSetError` unless an image has been set."""
+    if not is_image_set:
+        raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
 
 
 def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:

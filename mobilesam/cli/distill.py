@@ -32,32 +32,21 @@ def _load_config(path: str | None, section: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.get(section, {}).items()}
 
 
-def _dist_env() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    import torch
-
     from ..build import build_sam
     from ..hub import sha256_file
     from ..training.cache import CacheConfig, build_cache
     from ..training.data import collect_images, select
+    from ..training.distributed import setup_distributed
 
     _logging()
     if not args.data or not args.out or not args.checkpoint:
         raise ValueError("distill cache needs --checkpoint, --data and --out (or --config)")
-    rank, world = _dist_env()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world, device = setup_distributed(args.device)
     teacher = build_sam(args.checkpoint, model_type=args.teacher).to(device)
     refs = select(
         collect_images(args.data), args.fraction, args.split, args.val_fraction, args.seed

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ..progress import progress_bar
+from ..training.data import IMAGE_SUFFIXES
 from .common import (
-    IMAGE_SUFFIXES,
     CliError,
     add_model_args,
     distinct_colors,

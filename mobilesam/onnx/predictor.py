@@ -18,11 +18,11 @@ import torch
 from ..modeling.mask_decoder import select_outputs
 from ..modeling.sam import normalize_and_pad
 from ..predictor import (
-    ImageNotSetError,
     _check_box,
     _check_points,
     check_embedding,
     check_mask_input,
+    require_image,
 )
 from ..transforms import ResizeLongestSide, to_rgb_uint8
 
@@ -161,7 +161,4 @@ class OnnxPredictor:
         return out.numpy(), s[0].numpy(), low[0].numpy()
 
     def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise ImageNotSetError(
-                "An image must be set with .set_image(...) before mask prediction."
-            )
+        require_image(self.is_image_set)

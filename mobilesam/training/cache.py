@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hub import sha256_file
 from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam, normalize_and_pad
 from ..progress import progress_bar
 from ..transforms import ResizeLongestSide
@@ -51,14 +52,6 @@ def to_model_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
     return normalize_and_pad(x, mean, std, img_size)[0]
 
 
-def sha256_bytes_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(teacher_sha: str | None, cfg: CacheConfig, keys: list[str]) -> str:
     blob = json.dumps([teacher_sha, asdict(cfg), keys])
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -74,7 +67,7 @@ def _shard_ok(shard: Path, fingerprint: str) -> bool:
         return False
     if meta.get("fingerprint") != fingerprint:
         return False
-    if sha256_bytes_of(shard) != meta.get("sha256"):
+    if sha256_file(shard) != meta.get("sha256"):
         log.warning("%s is corrupt or truncated (checksum mismatch): recomputing", shard.name)
         return False
     return True
@@ -157,7 +150,7 @@ def _compute_shard(
     torch.save(data, tmp)
     os.replace(tmp, path)
     side = {
-        "sha256": sha256_bytes_of(path),
+        "sha256": sha256_file(path),
         "fingerprint": fingerprint,
         "entries": [dict(r, view_params=vp) for r, vp in zip(records, views, strict=True)],
         "unreadable": sorted(set(unreadable)),
@@ -243,7 +236,7 @@ class CacheReader:
         if s not in self._loaded:
             meta = self.manifest["shards"][s]
             path = self.root / meta["file"]
-            if sha256_bytes_of(path) != meta["sha256"]:
+            if sha256_file(path) != meta["sha256"]:
                 raise OSError(f"{path} fails its checksum: rerun `mobilesam distill cache`")
             if len(self._loaded) >= self.keep:
                 self._loaded.pop(next(iter(self._loaded)))

@@ -11,6 +11,7 @@ decoder under their original keys.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,13 +27,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..build import build_image_encoder
+from ..build import build_image_encoder, build_sam
 from ..checkpoint import read_state_dict
+from ..modeling.sam import Sam
 from ..modeling.tiny_vit import TinyViTConfig
 from ..progress import progress_bar
 from ..transforms import ResizeLongestSide
 from .cache import CacheReader, to_model_input
 from .data import ImageReader
+from .distributed import setup_distributed
 from .losses import mask_distillation_loss
 
 #: Student encoders. ``vit_t`` is MobileSAM's TinyViT-5M; ``vit_t_small`` is a ~4× cheaper
@@ -118,21 +121,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device if device not in ("auto", "cuda") else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world, dev
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
@@ -178,6 +166,7 @@ def export_student(
 
 def finetune_decoder(
     student: nn.Module,
+    teacher: Sam,
     cfg: TrainConfig,
     dataset: CacheDataset,
     device: torch.device,
@@ -187,11 +176,7 @@ def finetune_decoder(
     for ``cfg.finetune_decoder_steps`` steps with the mask loss against the teacher's own
     masks (random points and their boxes). Single process; not resumable mid-stage.
     Returns the decoder and its losses (also appended to ``metrics.jsonl``)."""
-    from ..build import build_sam
-
-    teacher = build_sam(cfg.teacher_checkpoint).to(device)
-    teacher.requires_grad_(False)
-    decoder = build_sam(cfg.teacher_checkpoint).mask_decoder.to(device).train()
+    decoder = copy.deepcopy(teacher.mask_decoder).requires_grad_(True).train()
     student.eval().requires_grad_(False)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
     order = epoch_order(CacheReader(cfg.cache), 10_000, cfg.seed, 0, 1)
@@ -241,7 +226,7 @@ def train(
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     if not Path(cfg.teacher_checkpoint).is_file():
         raise FileNotFoundError(f"teacher checkpoint {cfg.teacher_checkpoint} not found")
-    rank, world, device = _setup_distributed(cfg.device)
+    rank, world, device = setup_distributed(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -286,10 +271,8 @@ def train(
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     dataset = CacheDataset(cfg.cache, enc_cfg.img_size)
-    frozen = None
-    if cfg.mode == "semi-coupled":  # the teacher's prompt encoder and mask decoder, frozen
-        from ..build import build_sam
-
+    frozen = None  # the teacher's prompt encoder and mask decoder, frozen (mask losses)
+    if cfg.mode == "semi-coupled" or cfg.finetune_decoder_steps > 0:
         frozen = build_sam(cfg.teacher_checkpoint).to(device)
         frozen.requires_grad_(False)
     autocast = device.type == "cuda"
@@ -325,7 +308,7 @@ def train(
             x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 pred = model(x)
-            if frozen is None:
+            if cfg.mode == "decoupled":
                 loss = F.mse_loss(pred.float(), target)
             else:  # prompts drawn from (seed, rank, step): reproducible, also on resume
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
@@ -390,7 +373,8 @@ def train(
     if rank == 0 and step >= total:
         decoder = None
         if cfg.finetune_decoder_steps > 0:
-            decoder, ft_losses = finetune_decoder(student, cfg, dataset, device, out)
+            assert frozen is not None
+            decoder, ft_losses = finetune_decoder(student, frozen, cfg, dataset, device, out)
             summary["finetune_decoder_losses"] = [ft_losses[0], ft_losses[-1]]
         export_student(student, cfg.teacher_checkpoint, out / "student.pt", decoder)
         summary["checkpoint"] = str(out / "student.pt")
