@@ -196,11 +196,17 @@ class SamAutomaticMaskGenerator:
         self._heap = HeapTrimmer()
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(
+        self, image: np.ndarray, image_embedding: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
         """Masks for the whole image.
 
         Args:
             image: ``H×W×3`` uint8 RGB (the conversions of ``SamPredictor.set_image`` apply).
+            image_embedding: optional ``(1, 256, 64, 64)`` embedding of this same ``image``
+                (``SamPredictor.get_image_embedding()`` after ``set_image(image)``); the
+                whole-image crop then skips the encoder. Crops of later layers are encoded
+                as usual.
 
         Returns:
             One dict per mask: ``segmentation`` (per ``output_mode``), ``area`` (pixels),
@@ -209,7 +215,7 @@ class SamAutomaticMaskGenerator:
         """
         self.stage_times = dict.fromkeys(STAGES, 0.0)
         image = to_rgb_uint8(image, "RGB")
-        data = self._generate_masks(image)
+        data = self._generate_masks(image, image_embedding)
         if self.min_mask_region_area > 0:
             with self._stage("postprocess"):
                 data = self._postprocess_small_regions(
@@ -244,14 +250,16 @@ class SamAutomaticMaskGenerator:
             for i in range(len(data))
         ]
 
-    def _generate_masks(self, image: np.ndarray) -> _Candidates:
+    def _generate_masks(
+        self, image: np.ndarray, image_embedding: torch.Tensor | None
+    ) -> _Candidates:
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
         data = _Candidates.cat(
             [
-                self._process_crop(image, box, layer, orig_size)
+                self._process_crop(image, box, layer, orig_size, image_embedding)
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
         )
@@ -274,11 +282,19 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         layer: int,
         orig_size: tuple[int, int],
+        image_embedding: torch.Tensor | None = None,
     ) -> _Candidates:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1]
         with self._stage("encoder"):
-            self.predictor.set_image(cropped)
+            if layer == 0 and image_embedding is not None:
+                # Layer 0 is the whole image: reuse the caller's embedding.
+                input_size = self.predictor.transform.get_preprocess_shape(
+                    orig_size[0], orig_size[1], self.predictor.transform.target_length
+                )
+                self.predictor.set_embedding(image_embedding, orig_size, input_size)
+            else:
+                self.predictor.set_image(cropped)
         crop_h, crop_w = cropped.shape[:2]
         points = self.point_grids[layer] * np.array([[crop_w, crop_h]])
         parts = [

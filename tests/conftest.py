@@ -62,3 +62,41 @@ def embedded(fixture_model, reference: Path, cases: dict):
         p.set_image(load_image(reference, name))
         out[name] = p
     return out
+
+
+@pytest.fixture(scope="session")
+def live_server(fixture_model):
+    """Base URL of ``mobilesam serve``'s app on uvicorn at 127.0.0.1 (a free port), shared
+    by the load and browser tests; stopped at the end of the session."""
+    pytest.importorskip("fastapi")
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from mobilesam.serve import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(fixture_model), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.1)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -146,6 +146,23 @@ def test_output_modes_agree(fixture_model, small_image):
         assert a["area"] == b["area"] == c["area"] == int(m.sum())
 
 
+def test_precomputed_embedding_gives_the_same_masks(fixture_model, picture1, embedded, cases):
+    """``generate(image, image_embedding=...)`` skips the encoder for the whole-image crop and
+    gives exactly what encoding the image itself gives; a wrong-shaped embedding is refused."""
+    assert cases["images"][0] == "picture1.jpg"
+    features = embedded["picture1.jpg"].get_image_embedding()
+    kw = {"points_per_side": 4, "output_mode": "uncompressed_rle"}
+    gen = SamAutomaticMaskGenerator(fixture_model, **kw)
+    reused = gen.generate(picture1, image_embedding=features)
+    assert gen.stage_times["encoder"] < 0.2
+    fresh = SamAutomaticMaskGenerator(fixture_model, **kw).generate(picture1)
+    assert len(reused) > 0
+    assert [x["segmentation"] for x in reused] == [x["segmentation"] for x in fresh]
+    assert [x["predicted_iou"] for x in reused] == [x["predicted_iou"] for x in fresh]
+    with pytest.raises(ValueError, match="features must have shape"):
+        gen.generate(picture1, image_embedding=features[:, :8])
+
+
 def test_decoder_batching_does_not_change_masks(fixture_model, small_image):
     kw = {"points_per_side": 4, "output_mode": "uncompressed_rle"}
     a = SamAutomaticMaskGenerator(fixture_model, decoder_batch_size=1, **kw).generate(small_image)

@@ -77,11 +77,36 @@ def test_segment_matches_library(client, image_id, embedded, cases):
     assert rle["size"] == [770, 769] and isinstance(rle["counts"], str)
 
 
-def test_everything(client, image_id):
+def test_everything(client, image_id, fixture_model, embedded):
+    """COCO annotations equal the library's for the same settings (the cached embedding is
+    reused, not recomputed)."""
+    from mobilesam import SamAutomaticMaskGenerator
+
     res = client.post(f"/v1/images/{image_id}/everything", json={"points_per_side": 4})
     assert res.status_code == 200, res.text
     anns = res.json()["annotations"]
-    assert anns and {"segmentation", "bbox", "predicted_iou"} <= set(anns[0])
+    assert anns and {"segmentation", "bbox", "predicted_iou", "area"} <= set(anns[0])
+    assert [a["id"] for a in anns] == list(range(1, len(anns) + 1))
+    pred = embedded["picture1.jpg"]
+    expected = SamAutomaticMaskGenerator(
+        fixture_model, points_per_side=4, output_mode="coco_rle"
+    ).generate(np.zeros((770, 769, 3), np.uint8), image_embedding=pred.get_image_embedding())
+    assert [a["segmentation"] for a in anns] == [e["segmentation"] for e in expected]
+    assert [a["bbox"] for a in anns] == [e["bbox"] for e in expected]
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'src="static/app.js"' in page.text and 'href="static/style.css"' in page.text
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert "decodeCocoCounts" in js.text
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+    for name in ("nope.js", "index.html", "..%2Fapp.py", "%2E%2E%2F__init__.py"):
+        assert client.get(f"/static/{name}").status_code == 404
+    assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_error_codes(client, image_id):
@@ -147,51 +172,30 @@ def _encode(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_load_real_server(fixture_model, photo, tmp_path):
+def test_load_real_server(live_server, photo, tmp_path):
     """8 concurrent clients, 200 segment requests in all, against uvicorn on 127.0.0.1:
     no request fails; p50/p95 latency are reported (and saved under the test's tmp dir)."""
     import json
-    import socket
-    import threading
     import time
 
     import httpx
-    import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(fixture_model)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    try:
-        image_id = httpx.post(
-            f"{base}/v1/images", files={"file": ("p.jpg", photo, "image/jpeg")}, timeout=60
-        ).json()["id"]
+    image_id = httpx.post(
+        f"{live_server}/v1/images", files={"file": ("p.jpg", photo, "image/jpeg")}, timeout=60
+    ).json()["id"]
 
-        def client(k: int) -> list[tuple[int, float]]:
-            out = []
-            with httpx.Client(base_url=base, timeout=60) as c:
-                for i in range(25):
-                    body = {"points": [[50 + 20 * k, 40 + 25 * i]], "labels": [1], "format": "rle"}
-                    t = time.perf_counter()
-                    res = c.post(f"/v1/images/{image_id}/segment", json=body)
-                    out.append((res.status_code, time.perf_counter() - t))
-            return out
+    def client(k: int) -> list[tuple[int, float]]:
+        out = []
+        with httpx.Client(base_url=live_server, timeout=60) as c:
+            for i in range(25):
+                body = {"points": [[50 + 20 * k, 40 + 25 * i]], "labels": [1], "format": "rle"}
+                t = time.perf_counter()
+                res = c.post(f"/v1/images/{image_id}/segment", json=body)
+                out.append((res.status_code, time.perf_counter() - t))
+        return out
 
-        with ThreadPoolExecutor(8) as pool:
-            results = [r for rs in pool.map(client, range(8)) for r in rs]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for rs in pool.map(client, range(8)) for r in rs]
     assert len(results) == 200 and all(code == 200 for code, _ in results)
     lat = np.array([t for _, t in results]) * 1000
     report = {

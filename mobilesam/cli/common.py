@@ -8,7 +8,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 
 class CliError(Exception):
@@ -32,11 +31,15 @@ def parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """``H×W×3`` uint8 RGB; raises :class:`CliError` naming the file if it cannot be read."""
+    """``H×W×3`` uint8 RGB in display (EXIF) orientation; raises :class:`CliError` naming
+    the file if it cannot be read."""
+    from ..image_io import read_rgb as decode
+
+    if not Path(path).is_file():
+        raise CliError(f"cannot read image {path}: no such file")
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return decode(path)
+    except ValueError as exc:
         raise CliError(f"cannot read image {path}: {exc}") from None
 
 

@@ -7,6 +7,7 @@
   handle of the new low-res logits.
 - ``POST /v1/images/{id}/everything``: COCO-RLE annotations.
 - ``GET /healthz``.
+- ``GET /``: the click-to-segment page (``static/``: plain HTML, CSS and JS, no build step).
 
 Safe by default: bind to 127.0.0.1 (see the CLI), upload and pixel limits, no filesystem
 paths from clients, 404 for unknown ids, 422 with the reason for malformed prompts, 400 for
@@ -24,11 +25,13 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from ..image_io import read_rgb
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
 
@@ -68,17 +71,25 @@ class LRU:
         return len(self._data)
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """``H×W×3`` uint8 RGB; ValueError if undecodable or over ``max_pixels`` (checked from
-    the header, before decoding)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")
-            return np.array(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode the upload as an image: {exc}") from None
+# The page's files, served from the package; clients name them, never a path.
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def static_file(name: str) -> bytes:
+    """The bytes of one of :data:`STATIC_FILES`."""
+    return (resources.files(__package__) / "static" / name).read_bytes()
 
 
 def mask_png_base64(mask: np.ndarray) -> str:
@@ -90,7 +101,7 @@ def mask_png_base64(mask: np.ndarray) -> str:
 def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     """The FastAPI application for ``model``."""
     import torch
-    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from fastapi import FastAPI, File, HTTPException, Response, UploadFile
     from pydantic import BaseModel, Field
 
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
@@ -123,6 +134,18 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             raise HTTPException(404, f"unknown image id {image_id!r} (expired or never uploaded)")
         return found
 
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return Response(
+            static_file("index.html"), media_type=STATIC_FILES["index.html"], headers=PAGE_HEADERS
+        )
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC_FILES or name == "index.html":
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response(static_file(name), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "cached_images": len(images)}
@@ -133,7 +156,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload over the {settings.max_upload_bytes}-byte limit")
         try:
-            image = decode_image(data, settings.max_pixels)
+            image = read_rgb(data, settings.max_pixels)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         start = time.perf_counter()
@@ -201,7 +224,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         )
         start = time.perf_counter()
         with model_lock:
-            anns = gen.generate(rec["image"])
+            anns = gen.generate(rec["image"], image_embedding=rec["features"])
         return {
             "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
             "seconds": round(time.perf_counter() - start, 3),
