@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from .conftest import mask_iou
@@ -144,3 +145,64 @@ def test_bench_prints_and_writes_json(tmp_path, reference):
     data = json.loads(out.read_text())
     assert data["encoder_s"] > 0 and data["predict_ms"] > 0 and data["threads"] == 2
     assert data["everything_masks"] >= 0 and "encoder_s" in res.stdout
+
+
+def test_serve_bad_arguments(tmp_path):
+    """Usage errors exit 2, a missing checkpoint 1; always one line."""
+    for args, code, message in (
+        (("--checkpoint", "x.pt", "--port", "0"), 2, "--port must be 1-65535"),
+        (("--checkpoint", "x.pt", "--max-pixels", "-3"), 2, "--max-pixels must be positive"),
+        (("--checkpoint", str(tmp_path / "missing.pt")), 1, "neither an existing file"),
+    ):
+        res = _run("serve", *args)
+        assert res.returncode == code and message in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_serve_starts_on_loopback_and_serves_the_page(reference):
+    """``mobilesam serve`` as a user starts it: binds 127.0.0.1, says where the page is,
+    serves ``/`` and ``/healthz``, and stops on SIGINT."""
+    import signal
+    import socket
+    import time
+
+    pytest.importorskip("uvicorn")
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mobilesam",
+            "serve",
+            "--checkpoint",
+            str(ckpt),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert health.json()["status"] == "ok"
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code == 200 and "static/app.js" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert f"page at http://127.0.0.1:{port}/" in err
+    assert "warning" not in err

@@ -1,13 +1,16 @@
-"""``mobilesam serve``: the HTTP API (FastAPI + uvicorn), bound to 127.0.0.1 by default."""
+"""``mobilesam serve``: the click-to-segment page and the HTTP API (FastAPI + uvicorn), bound
+to 127.0.0.1 by default."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import sys
 
-from .common import add_model_args, load_model
+from .common import CliError, add_model_args, load_model
 
 EXAMPLES = """examples:
-  mobilesam serve --checkpoint mobile_sam.pt                 # http://127.0.0.1:8000/docs
+  mobilesam serve --checkpoint mobile_sam.pt     # page: http://127.0.0.1:8000/  API: /docs
   mobilesam serve --model mobilesam --port 9000 --max-upload-mb 10 --cache-images 32
 """
 
@@ -21,14 +24,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     from ..serve import ServerSettings, create_app
 
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be 1-65535, got {args.port}")
+    for name in ("max_upload_mb", "max_pixels", "cache_images"):
+        if getattr(args, name) <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be positive")
     model, _ = load_model(args)
     settings = ServerSettings(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         cache_images=args.cache_images,
     )
+    if not _is_loopback(args.host):
+        print(
+            f"mobilesam: warning: listening on {args.host}: anyone who can reach this machine "
+            "can upload images and use the model (there is no authentication)",
+            file=sys.stderr,
+        )
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"mobilesam: page at http://{shown}:{args.port}/ , API docs at "
+        f"http://{shown}:{args.port}/docs",
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(model, settings), host=args.host, port=args.port)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
