@@ -49,6 +49,8 @@ def test_healthz_and_openapi(client):
     assert client.get("/healthz").json()["status"] == "ok"
     schema = client.get("/openapi.json").json()
     assert "/v1/images/{image_id}/segment" in schema["paths"]
+    models = set(schema["components"]["schemas"])
+    assert {"SegmentRequest", "EverythingRequest", "Segmented", "Uploaded", "Everything"} <= models
 
 
 def test_segment_matches_library(client, image_id, embedded, cases):

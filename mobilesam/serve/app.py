@@ -122,7 +122,37 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         pred_iou_thresh: float = Field(0.88, ge=0, le=1)
         stability_score_thresh: float = Field(0.95, ge=0, le=1)
 
-    app = FastAPI(title="mobilesam", version="1")
+    class Health(BaseModel):
+        status: str
+        cached_images: int
+
+    class Uploaded(BaseModel):
+        id: str = Field(description="handle for the segment and everything calls")
+        width: int = Field(description="pixels, after EXIF orientation")
+        height: int
+        encode_ms: float = Field(description="time spent in the image encoder")
+
+    class Segmented(BaseModel):
+        masks: list[Any] = Field(
+            description="base64 PNG (0/255, image size) or COCO RLE dicts, per `format`"
+        )
+        format: Literal["png", "rle"]
+        scores: list[float] = Field(description="predicted IoU of each mask")
+        best: int = Field(description="index of the highest-scoring mask")
+        low_res_handle: str = Field(description="the best mask's logits, for `mask_input`")
+
+    class Everything(BaseModel):
+        annotations: list[dict[str, Any]] = Field(
+            description="COCO-style: id, segmentation (RLE), area, bbox (XYWH), "
+            "predicted_iou, point_coords, stability_score, crop_box"
+        )
+        seconds: float
+
+    app = FastAPI(
+        title="mobilesam",
+        version="1",
+        description="Promptable segmentation with MobileSAM. The page is at `/`.",
+    )
     predictor = SamPredictor(model)
     model_lock = threading.Lock()
     images = LRU(settings.cache_images)
@@ -147,11 +177,11 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         return Response(static_file(name), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "cached_images": len(images)}
+    def healthz() -> Health:
+        return Health(status="ok", cached_images=len(images))
 
     @app.post("/v1/images")
-    def upload(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+    def upload(file: UploadFile = File(...)) -> Uploaded:  # noqa: B008
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload over the {settings.max_upload_bytes}-byte limit")
@@ -172,10 +202,10 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         image_id = uuid.uuid4().hex
         images.put(image_id, record)
         h, w = image.shape[:2]
-        return {"id": image_id, "width": w, "height": h, "encode_ms": round(encode_ms, 1)}
+        return Uploaded(id=image_id, width=w, height=h, encode_ms=round(encode_ms, 1))
 
     @app.post("/v1/images/{image_id}/segment")
-    def segment(image_id: str, req: SegmentRequest) -> dict[str, Any]:
+    def segment(image_id: str, req: SegmentRequest) -> Segmented:
         rec = entry(image_id)
         mask_input = None
         if req.mask_input is not None:
@@ -203,16 +233,16 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             out = [mask_png_base64(m) for m in masks]
         else:
             out = [coco_encode_rle(r) for r in mask_to_rle(torch.from_numpy(masks))]
-        return {
-            "masks": out,
-            "format": req.format,
-            "scores": [float(s) for s in scores],
-            "best": best,
-            "low_res_handle": handle,
-        }
+        return Segmented(
+            masks=out,
+            format=req.format,
+            scores=[float(s) for s in scores],
+            best=best,
+            low_res_handle=handle,
+        )
 
     @app.post("/v1/images/{image_id}/everything")
-    def everything(image_id: str, req: EverythingRequest | None = None) -> dict[str, Any]:
+    def everything(image_id: str, req: EverythingRequest | None = None) -> Everything:
         rec = entry(image_id)
         req = req or EverythingRequest()
         gen = SamAutomaticMaskGenerator(
@@ -225,9 +255,9 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         start = time.perf_counter()
         with model_lock:
             anns = gen.generate(rec["image"], image_embedding=rec["features"])
-        return {
-            "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        return Everything(
+            annotations=[{"id": i + 1, **a} for i, a in enumerate(anns)],
+            seconds=round(time.perf_counter() - start, 3),
+        )
 
     return app

@@ -312,7 +312,7 @@ function drawMarks(dragBox = null) {
   for (const p of state.prompts) {
     if (p.kind !== "point") continue;
     ctx.beginPath();
-    ctx.arc(p.x, p.y, 7 * s, 0, 2 * Math.PI);
+    ctx.arc(p.x, p.y, 9 * s, 0, 2 * Math.PI);
     ctx.fillStyle = p.label === 1 ? "#16a34a" : "#dc2626";
     ctx.fill();
     ctx.lineWidth = 2 * s;
