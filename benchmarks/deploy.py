@@ -30,6 +30,7 @@ from common import (  # noqa: E402
 from reference import official_order  # noqa: E402
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
+from mobilesam.evaluation.miou import mask_iou  # noqa: E402
 from mobilesam.onnx import OnnxPredictor, export_onnx  # noqa: E402
 
 CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
@@ -61,13 +62,10 @@ def agreement(pred, ref_masks: dict, images: dict, cases: list) -> float:
     ious = []
     for name in images:
         pred.set_image(images[name])
-        for (img, kw), ref in zip(cases, ref_masks[name], strict=False):
-            if img != name:
-                continue
+        mine = [kw for img, kw in cases if img == name]
+        for kw, ref in zip(mine, ref_masks[name], strict=True):
             masks = pred.predict(**kw)[0]
-            for a, b in zip(masks, ref, strict=True):
-                union = np.logical_or(a, b).sum()
-                ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+            ious += [mask_iou(a, b) for a, b in zip(masks, ref, strict=True)]
     return float(np.mean(ious))
 
 

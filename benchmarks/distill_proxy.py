@@ -35,14 +35,10 @@ from common import REFERENCE, RESULTS, machine_info, print_table, write_json  # 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
 from mobilesam.build import build_image_encoder  # noqa: E402
 from mobilesam.evaluation.miou import Scores, score_image  # noqa: E402
+from mobilesam.image_io import read_rgb  # noqa: E402
 from mobilesam.training.cache import CacheConfig, CacheReader, build_cache  # noqa: E402
 from mobilesam.training.data import collect_images  # noqa: E402
-from mobilesam.training.train import (  # noqa: E402
-    STUDENT_PRESETS,
-    TrainConfig,
-    epoch_order,
-    train,
-)
+from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, train  # noqa: E402
 from mobilesam.transforms import to_rgb_uint8  # noqa: E402
 
 TEACHER = REFERENCE / "checkpoints" / "distill_teacher.pt"
@@ -77,45 +73,61 @@ def write_corpus(root: Path) -> None:
             continue
 
 
+def teacher_embeddings(teacher, held: dict) -> dict:
+    """The teacher's embedding of each held-out photo, computed once."""
+    pred = SamPredictor(teacher)
+    out = {}
+    for name, image in held.items():
+        pred.set_image(image)
+        out[name] = pred.get_image_embedding()
+    return out
+
+
 def evaluate(
-    student_sd: dict | None,
+    student_model,
     teacher,
     held: dict,
+    embeddings: dict,
     n: int,
     floors: bool = False,
-    student: str = "vit_t_small",
 ) -> dict:
-    """mIoU of the student (teacher decoder + student encoder) against the teacher."""
-    ref = SamPredictor(teacher)
+    """mIoU against the teacher of ``student_model`` (the teacher's decoder on a student
+    encoder; ``None`` to skip) and, with ``floors``, of the teacher's decoder on a noise
+    embedding and on the other photo's embedding."""
+    ref, pred = SamPredictor(teacher), SamPredictor(teacher)
+    student = SamPredictor(student_model) if student_model is not None else None
     rows = {}
-    variants = ["student"] if student_sd is not None else []
+    variants = ["student"] if student is not None else []
     if floors:
         variants += ["noise embedding", "other photo's embedding"]
     for variant in variants:
         total = Scores()
         for i, (name, image) in enumerate(held.items()):
-            ref.set_image(image)
+            size = image.shape[:2]
+            ref.set_embedding(embeddings[name], size)
             if variant == "student":
-                model = build_sam(TEACHER)
-                model.image_encoder = build_image_encoder(STUDENT_PRESETS[student])
-                model.image_encoder.load_state_dict(student_sd)
-                model.eval()
-                pred = SamPredictor(model)
-                pred.set_image(image)
+                assert student is not None
+                student.set_image(image)
+                model = student
             else:
-                pred = SamPredictor(teacher)
-                pred.set_image(image)
                 if variant == "noise embedding":
                     g = torch.Generator().manual_seed(i)
-                    pred.features = torch.randn(pred.features.shape, generator=g)
+                    features = torch.randn(embeddings[name].shape, generator=g)
                 else:
-                    other = held[HELD_OUT[1 - HELD_OUT.index(name)]]
-                    tmp = SamPredictor(teacher)
-                    tmp.set_image(other)
-                    pred.features = tmp.features
-            total.merge(score_image(pred, ref, n, ("point", "box"), seed=100 + i))
+                    features = embeddings[HELD_OUT[1 - HELD_OUT.index(name)]]
+                pred.set_embedding(features, size)
+                model = pred
+            total.merge(score_image(model, ref, n, ("point", "box"), seed=100 + i))
         rows[variant] = {k: v["miou"] for k, v in total.summary().items()}
     return rows
+
+
+def build_student_sam(student: str, state_dict: dict):
+    """The teacher (its prompt encoder and mask decoder) on a student encoder."""
+    model = build_sam(TEACHER)
+    model.image_encoder = build_image_encoder(STUDENT_PRESETS[student])
+    model.image_encoder.load_state_dict(state_dict)
+    return model.eval()
 
 
 def main() -> None:
@@ -133,7 +145,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     teacher = build_sam(TEACHER)
-    held = {n: np.array(Image.open(REFERENCE / "images" / n).convert("RGB")) for n in HELD_OUT}
+    held = {n: read_rgb(REFERENCE / "images" / n) for n in HELD_OUT}
+    embeddings = teacher_embeddings(teacher, held)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         write_corpus(tmp / "corpus")
@@ -149,10 +162,9 @@ def main() -> None:
         )
         cache_s = time.perf_counter() - t0
         print(f"cache built in {cache_s:.0f} s", flush=True)
-        floors = evaluate(None, teacher, held, args.prompts, floors=True)
+        floors = evaluate(None, teacher, held, embeddings, args.prompts, floors=True)
         # time a step to size the run to the budget
-        cache = CacheReader(tmp / "cache")
-        steps_per_epoch = len(epoch_order(cache, 0, 0, 0, 1)) // args.batch_size
+        steps_per_epoch = len(CacheReader(tmp / "cache")) // args.batch_size
         probe = TrainConfig(  # same mode: the step time sets the epochs for the budget
             cache=str(tmp / "cache"),
             out=str(tmp / "probe"),
@@ -181,21 +193,25 @@ def main() -> None:
         )
         torch.manual_seed(0)
         init = build_image_encoder(STUDENT_PRESETS[args.student]).state_dict()
-        history = [
-            {
-                "epoch": 0,
-                "seconds": 0.0,
-                **evaluate(init, teacher, held, args.prompts, student=args.student)["student"],
-            }
-        ]
+        model = build_student_sam(args.student, init)
+        row = evaluate(model, teacher, held, embeddings, args.prompts)["student"]
+        history = [{"epoch": 0, "train_seconds": 0.0, "wall_seconds": 0.0, **row}]
         print(history[-1], flush=True)
-        train_start = time.perf_counter()
+        # train_seconds: train()'s own time; wall_seconds also counts the evaluations between
+        wall_start, train_s = time.perf_counter(), 0.0
         for e in range(1, epochs + 1):
-            train(cfg, resume=e > 1, progress=False, stop_after=e * steps_per_epoch)
+            run = train(cfg, resume=e > 1, progress=False, stop_after=e * steps_per_epoch)
+            train_s += run["seconds"]
             sd = torch.load(tmp / "run" / "last.pt", weights_only=False)["student"]
-            row = evaluate(sd, teacher, held, args.prompts, student=args.student)["student"]
+            model.image_encoder.load_state_dict(sd)
+            row = evaluate(model, teacher, held, embeddings, args.prompts)["student"]
             history.append(
-                {"epoch": e, "seconds": round(time.perf_counter() - train_start, 1), **row}
+                {
+                    "epoch": e,
+                    "train_seconds": round(train_s, 1),
+                    "wall_seconds": round(time.perf_counter() - wall_start, 1),
+                    **row,
+                }
             )
             print(history[-1], flush=True)
         losses = [
@@ -205,7 +221,7 @@ def main() -> None:
     rows = [("student, start (random)", f"{history[0]['point']:.3f}", f"{history[0]['box']:.3f}")]
     rows += [
         (
-            f"student, epoch {h['epoch']} ({h['seconds']:.0f} s)",
+            f"student, epoch {h['epoch']} ({h['train_seconds']:.0f} s training)",
             f"{h['point']:.3f}",
             f"{h['box']:.3f}",
         )
@@ -223,7 +239,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    xs = [h["seconds"] / 60 for h in history]
+    xs = [h["train_seconds"] / 60 for h in history]
     ax.plot(xs, [h["point"] for h in history], "o-", label="student, point prompts")
     ax.plot(xs, [h["box"] for h in history], "s-", label="student, box prompts")
     for (k, v), style in zip(floors.items(), (":", "--"), strict=True):
@@ -243,6 +259,8 @@ def main() -> None:
         "epochs": epochs,
         "seconds_per_step": step_s,
         "cache_seconds": cache_s,
+        "train_seconds": train_s,
+        "total_seconds": time.perf_counter() - t0,
         "history": history,
         "floors": floors,
         "loss_first_last": [losses[0], losses[-1]],

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -289,10 +289,7 @@ class SamAutomaticMaskGenerator:
         with self._stage("encoder"):
             if layer == 0 and image_embedding is not None:
                 # Layer 0 is the whole image: reuse the caller's embedding.
-                input_size = self.predictor.transform.get_preprocess_shape(
-                    orig_size[0], orig_size[1], self.predictor.transform.target_length
-                )
-                self.predictor.set_embedding(image_embedding, orig_size, input_size)
+                self.predictor.set_embedding(image_embedding, orig_size)
             else:
                 self.predictor.set_image(cropped)
         crop_h, crop_w = cropped.shape[:2]
@@ -435,15 +432,7 @@ class SamAutomaticMaskGenerator:
         keep = batched_nms(
             boxes.float(), scores, torch.zeros(len(data), dtype=torch.long), nms_thresh
         )
-        data = _Candidates(
-            rles=rles,
-            boxes=boxes,
-            iou_preds=data.iou_preds,
-            stability=data.stability,
-            points=data.points,
-            crop_boxes=data.crop_boxes,
-        )
-        return data.select(keep)
+        return replace(data, rles=rles, boxes=boxes).select(keep)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:

@@ -115,10 +115,7 @@ class SamPredictor:
                 f"{self.model.img_size}, got {shape}; resize with predictor.transform first"
             )
         self.reset_image()
-        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
-        self.input_size = (int(shape[2]), int(shape[3]))
-        self.orig_h, self.orig_w = self.original_size
-        self.input_h, self.input_w = self.input_size
+        self._set_sizes(original_image_size, (shape[2], shape[3]))
         x = self.model.preprocess(transformed_image.to(self.device, self.dtype))
         features = self.model.image_encoder(x)
         check_embedding(features, f"SamPredictor ({self.dtype})")
@@ -244,10 +241,11 @@ class SamPredictor:
         self,
         features: torch.Tensor,
         original_size: tuple[int, int],
-        input_size: tuple[int, int],
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         """Restore a cached image: ``features`` from :meth:`get_image_embedding`, with the
-        ``original_size`` ``(H, W)`` and ``input_size`` ``(h, w)`` it was computed for."""
+        ``original_size`` ``(H, W)`` it was computed for. ``input_size`` ``(h, w)``, the size
+        after the resize, defaults to what :meth:`set_image` gives for ``original_size``."""
         expected = (
             1,
             self.model.prompt_encoder.embed_dim,
@@ -255,13 +253,19 @@ class SamPredictor:
         )
         if tuple(features.shape) != expected:
             raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        if input_size is None:
+            t = self.transform
+            input_size = t.get_preprocess_shape(original_size[0], original_size[1], t.target_length)
         self.reset_image()
         self.features = features.to(self.device, self.dtype)
+        self._set_sizes(original_size, input_size)
+        self.is_image_set = True
+
+    def _set_sizes(self, original_size: tuple[int, ...], input_size: tuple[int, ...]) -> None:
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
-        self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding, ``(1, 256, 64, 64)``."""

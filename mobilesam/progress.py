@@ -85,15 +85,6 @@ def progress_bar(total: int | None, desc: str, *, unit: str = "it", enabled: boo
         return NullBar()
     tqdm = _load_tqdm()
     if tqdm is not None:
-        if unit == "B":
-            return tqdm(
-                total=total,
-                desc=desc,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                leave=True,
-            )
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True)
+        scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True, **scale)
     return TextBar(total, desc, unit)

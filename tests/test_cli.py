@@ -57,6 +57,20 @@ def test_segment_bad_arguments(tmp_path, reference):
     assert res.returncode != 0 and "cannot read image" in res.stderr
     res = _run("segment", "--checkpoint", str(tmp_path / "missing.pt"))
     assert res.returncode != 0 and "missing.pt" in res.stderr
+    res = _run("segment", "--checkpoint", ckpt, "--point", "10,10,0.7")
+    assert res.returncode == 2 and "label must be 1 (foreground) or 0" in res.stderr
+
+
+def test_export_and_bench_bad_arguments(reference):
+    """Usage errors stop before any model is loaded: exit 2, one line."""
+    for args, message in (
+        (("export", "--checkpoint", "x.pt", "--quantize-parts", "encoder"), "needs --quantize"),
+        (("export", "--checkpoint", "x.pt", "--quantize-parts", "all"), "invalid choice"),
+        (("bench", "--checkpoint", "x.pt", "--repeats", "0"), "--repeats must be >= 1"),
+        (("bench", "--checkpoint", "x.pt", "--threads", "0"), "--threads must be >= 1"),
+    ):
+        res = _run(*args)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
 
 
 def test_everything_writes_json_and_overlay_then_skips(tmp_path, reference):
@@ -206,3 +220,32 @@ def test_serve_starts_on_loopback_and_serves_the_page(reference):
         _, err = proc.communicate(timeout=30)
     assert f"page at http://127.0.0.1:{port}/" in err
     assert "warning" not in err
+
+
+def test_everything_inputs_dedupe_exclude_output_and_never_collide(tmp_path):
+    """Inputs: each file once, nothing from inside --out, and no two images share an output
+    stem (so no image's JSON or overlay overwrites another's)."""
+    from mobilesam.cli.everything import collect_images
+
+    photos = tmp_path / "photos"
+    for rel in ("a.jpg", "a.png", "b.jpg", "masks/b_overlay.png"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (photos / rel).write_bytes(b"x")
+    for d in ("d1", "d2", "d3"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "c.jpg").write_bytes(b"x")
+    inputs = [str(photos), str(photos / "b.jpg")] + [
+        str(tmp_path / d / "c.jpg") for d in ("d1", "d2", "d3")
+    ]
+    found = collect_images(inputs, exclude=photos / "masks")
+    names = [f.relative_to(tmp_path).as_posix() for f, _ in found]
+    stems = [rel.as_posix() for _, rel in found]
+    assert names == [
+        "photos/a.jpg",
+        "photos/a.png",
+        "photos/b.jpg",
+        "d1/c.jpg",
+        "d2/c.jpg",
+        "d3/c.jpg",
+    ]
+    assert stems == ["a", "a_png", "b", "c", "c_jpg", "c_jpg_2"]

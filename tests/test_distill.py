@@ -87,6 +87,31 @@ def test_sources_and_split(sources):
         select(refs, fraction=0)
 
 
+def test_image_reader_applies_exif_orientation(tmp_path):
+    from mobilesam.training.data import ImageRef
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed rotated by 90°
+    Image.new("RGB", (40, 20)).save(tmp_path / "side.jpg", exif=exif)
+    image = ImageReader().read(ImageRef("side.jpg", str(tmp_path / "side.jpg")))
+    assert image.shape == (40, 20, 3)
+
+
+def test_atomic_write(tmp_path):
+    from mobilesam._atomic import atomic_write
+
+    target = tmp_path / "f.txt"
+    atomic_write(target, lambda tmp: tmp.write_text("old"))
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, teacher, sources, teacher_ckpt):
     from mobilesam.hub import sha256_file
@@ -124,6 +149,28 @@ def test_cache_manifest_and_embeddings(cache_dir, teacher, sources):
     assert (emb.float() - ref_emb).abs().max() <= 2e-3 * max(1.0, float(ref_emb.abs().max()))
     aug_ref, aug_view, _ = reader.entry(1)
     assert aug_ref.key == ref.key and aug_view.crop is not None
+
+
+def test_cache_reader_verifies_each_shard_once(cache_dir, monkeypatch):
+    import pickle
+
+    from mobilesam.training import cache as cache_mod
+
+    shard = torch.load(cache_dir / "shard_00000.pt", weights_only=True)
+    assert set(shard) == {"embeddings"}  # keys and views live in the sidecar and manifest
+    hashed = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    reader = CacheReader(cache_dir, keep=1)
+    last = len(reader) - 1
+    assert reader.shard_of(0) != reader.shard_of(last)
+    for i in (0, last, 0, last):  # keep=1: each shard is loaded twice, hashed once
+        reader.entry(i)
+    assert len(hashed) == 2
+    copy = pickle.loads(pickle.dumps(reader))  # as a spawned DataLoader worker gets it
+    assert copy._loaded == {}
+    copy.entry(0)
+    assert len(hashed) == 2
 
 
 def test_cache_resume_corruption_and_ranks(tmp_path, teacher, sources):
@@ -169,7 +216,17 @@ def test_training_resumes_exactly(tmp_path, cache_dir, teacher_ckpt):
     b = _cfg(cache_dir, tmp_path / "b", teacher_ckpt)
     part = train(b, progress=False, stop_after=2)
     assert part["steps"] == 2 and not (tmp_path / "b" / "student.pt").exists()
+    with pytest.raises(FileExistsError, match="resume"):  # a new run would clobber it
+        train(b, progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0\.002 in the checkpoint, 0\.001 now"):
+        train(_cfg(cache_dir, tmp_path / "b", teacher_ckpt, lr=1e-3), resume=True)
+    with pytest.raises(ValueError, match="epochs"):  # it sets the LR schedule's length
+        train(_cfg(cache_dir, tmp_path / "b", teacher_ckpt, epochs=3), resume=True)
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:  # logged after last.pt, then a crash
+        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
+    b = _cfg(cache_dir, tmp_path / "b", teacher_ckpt, save_every=2)  # may change on resume
     resumed = train(b, resume=True, progress=False)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["save_every"] == 1
     assert resumed["steps"] == 3 and resumed["steps_this_run"] == 1
     a_sd = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
     b_sd = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
@@ -300,6 +357,7 @@ def test_eval_miou_identical_and_different(tmp_path, sources, teacher_ckpt, refe
 
     same = run(teacher_ckpt, tmp_path / "same")
     assert set(same) == {"point", "box", "two_points@40"}
+    assert json.loads((tmp_path / "same" / "miou.json").read_text())["images"] == 2  # not broken
     assert all(s["miou"] == 1.0 and s["n"] >= 2 for s in same.values())
     diff = run(fixture, tmp_path / "diff")
     assert diff["point"]["miou"] < 1.0
@@ -344,3 +402,22 @@ def test_finetune_decoder_stage(tmp_path, cache_dir, teacher_ckpt):
         if k.startswith("prompt_encoder.")
     )
     build_sam(tmp_path / "student.pt")  # still an official-format checkpoint
+
+
+def test_cli_train_flags_cover_train_config(tmp_path):
+    """Every TrainConfig field is a flag (and a TOML key) with TrainConfig's default."""
+    import dataclasses
+
+    from mobilesam.cli import build_parser
+    from mobilesam.cli.distill import apply_config
+
+    base = ["distill", "train", "--cache", "c", "--out", "o", "--teacher-checkpoint", "t"]
+    args = apply_config(build_parser(), base)
+    d = TrainConfig(cache="c", out="o", teacher_checkpoint="t")
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)} == (
+        dataclasses.asdict(d)
+    )
+    config = tmp_path / "recipe.toml"
+    config.write_text("[train]\nmin_lr_ratio = 0.1\nfinetune_decoder = 3\nnum-workers = 4\n")
+    args = apply_config(build_parser(), [*base, "--config", str(config), "--num-workers", "1"])
+    assert (args.min_lr_ratio, args.finetune_decoder_steps, args.num_workers) == (0.1, 3, 1)

@@ -162,6 +162,27 @@ def test_onnx_predictor_equals_sam_predictor(onnx_predictors, embedded, cases, i
     assert mask_iou(m1[0], m2[0]) >= 0.99 and abs(float(s1[0] - s2[0])) <= 1e-3
 
 
+def test_onnx_predictor_mask_only_prompt(onnx_predictors, embedded, cases):
+    """No points and no box: no padding point either (as SAM's prompt encoder does), so the
+    ONNX graph runs with zero prompt points and agrees with the torch predictor."""
+    name = cases["images"][0]
+    _, scores, low = embedded[name].predict(np.array([[400, 380]]), np.array([1]))
+    mask_in = low[int(np.argmax(scores))][None]
+    m1, s1, l1 = onnx_predictors[name].predict(mask_input=mask_in, multimask_output=False)
+    m2, s2, l2 = embedded[name].predict(mask_input=mask_in, multimask_output=False)
+    assert mask_iou(m1[0], m2[0]) >= 0.99 and abs(float(s1[0] - s2[0])) <= 1e-3
+    assert l1.shape == l2.shape == (1, 256, 256)
+
+
+def test_fp16_export_leaves_the_model_alone(tmp_path, fixture_model):
+    """Exporting the float16 encoder converts a copy: the caller's model stays float32."""
+    from mobilesam.onnx.export import export_encoder
+
+    export_encoder(fixture_model, tmp_path / "encoder.fp16.onnx", 17, torch.float16)
+    assert (tmp_path / "encoder.fp16.onnx").stat().st_size > 1000
+    assert {p.dtype for p in fixture_model.parameters()} == {torch.float32}
+
+
 def test_onnx_predictor_errors(export_dir, onnx_predictors, cases):
     from mobilesam.onnx import OnnxPredictor
 
@@ -177,6 +198,16 @@ def test_onnx_predictor_errors(export_dir, onnx_predictors, cases):
         OnnxPredictor(export_dir, encoder="fp16")
     with pytest.raises(FileNotFoundError, match="model.json"):
         OnnxPredictor(export_dir / "missing")
+    # an export directory from before the low-res token decoder is named as such
+    old = export_dir.parent / "old_export"
+    old.mkdir(exist_ok=True)
+    meta = json.loads((export_dir / "model.json").read_text())
+    meta["files"]["decoder_multimask"] = "decoder.onnx"  # SAM's interface: 3 outputs
+    (old / "model.json").write_text(json.dumps(meta))
+    for name in ("encoder.onnx", "decoder.onnx"):
+        (old / name).symlink_to(export_dir / name)
+    with pytest.raises(ValueError, match="older mobilesam"):
+        OnnxPredictor(old)
 
 
 def test_degenerate_embedding_guard(reference):

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mobilesam: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as exc:
         first = str(exc).strip().splitlines()
         print(
             f"mobilesam: error: {' '.join(first) if first else type(exc).__name__}", file=sys.stderr

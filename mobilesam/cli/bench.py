@@ -7,25 +7,15 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .common import add_model_args, example_image, load_model, read_rgb
+from .common import CliError, add_model_args, example_image, load_model, read_rgb
 
 EXAMPLES = """examples:
   mobilesam bench --checkpoint mobile_sam.pt
   mobilesam bench photo.jpg --model mobilesam --threads 4 --repeats 5 --everything --json out.json
 """
-
-
-def _median_s(fn, repeats: int, warmup: int = 1) -> float:  # noqa: ANN001
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -34,21 +24,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..predictor import SamPredictor
+    from ..timing import matmul_peak, time_fn
+
+    for name in ("threads", "repeats", "points_per_side"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+        return statistics.median(time_fn(fn, repeats, warmup))
 
     if args.threads:
         torch.set_num_threads(args.threads)
     image = read_rgb(Path(args.image) if args.image else example_image())
     model, ckpt = load_model(args)
-    a = torch.randn(2048, 2048)
-    peak = 2 * 2048**3 / min(_median_s(lambda: a @ a, 1) for _ in range(5)) / 1e9
+    peak = matmul_peak(runs=5)["best_gflops"]
     x = torch.randn(1, 3, model.img_size, model.img_size)
     with torch.no_grad():
-        enc = _median_s(lambda: model.image_encoder(x), args.repeats)
+        enc = median_s(lambda: model.image_encoder(x), args.repeats)
     pred = SamPredictor(model)
-    set_img = _median_s(lambda: pred.set_image(image), args.repeats)
+    set_img = median_s(lambda: pred.set_image(image), args.repeats)
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
-    predict = _median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+    predict = median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
     result = {
         "checkpoint": str(ckpt),
         "image_size": [h, w],

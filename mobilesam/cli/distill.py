@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -83,26 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for need in ("cache", "out", "teacher_checkpoint"):
         if not getattr(args, need):
             raise ValueError(f"distill train needs --{need.replace('_', '-')} (or --config)")
-    cfg = TrainConfig(
-        cache=args.cache,
-        out=args.out,
-        teacher_checkpoint=args.teacher_checkpoint,
-        student=args.student,
-        mode=args.mode,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        clip_grad=args.clip_grad,
-        save_every=args.save_every,
-        seed=args.seed,
-        device=args.device,
-        num_workers=args.num_workers,
-        max_steps=args.max_steps,
-        mask_points=args.mask_points,
-        finetune_decoder_steps=args.finetune_decoder,
-    )
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
@@ -148,6 +130,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="auto")
     c.set_defaults(func=cmd_cache, _section="cache")
 
+    from ..training.train import TrainConfig
+
+    # every TrainConfig field has a flag (dest = field name); the defaults are TrainConfig's
+    d = TrainConfig(cache="", out="", teacher_checkpoint="")
     t = dsub.add_parser(
         "train",
         help="train the student encoder on the cache",
@@ -158,34 +144,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--cache", help="cache directory from `distill cache`")
     t.add_argument("--out", help="run directory (last.pt, metrics.jsonl, student.pt)")
     t.add_argument("--teacher-checkpoint", help="source of the prompt encoder and mask decoder")
-    t.add_argument("--student", default="vit_t", help="vit_t (TinyViT-5M) or vit_t_small")
+    t.add_argument("--student", default=d.student, help="vit_t (TinyViT-5M) or vit_t_small")
     t.add_argument(
         "--mode",
-        default="decoupled",
+        default=d.mode,
         choices=["decoupled", "semi-coupled"],
         help="decoupled: embedding MSE (the paper's); semi-coupled: mask loss through the "
         "teacher's frozen decoder (the ablation)",
     )
-    t.add_argument("--mask-points", type=int, default=4, help="semi-coupled: prompts per image")
+    t.add_argument(
+        "--mask-points", type=int, default=d.mask_points, help="semi-coupled: prompts per image"
+    )
     t.add_argument(
         "--finetune-decoder",
+        "--finetune-decoder-steps",
+        dest="finetune_decoder_steps",
         type=int,
-        default=0,
+        default=d.finetune_decoder_steps,
         metavar="STEPS",
         help="optional second stage: fine-tune the mask decoder for STEPS steps on the frozen "
         "student (default 0: off)",
     )
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--batch-size", type=int, default=8, help="per process")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup-steps", type=int, default=None)
-    t.add_argument("--clip-grad", type=float, default=1.0)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--num-workers", type=int, default=2)
-    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument(
+        "--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of all steps"
+    )
+    t.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=d.min_lr_ratio,
+        help="the cosine decay ends at lr × this",
+    )
+    t.add_argument("--clip-grad", type=float, default=d.clip_grad)
+    t.add_argument("--save-every", type=int, default=d.save_every)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    t.add_argument("--num-workers", type=int, default=d.num_workers)
+    t.add_argument("--max-steps", type=int, default=d.max_steps)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train, _section="train")
@@ -198,11 +196,15 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
     if section and getattr(args, "config", None):
         defaults = _load_config(args.config, section)
         sub = _find_subparser(parser, ["distill", args.distill_command])
-        known = {a.dest for a in sub._actions}
-        unknown = set(defaults) - known
+        known = {a.dest: a.dest for a in sub._actions}  # keys: dests, or long flag names
+        for a in sub._actions:
+            for opt in a.option_strings:
+                if opt.startswith("--"):
+                    known.setdefault(opt[2:].replace("-", "_"), a.dest)
+        unknown = set(defaults) - set(known)
         if unknown:
             raise ValueError(f"{args.config} [{section}]: unknown keys {sorted(unknown)}")
-        sub.set_defaults(**defaults)
+        sub.set_defaults(**{known[k]: v for k, v in defaults.items()})
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     return args
 

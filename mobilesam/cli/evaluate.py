@@ -28,7 +28,7 @@ def cmd_miou(args: argparse.Namespace) -> int:
         raise ValueError(f"no images in {' '.join(args.data)}")
     model = SamPredictor(build_sam(resolve_checkpoint(args.model)))
     reference = SamPredictor(build_sam(resolve_checkpoint(args.reference)))
-    reader, total = ImageReader(), Scores()
+    reader, total, scored = ImageReader(), Scores(), 0
     bar = progress_bar(len(refs), "eval", unit="img", enabled=not args.quiet)
     for i, ref in enumerate(refs):
         image = reader.try_read(ref)
@@ -45,6 +45,7 @@ def cmd_miou(args: argparse.Namespace) -> int:
                     seed=args.seed + i,
                 )
             )
+            scored += 1
         bar.update(1)
     bar.close()
     summary = total.summary()
@@ -54,7 +55,7 @@ def cmd_miou(args: argparse.Namespace) -> int:
     record = {
         "model": args.model,
         "reference": args.reference,
-        "images": len(refs),
+        "images": scored,  # read and scored; unreadable ones are logged and skipped
         "n_prompts_per_image": args.n_prompts,
         "seed": args.seed,
         "summary": summary,

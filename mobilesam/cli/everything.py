@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .._atomic import atomic_write
 from ..progress import progress_bar
 from ..training.data import IMAGE_SUFFIXES
 from .common import (
@@ -48,8 +48,14 @@ SETTINGS = (
 )
 
 
-def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """``(image path, output stem relative to --out)`` for files and folders (recursive)."""
+def collect_images(inputs: list[str], exclude: Path | None = None) -> list[tuple[Path, Path]]:
+    """``(image path, output stem relative to --out)`` for files and folders (recursive).
+
+    Each file is taken once, however often it is named; files under ``exclude`` (the output
+    folder, which may sit inside an input folder) are never inputs. Stems that would collide
+    get the file's suffix, then a counter.
+    """
+    skip = exclude.resolve() if exclude is not None else None
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(item)
@@ -62,46 +68,48 @@ def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
             found.append((path, Path(path.stem)))
         else:
             raise CliError(f"no such file or directory: {item}")
+    taken: set[Path] = set()
     seen: set[Path] = set()
     unique = []
     for f, rel in found:
+        real = f.resolve()
+        if real in taken or (skip is not None and real.is_relative_to(skip)):
+            continue
+        taken.add(real)
         if rel in seen:  # a.jpg and a.png side by side: keep both, by full name
             rel = rel.with_name(f"{rel.name}_{f.suffix.lstrip('.').lower()}")
+        base, k = rel, 2
+        while rel in seen:
+            rel, k = base.with_name(f"{base.name}_{k}"), k + 1
         seen.add(rel)
         unique.append((f, rel))
     return unique
 
 
-def annotation_overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
-    """Masks painted over the photo in distinct colours, largest first so small ones stay
-    visible."""
+def annotation_overlay(image: np.ndarray, anns: list[dict[str, Any]]) -> np.ndarray:
+    """The annotations' masks (COCO RLE) painted over the photo in distinct colours, largest
+    first so small ones stay visible; one mask is decoded at a time."""
+    from pycocotools import mask as mask_utils
+
     out = image.astype(np.float32)
-    colors = distinct_colors(len(masks)).astype(np.float32)
-    for m, color in sorted(zip(masks, colors, strict=True), key=lambda mc: -int(mc[0].sum())):
-        out[m] = 0.5 * out[m] + 0.5 * color
+    colors = distinct_colors(len(anns)).astype(np.float32)
+    for i in sorted(range(len(anns)), key=lambda i: -anns[i]["area"]):
+        m = mask_utils.decode(anns[i]["segmentation"]).astype(bool)
+        out[m] = 0.5 * out[m] + 0.5 * colors[i]
     return out.astype(np.uint8)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def process_image(
     gen: Any, image_path: Path, out_stem: Path, meta: dict[str, Any]
 ) -> tuple[int, float]:
     """Segment one photo and write its JSON and overlay; returns (masks, seconds)."""
-    from pycocotools import mask as mask_utils
-
     image = read_rgb(image_path)
     start = time.perf_counter()
     anns = gen.generate(image)
     seconds = time.perf_counter() - start
     h, w = image.shape[:2]
-    masks = [mask_utils.decode(a["segmentation"]).astype(bool) for a in anns]
     out_stem.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(annotation_overlay(image, masks)).save(
+    Image.fromarray(annotation_overlay(image, anns)).save(
         out_stem.with_name(out_stem.name + "_overlay.png")
     )
     record = {
@@ -110,17 +118,18 @@ def process_image(
         "seconds": round(seconds, 3),
         "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
     }
-    _write_atomic(out_stem.with_name(out_stem.name + ".json"), json.dumps(record))
+    text = json.dumps(record)
+    atomic_write(out_stem.with_name(out_stem.name + ".json"), lambda tmp: tmp.write_text(text))
     return len(anns), seconds
 
 
 def cmd_everything(args: argparse.Namespace) -> int:
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
 
-    images = collect_images(args.inputs)
+    out = Path(args.out)
+    images = collect_images(args.inputs, exclude=out)
     if not images:
         raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {' '.join(args.inputs)}")
-    out = Path(args.out)
     todo = [
         (f, rel)
         for f, rel in images

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, load_model
+from ..onnx.export import QUANTIZE_PARTS
+from .common import CliError, add_model_args, load_model
 
 EXAMPLES = """examples:
   mobilesam export --checkpoint mobile_sam.pt --out onnx/
@@ -15,10 +16,10 @@ EXAMPLES = """examples:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..onnx.export import QUANTIZE_PARTS, export_onnx
+    from ..onnx.export import export_onnx
 
-    if args.quantize_parts not in QUANTIZE_PARTS:
-        raise ValueError(f"--quantize-parts must be one of {QUANTIZE_PARTS}")
+    if args.quantize_parts is not None and args.quantize is None:
+        raise CliError("--quantize-parts needs --quantize int8")
     model, ckpt = load_model(args)
     out = Path(args.out)
     record = export_onnx(
@@ -26,7 +27,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out,
         opset=args.opset,
         quantize=args.quantize,
-        quantize_parts=args.quantize_parts,
+        quantize_parts=args.quantize_parts or "both",
         fp16=args.fp16,
         checkpoint=ckpt,
         model_name=Path(str(ckpt)).stem,
@@ -49,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=["int8"], help="also write int8 (dynamic) models")
     p.add_argument(
         "--quantize-parts",
-        default="both",
-        help="encoder, decoder or both (default both)",
+        choices=QUANTIZE_PARTS,
+        help="what --quantize covers (default both)",
     )
     p.add_argument("--fp16", action="store_true", help="also write a float16 encoder")
     p.set_defaults(func=cmd_export)

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .common import (
+    CliError,
     add_model_args,
     example_image,
     load_model,
@@ -32,6 +33,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image_path = Path(args.image) if args.image else example_image()
     image = read_rgb(image_path)
     points = [parse_floats(p, (2, 3), "--point") for p in args.point]
+    for p in points:
+        if len(p) == 3 and p[2] not in (0, 1):
+            raise CliError(f"--point label must be 1 (foreground) or 0 (background), got {p[2]:g}")
     box = parse_floats(args.box, (4,), "--box") if args.box else None
     if not points and box is None:
         h, w = image.shape[:2]

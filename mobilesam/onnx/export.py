@@ -1,10 +1,12 @@
 """``export_onnx``: write ``encoder.onnx``, ``decoder.onnx`` (SAM's public interface, best
-mask), ``decoder_multimask.onnx`` (all mask tokens, for :class:`OnnxPredictor`) and
+mask), ``decoder_multimask.onnx`` (all mask tokens at low resolution, for
+:class:`OnnxPredictor`) and
 ``model.json``; optionally int8 (ONNX Runtime dynamic quantization) and fp16 encoder variants.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -14,7 +16,14 @@ from typing import Any
 import torch
 
 from ..modeling.sam import Sam
-from .wrapper import INPUT_NAMES, OUTPUT_NAMES, SamOnnxDecoder, SamOnnxEncoder
+from .wrapper import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    TOKEN_OUTPUT_NAMES,
+    SamOnnxDecoder,
+    SamOnnxEncoder,
+    SamOnnxTokenDecoder,
+)
 
 QUANTIZE_PARTS = ("encoder", "decoder", "both")
 
@@ -39,7 +48,7 @@ def export_encoder(model: Sam, path: Path, opset: int, dtype: torch.dtype = torc
     s = model.img_size
     enc = SamOnnxEncoder(model, dtype).eval()
     if dtype != torch.float32:
-        enc = enc.to(dtype)
+        enc = copy.deepcopy(enc).to(dtype)  # the caller's model stays as it is
     with torch.no_grad():
         _export(
             enc,
@@ -51,12 +60,15 @@ def export_encoder(model: Sam, path: Path, opset: int, dtype: torch.dtype = torc
         )
 
 
-def export_decoder(model: Sam, path: Path, opset: int, return_single_mask: bool) -> None:
-    dec = SamOnnxDecoder(model, return_single_mask).eval()
+def export_decoder(
+    model: Sam, path: Path, opset: int, return_single_mask: bool = True, tokens: bool = False
+) -> None:
+    """SAM's ONNX decoder (:class:`SamOnnxDecoder`), or with ``tokens`` the low-res
+    all-token graph (:class:`SamOnnxTokenDecoder`) that :class:`OnnxPredictor` runs."""
     c, (h, w) = model.prompt_encoder.embed_dim, model.prompt_encoder.image_embedding_size
     mh, mw = model.prompt_encoder.mask_input_size
     # Dummy sizes deliberately unusual, so nothing sized from them can pass the tests.
-    args = (
+    args: tuple[torch.Tensor, ...] = (
         torch.randn(1, c, h, w),
         torch.randint(0, model.img_size, (1, 3, 2)).float(),
         torch.tensor([[1.0, 0.0, -1.0]]),
@@ -64,19 +76,22 @@ def export_decoder(model: Sam, path: Path, opset: int, return_single_mask: bool)
         torch.tensor([1.0]),
         torch.tensor([577.0, 931.0]),
     )
+    points = {1: "num_points"}
+    if tokens:
+        dec: torch.nn.Module = SamOnnxTokenDecoder(model)
+        args, outputs, dynamic = args[:5], TOKEN_OUTPUT_NAMES, {}
+    else:
+        dec = SamOnnxDecoder(model, return_single_mask)
+        outputs, dynamic = OUTPUT_NAMES, {"masks": {2: "height", 3: "width"}}
     with torch.no_grad():
         _export(
-            dec,
+            dec.eval(),
             args,
             path,
             opset,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={
-                "point_coords": {1: "num_points"},
-                "point_labels": {1: "num_points"},
-                "masks": {2: "height", 3: "width"},
-            },
+            input_names=list(INPUT_NAMES[: len(args)]),
+            output_names=list(outputs),
+            dynamic_axes={"point_coords": points, "point_labels": points, **dynamic},
         )
 
 
@@ -133,7 +148,8 @@ def export_onnx(
         raise ValueError(f"quantize_parts must be one of {QUANTIZE_PARTS}, got {quantize_parts!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval()
+    if model.training or model.pixel_mean.dtype != torch.float32:
+        model = copy.deepcopy(model).float().eval()  # export fp32; the caller's model is kept
     files = {
         "encoder": "encoder.onnx",
         "decoder": "decoder.onnx",
@@ -141,7 +157,7 @@ def export_onnx(
     }
     export_encoder(model, out / files["encoder"], opset)
     export_decoder(model, out / files["decoder"], opset, return_single_mask=True)
-    export_decoder(model, out / files["decoder_multimask"], opset, return_single_mask=False)
+    export_decoder(model, out / files["decoder_multimask"], opset, tokens=True)
     if quantize == "int8":
         parts = ["encoder", "decoder", "decoder_multimask"]
         if quantize_parts == "encoder":
@@ -171,6 +187,7 @@ def export_onnx(
         },
         "decoder_inputs": list(INPUT_NAMES),
         "decoder_outputs": list(OUTPUT_NAMES),
+        "decoder_multimask_outputs": list(TOKEN_OUTPUT_NAMES),
     }
     (out / "model.json").write_text(json.dumps(record, indent=2))
     return record

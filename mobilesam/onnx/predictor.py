@@ -1,9 +1,10 @@
 """``OnnxPredictor``: :class:`~mobilesam.SamPredictor`'s API on an export directory, run by
 ONNX Runtime on the CPU.
 
-It shares the torch predictor's input checks, ``ResizeLongestSide`` transforms, normalisation
-and output selection, so everything in front of and behind the model runs the same way; only
-the encoder and the decoder (``decoder_multimask.onnx``, all mask tokens) are ONNX graphs.
+It shares the torch predictor's input checks, ``ResizeLongestSide`` transforms, normalisation,
+prompt padding, output selection and mask upsampling, so everything in front of and behind the
+model runs the same way; only the encoder and the decoder (``decoder_multimask.onnx``: all
+mask tokens at low resolution) are ONNX graphs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..modeling.mask_decoder import select_outputs
 from ..modeling.sam import normalize_and_pad
+from ..postprocess import upscale_masks
 from ..predictor import (
     _check_box,
     _check_points,
@@ -80,6 +82,12 @@ class OnnxPredictor:
         self.encoder_variant, self.decoder_variant = encoder, decoder
         self._encoder = _session(root / files[enc_key], threads)
         self._decoder = _session(root / files[dec_key], threads)
+        outputs = [o.name for o in self._decoder.get_outputs()]
+        if outputs != ["iou_predictions", "low_res_masks"]:
+            raise ValueError(
+                f"{root / files[dec_key]} has outputs {outputs}: it was written by an older "
+                "mobilesam; export again with `mobilesam export`"
+            )
         pre = self.meta["preprocessing"]
         self.img_size = int(pre["img_size"])
         self.mask_threshold = float(pre["mask_threshold"])
@@ -124,7 +132,7 @@ class OnnxPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Same arguments and outputs as ``SamPredictor.predict``."""
         self._require_image()
-        assert self.original_size is not None
+        assert self.original_size is not None and self.input_size is not None
         coords = np.zeros((0, 2))
         labels = np.zeros((0,))
         if point_coords is not None or point_labels is not None:
@@ -135,7 +143,7 @@ class OnnxPredictor:
             corners = self.transform.apply_boxes(_check_box(box), self.original_size)
             coords = np.concatenate([coords, corners.reshape(2, 2)])
             labels = np.concatenate([labels, [2.0, 3.0]])
-        else:  # SAM's prompt encoder pads point prompts without a box with one (0, 0, -1)
+        elif len(labels):  # SAM's prompt encoder pads points without a box with (0, 0, -1)
             coords = np.concatenate([coords, np.zeros((1, 2))])
             labels = np.concatenate([labels, [-1.0]])
         if mask_input is not None:
@@ -144,7 +152,7 @@ class OnnxPredictor:
         else:
             mask = np.zeros((1, 1, 256, 256), np.float32)
             has_mask = np.zeros(1, np.float32)
-        masks, iou, low_res = self._decoder.run(
+        iou, low_res = self._decoder.run(
             None,
             {
                 "image_embeddings": self.features,
@@ -152,13 +160,14 @@ class OnnxPredictor:
                 "point_labels": labels[None].astype(np.float32),
                 "mask_input": mask.astype(np.float32),
                 "has_mask_input": has_mask,
-                "orig_im_size": np.array(self.original_size, np.float32),
             },
         )
-        m, s = select_outputs(torch.from_numpy(masks), torch.from_numpy(iou), multimask_output)
-        low, _ = select_outputs(torch.from_numpy(low_res), torch.from_numpy(iou), multimask_output)
-        out = m[0] if return_logits else m[0] > self.mask_threshold
-        return out.numpy(), s[0].numpy(), low[0].numpy()
+        low, scores = select_outputs(
+            torch.from_numpy(low_res), torch.from_numpy(iou), multimask_output
+        )
+        masks = upscale_masks(low, self.input_size, self.original_size, self.img_size)
+        out = masks[0] if return_logits else masks[0] > self.mask_threshold
+        return out.numpy(), scores[0].numpy(), low[0].numpy()
 
     def _require_image(self) -> None:
         require_image(self.is_image_set)

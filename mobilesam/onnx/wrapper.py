@@ -14,6 +14,9 @@ outputs
     ``low_res_masks`` ``(1, M, 256, 256)``. ``M`` is 1 (``return_single_mask``, SAM's
     choice by point count) or 4 (all tokens, token 0 the single-mask answer).
 
+:class:`SamOnnxTokenDecoder` is the same graph without ``orig_im_size``, selection or
+upsampling (all tokens, low-res), used by :class:`~mobilesam.onnx.OnnxPredictor`.
+
 Nothing depends on the sizes used at export: the number of points and ``orig_im_size`` stay
 dynamic (the resize and crop sizes are computed in the graph).
 """
@@ -37,6 +40,7 @@ INPUT_NAMES = (
     "orig_im_size",
 )
 OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
+TOKEN_OUTPUT_NAMES = ("iou_predictions", "low_res_masks")
 
 
 class SamOnnxDecoder(nn.Module):
@@ -49,6 +53,20 @@ class SamOnnxDecoder(nn.Module):
         self.img_size = model.img_size
         self.return_single_mask = return_single_mask
 
+    def all_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits ``(1, T, 256, 256)`` and IoU predictions ``(1, T)`` of all tokens."""
+        pe = self.prompt_encoder
+        sparse = pe.embed_points(point_coords, point_labels)
+        dense = pe.dense_from_mask_input(mask_input, has_mask_input)
+        return self.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -58,11 +76,8 @@ class SamOnnxDecoder(nn.Module):
         has_mask_input: torch.Tensor,
         orig_im_size: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pe = self.prompt_encoder
-        sparse = pe.embed_points(point_coords, point_labels)
-        dense = pe.dense_from_mask_input(mask_input, has_mask_input)
-        low_res, iou = self.mask_decoder.predict_masks(
-            image_embeddings, pe.get_dense_pe(), sparse, dense
+        low_res, iou = self.all_tokens(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input
         )
         if self.return_single_mask:
             low_res, iou = select_by_point_count(low_res, iou, point_coords.shape[1])
@@ -72,6 +87,26 @@ class SamOnnxDecoder(nn.Module):
             low_res, (input_size[0], input_size[1]), (orig[0], orig[1]), self.img_size
         )
         return masks, iou, low_res
+
+
+class SamOnnxTokenDecoder(SamOnnxDecoder):
+    """The decoder without selection or upsampling, for :class:`~mobilesam.onnx.OnnxPredictor`:
+    SAM's first five inputs → ``iou_predictions`` ``(1, 4)`` and ``low_res_masks``
+    ``(1, 4, 256, 256)`` of all tokens. The predictor selects the outputs it returns and
+    upsamples only those, with the same ``upscale_masks`` as the torch predictor."""
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        low_res, iou = self.all_tokens(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input
+        )
+        return iou, low_res
 
 
 class SamOnnxEncoder(nn.Module):

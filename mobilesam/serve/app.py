@@ -189,16 +189,11 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             image = read_rgb(data, settings.max_pixels)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        start = time.perf_counter()
         with model_lock:
+            start = time.perf_counter()
             predictor.set_image(image)
-            record = {
-                "features": predictor.get_image_embedding().clone(),
-                "original_size": predictor.original_size,
-                "input_size": predictor.input_size,
-                "image": image,
-            }
-        encode_ms = 1000 * (time.perf_counter() - start)
+            record = {"features": predictor.get_image_embedding(), "image": image}
+            encode_ms = 1000 * (time.perf_counter() - start)
         image_id = uuid.uuid4().hex
         images.put(image_id, record)
         h, w = image.shape[:2]
@@ -216,7 +211,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             raise HTTPException(422, "give points (with labels) and/or a box")
         try:
             with model_lock:
-                predictor.set_embedding(rec["features"], rec["original_size"], rec["input_size"])
+                predictor.set_embedding(rec["features"], rec["image"].shape[:2])
                 masks, scores, logits = predictor.predict(
                     point_coords=np.array(req.points) if req.points is not None else None,
                     point_labels=np.array(req.labels) if req.labels is not None else None,

@@ -1,11 +1,12 @@
 """The teacher-embedding cache: the teacher encoder runs once per image (and per augmented
 view), and its ``256×64×64`` embeddings are stored in checksummed shards.
 
-Layout of ``CACHE/``: ``shard_00000.pt`` (``keys``, ``embeddings`` in the cache dtype,
-``views``) with a sidecar ``shard_00000.json`` (its sha256, entries and the fingerprint of
-the settings that made it), and ``manifest.json`` once every shard exists. A rerun verifies
-finished shards by checksum and fingerprint and skips them; a corrupt or truncated shard is
-recomputed. Under ``torchrun`` each rank takes the shards ``i % world == rank``.
+Layout of ``CACHE/``: ``shard_00000.pt`` (``{"embeddings": (N, C, h, w)}`` in the cache
+dtype) with a sidecar ``shard_00000.json`` (its sha256, entries with their keys and views,
+and the fingerprint of the settings that made it), and ``manifest.json`` once every shard
+exists. A rerun verifies finished shards by checksum and fingerprint and skips them; a
+corrupt or truncated shard is recomputed. Under ``torchrun`` each rank takes the shards
+``i % world == rank``. Older shards, which also hold ``keys`` and ``views``, read the same.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_write
 from ..hub import sha256_file
 from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam, normalize_and_pad
 from ..progress import progress_bar
@@ -127,7 +128,7 @@ def _compute_shard(
     cfg: CacheConfig,
     reader: ImageReader,
 ) -> None:
-    keys, embs, views, records, unreadable = [], [], [], [], []
+    embs, views, records, unreadable = [], [], [], []
     image, image_key = None, None
     for ref, v in entries:
         if ref.key != image_key:
@@ -138,26 +139,18 @@ def _compute_shard(
         view = augment_views(ref, image.shape[:2], cfg.views, cfg.seed)[v]
         x = to_model_input(view.apply(image), teacher.img_size).to(teacher.device)
         embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
-        keys.append(f"{ref.key}#{v}")
         views.append(view.to_json())
         records.append({"key": ref.key, "path": ref.path, "member": ref.member, "view": v})
-    data = {
-        "keys": keys,
-        "embeddings": torch.stack(embs) if embs else torch.zeros(0),
-        "views": views,
-    }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    # keys and views live in the sidecar (and the manifest) only
+    data = {"embeddings": torch.stack(embs) if embs else torch.zeros(0)}
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
     side = {
         "sha256": sha256_file(path),
         "fingerprint": fingerprint,
         "entries": [dict(r, view_params=vp) for r, vp in zip(records, views, strict=True)],
         "unreadable": sorted(set(unreadable)),
     }
-    tmp_side = path.with_suffix(".json.part")
-    tmp_side.write_text(json.dumps(side))
-    os.replace(tmp_side, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(side)))
 
 
 def write_manifest(
@@ -209,8 +202,9 @@ def write_manifest(
 
 
 class CacheReader:
-    """Entries of a finished cache: ``(ImageRef, View, teacher embedding)``; shards are
-    checksum-verified on first load and kept in a small LRU."""
+    """Entries of a finished cache: ``(ImageRef, View, teacher embedding)``. Each shard's
+    checksum is verified once per reader (a copy in a forked or spawned DataLoader worker
+    keeps what was verified before); shards are memory-mapped and kept in a small LRU."""
 
     def __init__(self, cache_dir: str | Path, keep: int = 2) -> None:
         self.root = Path(cache_dir)
@@ -225,22 +219,38 @@ class CacheReader:
         ]
         self.keep = keep
         self._loaded: dict[int, dict[str, Any]] = {}
+        self._verified: set[tuple[str, int, int]] = set()  # (file, size, mtime_ns)
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict[str, Any]:  # loaded shards stay behind when pickled
+        return {**self.__dict__, "_loaded": {}}
+
     def shard_of(self, i: int) -> int:
         return self.index[i][0]
 
-    def _shard(self, s: int) -> dict[str, Any]:
-        if s not in self._loaded:
-            meta = self.manifest["shards"][s]
+    def verify(self, s: int | None = None) -> None:
+        """Check shard ``s`` (default: every shard) against the manifest's sha256, unless this
+        reader already has; raises :class:`OSError` on a mismatch."""
+        for k in range(len(self.manifest["shards"])) if s is None else [s]:
+            meta = self.manifest["shards"][k]
             path = self.root / meta["file"]
+            st = path.stat()
+            stamp = (meta["file"], st.st_size, st.st_mtime_ns)
+            if stamp in self._verified:
+                continue
             if sha256_file(path) != meta["sha256"]:
                 raise OSError(f"{path} fails its checksum: rerun `mobilesam distill cache`")
+            self._verified.add(stamp)
+
+    def _shard(self, s: int) -> dict[str, Any]:
+        if s not in self._loaded:
+            self.verify(s)
             if len(self._loaded) >= self.keep:
                 self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[s] = torch.load(path, map_location="cpu", weights_only=True)
+            path = self.root / self.manifest["shards"][s]["file"]
+            self._loaded[s] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return self._loaded[s]
 
     def entry(self, i: int) -> tuple[ImageRef, View, torch.Tensor]:

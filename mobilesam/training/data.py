@@ -9,14 +9,14 @@ so selection and ordering do not depend on the file system's listing order.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ..image_io import read_rgb
 
 log = logging.getLogger("mobilesam.training")
 
@@ -92,29 +92,28 @@ def _tar_members(path: Path) -> list[ImageRef]:
 
 
 class ImageReader:
-    """Reads :class:`ImageRef` s as ``H×W×3`` uint8 RGB, keeping tar files open."""
+    """Reads :class:`ImageRef` s as ``H×W×3`` uint8 RGB in display (EXIF) orientation, like
+    every other front door (:func:`mobilesam.image_io.read_rgb`), keeping tar files open."""
 
     def __init__(self) -> None:
         self._tars: dict[str, tarfile.TarFile] = {}
 
     def read(self, ref: ImageRef) -> np.ndarray:
         if ref.member is None:
-            with Image.open(ref.path) as im:
-                return np.array(im.convert("RGB"))
+            return read_rgb(ref.path)
         tar = self._tars.get(ref.path)
         if tar is None:
             tar = self._tars[ref.path] = tarfile.open(ref.path, "r:")  # noqa: SIM115 (kept open; see close)
         f = tar.extractfile(ref.member)
         if f is None:
             raise OSError(f"{ref.member} is not a file in {ref.path}")
-        with Image.open(io.BytesIO(f.read())) as im:
-            return np.array(im.convert("RGB"))
+        return read_rgb(f.read())
 
     def try_read(self, ref: ImageRef) -> np.ndarray | None:
         """The image, or ``None`` (logged) if it cannot be read."""
         try:
             return self.read(ref)
-        except (OSError, ValueError, Image.DecompressionBombError, tarfile.TarError) as exc:
+        except (OSError, ValueError, tarfile.TarError) as exc:
             log.warning("skipping unreadable image %s: %s", ref.key, exc)
             return None
 

@@ -39,7 +39,8 @@ def mask_distillation_loss(
         student_decoder: decodes the student's masks (a trainable copy, when fine-tuning the
             decoder); default ``mask_decoder``, the frozen teacher decoder.
     """
-    student_decoder = student_decoder or mask_decoder
+    if student_decoder is None:
+        student_decoder = mask_decoder
     pe = prompt_encoder.get_dense_pe()
     stride = prompt_encoder.input_image_size[0] / prompt_encoder.mask_input_size[0]
     total = student_emb.new_zeros(())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .._atomic import atomic_write
 from ..build import build_image_encoder, build_sam
 from ..checkpoint import read_state_dict
 from ..modeling.sam import Sam
@@ -47,6 +47,13 @@ STUDENT_PRESETS: dict[str, TinyViTConfig] = {
     ),
 }
 MODES = ("decoupled", "semi-coupled")
+#: TrainConfig fields that may differ when a run is resumed: where and how it runs, how often
+#: it saves, and the optional decoder stage that follows the encoder stage. Every other field
+#: shapes the data order, the LR schedule (``epochs`` and ``max_steps`` set its length) or the
+#: model, and must match the checkpoint's.
+RESUMABLE_CHANGES = frozenset(
+    {"out", "device", "num_workers", "save_every", "finetune_decoder_steps"}
+)
 
 
 @dataclass(frozen=True)
@@ -76,23 +83,21 @@ class TrainConfig:
 
 class CacheDataset(torch.utils.data.Dataset):
     """``(student input (3, S, S), teacher embedding (C, h, w) float32, (h, w) of the resized
-    image inside the padded input)`` per cache entry."""
+    image inside the padded input)`` per cache entry. Each DataLoader worker gets its own copy
+    of ``cache`` (without its loaded shards) and opens its own tar files."""
 
-    def __init__(self, cache_dir: str, img_size: int) -> None:
-        self.cache_dir = cache_dir
+    def __init__(self, cache: CacheReader, img_size: int) -> None:
+        self.cache = cache
         self.img_size = img_size
-        self._cache: CacheReader | None = None
         self._images: ImageReader | None = None
-        self.length = len(CacheReader(cache_dir))
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.cache)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._cache is None:  # per worker process
-            self._cache, self._images = CacheReader(self.cache_dir), ImageReader()
-        assert self._images is not None
-        ref, view, target = self._cache.entry(i)
+        if self._images is None:  # per worker process
+            self._images = ImageReader()
+        ref, view, target = self.cache.entry(i)
         image = view.apply(self._images.read(ref))
         size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], self.img_size)
         return to_model_input(image, self.img_size), target.float(), torch.tensor(size)
@@ -101,7 +106,7 @@ class CacheDataset(torch.utils.data.Dataset):
 def epoch_order(cache: CacheReader, epoch: int, seed: int, rank: int, world: int) -> list[int]:
     """This rank's entries for ``epoch``: shards in a seeded random order, entries shuffled
     within each shard (so a worker keeps one shard loaded), dealt round-robin to ranks and
-    cut to equal length."""
+    cut to equal length (``len(cache) // world`` entries)."""
     rng = np.random.default_rng([seed, epoch])
     by_shard: dict[int, list[int]] = {}
     for i in range(len(cache)):
@@ -121,10 +126,35 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _check_resume_config(saved: dict[str, Any] | None, cfg: TrainConfig, last: Path) -> None:
+    """Refuse to resume ``last`` with settings other than those it was trained with (bar
+    :data:`RESUMABLE_CHANGES`)."""
+    if saved is None:  # a checkpoint without its config: nothing to compare
+        return
+    now = asdict(cfg)
+    differ = [k for k in now if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
+    if differ:
+        detail = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in differ)
+        raise ValueError(
+            f"cannot resume {last} with different settings ({detail}). Resume with the run's "
+            "own settings (its config.json), or start a new run in another directory"
+        )
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Before resuming from ``step``: drop the rows the run will log again (steps after it, and
+    the decoder stage, which restarts from scratch) and a line cut short by a crash."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row and row["step"] <= step:
+            keep.append(line + "\n")
+    atomic_write(path, lambda tmp: tmp.write_text("".join(keep)))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -161,7 +191,7 @@ def export_student(
     if mask_decoder is not None:
         for k, v in mask_decoder.state_dict().items():
             sd[f"mask_decoder.{k}"] = v.detach().float().cpu()
-    _atomic_save(sd, path)
+    atomic_write(path, lambda tmp: torch.save(sd, tmp))
 
 
 def finetune_decoder(
@@ -179,7 +209,7 @@ def finetune_decoder(
     decoder = copy.deepcopy(teacher.mask_decoder).requires_grad_(True).train()
     student.eval().requires_grad_(False)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
-    order = epoch_order(CacheReader(cfg.cache), 10_000, cfg.seed, 0, 1)
+    order = epoch_order(dataset.cache, 10_000, cfg.seed, 0, 1)
     losses: list[float] = []
     with open(out / "metrics.jsonl", "a") as metrics:
         for i in range(cfg.finetune_decoder_steps):
@@ -219,6 +249,10 @@ def train(
 
     ``stop_after`` ends this invocation after that many steps in all (as an interruption
     would), leaving ``last.pt`` to resume from; the schedule still spans the whole run.
+
+    A new run refuses an ``out`` that holds a ``last.pt``; ``resume`` refuses settings other
+    than the checkpoint's (bar :data:`RESUMABLE_CHANGES`) and drops the ``metrics.jsonl`` rows
+    logged after the checkpoint's step.
     """
     if cfg.student not in STUDENT_PRESETS:
         raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
@@ -229,6 +263,18 @@ def train(
     rank, world, device = setup_distributed(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    state = None
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        _check_resume_config(state.get("config"), cfg, last)
+    elif last.is_file():
+        raise FileExistsError(
+            f"{last} exists: pass --resume (resume=True) to continue that run, or choose "
+            "another --out directory for a new one"
+        )
     torch.manual_seed(cfg.seed)
 
     enc_cfg = STUDENT_PRESETS[cfg.student]
@@ -243,7 +289,7 @@ def train(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(epoch_order(cache, 0, cfg.seed, rank, world)) // cfg.batch_size
+    steps_per_epoch = len(cache) // world // cfg.batch_size  # epoch_order's length
     if steps_per_epoch == 0:
         raise ValueError(
             f"{len(cache)} cached entries over {world} rank(s) do not fill one batch of "
@@ -257,26 +303,29 @@ def train(
         opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio)
     )
     step = 0
-    last = out / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    if state is not None:
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
         _set_rng_state(state["rng"])
-    if rank == 0:
+        del state
+    if rank == 0 and not (resume and (out / "config.json").is_file()):
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    dataset = CacheDataset(cfg.cache, enc_cfg.img_size)
+    if cfg.num_workers > 0:  # checksums once, here, rather than in every worker every epoch
+        cache.verify()
+    dataset = CacheDataset(cache, enc_cfg.img_size)
     frozen = None  # the teacher's prompt encoder and mask decoder, frozen (mask losses)
     if cfg.mode == "semi-coupled" or cfg.finetune_decoder_steps > 0:
         frozen = build_sam(cfg.teacher_checkpoint).to(device)
         frozen.requires_grad_(False)
     autocast = device.type == "cuda"
-    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    metrics = None
+    if rank == 0:
+        if resume:
+            _trim_metrics(out / "metrics.jsonl", step)
+        metrics = open(out / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115
     bar = progress_bar(total, "distill", unit="step", enabled=progress and rank == 0)
     bar.update(step)
     start, first_step, losses = time.perf_counter(), step, []
@@ -284,17 +333,15 @@ def train(
     def save() -> None:
         if rank != 0:
             return
-        _atomic_save(
-            {
-                "student": student.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "rng": _rng_state(),
-                "config": asdict(cfg),
-            },
-            last,
-        )
+        ckpt = {
+            "student": student.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "rng": _rng_state(),
+            "config": asdict(cfg),
+        }
+        atomic_write(last, lambda tmp: torch.save(ckpt, tmp))
 
     model.train()
     while step < total:
