@@ -1,136 +1,193 @@
-"""CPU benchmark of the MobileSAM encoder and of ``predict``.
+"""CPU benchmark of the encoder, ``set_image`` and ``predict`` against the official code.
 
-Reports, with the thread count stated:
-- the machine's fp32 matmul peak (best of 10 runs of a 2048² matmul) and its median;
-- the encoder's FLOPs (``torch.utils.flop_counter``);
-- median encoder forward, ``set_image`` (preprocessing + encoder) and one-point ``predict``;
-- the same for an *official-order* reference: this package's modules run with the official
-  code's arithmetic (BatchNorm unfused, explicit softmax attention, NCHW-contiguous encoder
-  convolutions, ConvTranspose2d upscaling on strided token views), so the speed-up is
-  measured in one run under the same machine noise;
-- achieved GFLOP/s and the percentage of the matmul peak.
+Both sides run in this process on the same weights and threads, interleaved round by round
+(ours, then the official ``mobile_sam`` package, for each measurement), so machine noise hits
+both alike. Reported from one run:
+- the CPU (model, AVX-512 / AVX512-BF16 / AMX flags), the thread count and the fp32 matmul
+  peak (2048², best of 10, before and after);
+- median encoder forward, ``set_image`` and one-point multimask ``predict`` (full-resolution
+  masks) of each side, and their ratio;
+- GFLOP (``torch.utils.flop_counter``): the encoder, the decoder per prompt in SAM's order and
+  in this project's cached order, and the per-image cache; achieved GFLOP/s as a percentage
+  of the matmul peak.
 
-Usage: ``python benchmarks/encoder.py [--threads 2] [--repeats 7] [--json PATH]``
+Usage: ``python benchmarks/encoder.py [--threads 2] [--repeats 9] [--official PATH] [--json PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REFERENCE,
+    add_official_argument,
+    describe_machine,
+    import_official,
     machine_info,
     matmul_peak,
+    official_model,
     print_table,
     summary,
-    time_fn,
     write_json,
 )
-from reference import official_order  # noqa: E402
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
 
 
-def encoder_flops(model: torch.nn.Module) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, model.img_size, model.img_size)
+def gflop(fn: Callable[[], object]) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.image_encoder(x)
-    return int(counter.get_total_flops())
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
-def measure(model, image: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
-    pred = SamPredictor(model)
-    x = torch.randn(1, 3, model.img_size, model.img_size)
-    with torch.no_grad():
-        enc = time_fn(lambda: model.image_encoder(x), repeats, warmup=1)
-    set_img = time_fn(lambda: pred.set_image(image), repeats, warmup=1)
-    h, w = image.shape[:2]
-    pt, lb = np.array([[w * 0.55, h * 0.5]]), np.array([1])
-    predict = time_fn(lambda: pred.predict(pt, lb, multimask_output=True), 5 * repeats, warmup=2)
-    return {"encoder": summary(enc), "set_image": summary(set_img), "predict": summary(predict)}
+def flop_counts(model: torch.nn.Module, pred: SamPredictor, point: np.ndarray) -> dict:
+    x = torch.zeros(1, 3, model.img_size, model.img_size)
+    coords = torch.as_tensor(pred.transform.apply_coords(point, pred.original_size)).float()
+    labels = torch.ones(1, 1, dtype=torch.int)
+    sparse, dense = pred.encode_prompts(coords[None], labels)
+    pe, dec = model.prompt_encoder, model.mask_decoder
+    return {
+        "encoder": gflop(lambda: model.image_encoder(x)),
+        "decoder_sam_order": gflop(
+            lambda: dec.predict_masks(pred.features, pe.get_dense_pe(), sparse, dense)
+        ),
+        "decoder_cached": gflop(
+            lambda: dec.predict_masks_cached(pred.decoder_cache(), sparse, True)
+        ),
+        "decoder_cache_per_image": gflop(
+            lambda: dec.prepare(pred.features, pe.get_dense_pe(), pe.no_mask_dense(1))
+        ),
+    }
+
+
+def interleaved(
+    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], rounds: int, inner: int
+) -> dict[str, dict[str, list[float]]]:
+    """``{name: (ours, official)}`` → per-call seconds, alternating sides every round."""
+    out = {name: {"ours": [], "official": []} for name in pairs}
+    for fns in pairs.values():  # warm-up
+        for fn in fns:
+            fn()
+    for _ in range(rounds):
+        for name, fns in pairs.items():
+            for side, fn in zip(("ours", "official"), fns, strict=True):
+                start = time.perf_counter()
+                for _ in range(inner if name == "predict" else 1):
+                    fn()
+                out[name][side].append((time.perf_counter() - start) / (
+                    inner if name == "predict" else 1
+                ))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     ap.add_argument(
         "--checkpoint", default=str(REFERENCE / "checkpoints" / "mobile_sam_fixture.pt")
     )
     ap.add_argument("--image", default=str(REFERENCE / "images" / "picture1.jpg"))
     ap.add_argument("--json", default=None, help="output path (default benchmarks/results/)")
-    ap.add_argument("--skip-official", action="store_true")
+    add_official_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = build_sam(args.checkpoint)
     image = np.array(Image.open(args.image).convert("RGB"))
-    flops = encoder_flops(model)
-    peak_before = matmul_peak()
-    ours = measure(model, image, args.repeats)
-    official = None
-    if not args.skip_official:
-        with official_order(model):
-            official = measure(model, image, args.repeats)
-    peak_after = matmul_peak()
-    peak = max(peak_before["best_gflops"], peak_after["best_gflops"])
+    h, w = image.shape[:2]
+    point, label = np.array([[w * 0.55, h * 0.5]]), np.array([1])
+    model = build_sam(args.checkpoint).eval()
+    pred = SamPredictor(model)
+    pred.set_image(image)
+    flops = flop_counts(model, pred, point)
+    x = torch.randn(1, 3, model.img_size, model.img_size)
 
-    def gflops(s: float) -> float:
-        return flops / s / 1e9
+    mobile_sam = import_official(args.official)
+    peaks = [matmul_peak()]
+    with torch.no_grad():
+        ours = {
+            "encoder": lambda: model.image_encoder(x),
+            "set_image": lambda: pred.set_image(image),
+            "predict": lambda: pred.predict(point, label, multimask_output=True),
+        }
+        if mobile_sam is not None:
+            ref = official_model(mobile_sam, args.checkpoint)
+            ref_pred = mobile_sam.SamPredictor(ref)
+            ref_pred.set_image(image)
+            theirs = {
+                "encoder": lambda: ref.image_encoder(x),
+                "set_image": lambda: ref_pred.set_image(image),
+                "predict": lambda: ref_pred.predict(point, label, multimask_output=True),
+            }
+        else:
+            theirs = dict(ours)  # timed, then dropped
+        times = interleaved(
+            {k: (ours[k], theirs[k]) for k in ours}, args.repeats, inner=10
+        )
+    peaks.append(matmul_peak())
+    peak = max(p["best_gflops"] for p in peaks)
 
-    rows = []
-    for name, res in [("mobilesam", ours), ("official-order", official)]:
-        if res is None:
-            continue
-        enc = res["encoder"]["median_s"]
+    work = {"encoder": flops["encoder"], "set_image": flops["encoder"], "predict": None}
+    rows, result = [], {}
+    for name, sides in times.items():
+        mine = statistics.median(sides["ours"])
+        entry = {"ours": summary(sides["ours"])}
+        ratio = "-"
+        if mobile_sam is not None:
+            entry["official"] = summary(sides["official"])
+            entry["speedup"] = statistics.median(sides["official"]) / mine
+            ratio = f"{entry['speedup']:.2f}×"
+        unit, scale = ("ms", 1000) if name == "predict" else ("s", 1)
+        g = work[name] if work[name] is not None else flops["decoder_cached"]
+        entry["gflops_per_s"] = g / mine
+        entry["pct_of_peak"] = 100 * g / mine / peak
         rows.append(
             (
                 name,
-                f"{enc:.3f}",
-                f"{res['set_image']['median_s']:.3f}",
-                f"{1000 * res['predict']['median_s']:.1f}",
-                f"{gflops(enc):.1f}",
-                f"{100 * gflops(enc) / peak:.1f}%",
+                f"{scale * mine:.3f} {unit}",
+                f"{scale * statistics.median(sides['official']):.3f} {unit}"
+                if mobile_sam is not None
+                else "-",
+                ratio,
+                f"{g:.2f}",
+                f"{g / mine:.0f}",
+                f"{100 * g / mine / peak:.1f}%",
             )
         )
-    print(
-        f"threads={args.threads}  encoder={flops / 1e9:.1f} GFLOP  "
-        f"matmul 2048² best-of-10 peak={peak:.1f} GFLOP/s "
-        f"(medians {peak_before['median_gflops']:.1f}, {peak_after['median_gflops']:.1f})"
-    )
+        result[name] = entry
+    print(describe_machine(args.threads, peak))
     print_table(
         rows,
-        ("impl", "encoder s", "set_image s", "predict ms", "GFLOP/s", "% of peak"),
+        ("measure", "mobilesam", "official", "speed-up", "GFLOP", "GFLOP/s", "% of peak"),
     )
-    result = {
+    print(
+        f"decoder GFLOP per prompt: SAM's order {flops['decoder_sam_order']:.2f}, "
+        f"cached {flops['decoder_cached']:.2f} (+ {flops['decoder_cache_per_image']:.2f} "
+        "once per image, in set_image)"
+    )
+    print("predict's GFLOP/s counts the decoder only (its upsampling is not a matmul)")
+    out = {
         "machine": machine_info(),
         "threads": args.threads,
         "image": Path(args.image).name,
-        "encoder_gflop": flops / 1e9,
+        "official": args.official if mobile_sam is not None else None,
         "matmul_peak_gflops": peak,
-        "matmul": [peak_before, peak_after],
-        "mobilesam": ours,
-        "official_order": official,
-        "encoder_pct_of_peak": 100 * gflops(ours["encoder"]["median_s"]) / peak,
+        "matmul": peaks,
+        "gflop": flops,
+        "results": result,
     }
-    if official is not None:
-        result["speedup_encoder"] = official["encoder"]["median_s"] / ours["encoder"]["median_s"]
-        result["speedup_predict"] = official["predict"]["median_s"] / ours["predict"]["median_s"]
-        print(
-            f"speed-up vs official-order: encoder {result['speedup_encoder']:.2f}×, "
-            f"predict {result['speedup_predict']:.2f}×"
-        )
-    print("anchors (official code, README): encoder 2.2-2.4 s; predict 87-110 ms")
-    print(f"json: {write_json('encoder', result, args.json)}")
+    print(f"json: {write_json('encoder', out, args.json)}")
 
 
 if __name__ == "__main__":

@@ -120,11 +120,6 @@ class SamAutomaticMaskGenerator:
             4 on CPU, where small batches stay in cache and run faster. Does not change the
             result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
-        folded_attention: decode with the folded cross-attention order (see
-            :class:`~mobilesam.modeling.transformer.Attention`): about 1.3× faster segment
-            everything on a CPU, the same masks up to float32 rounding (a pixel whose logit is
-            within rounding of 0 can flip, as it can between any two fp32 implementations).
-            Off by default, which keeps the official code's order of operations.
     """
 
     def __init__(
@@ -146,7 +141,6 @@ class SamAutomaticMaskGenerator:
         *,
         decoder_batch_size: int | None = None,
         max_upsample_bytes: int = 64 * 2**20,
-        folded_attention: bool = False,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
@@ -190,7 +184,6 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.decoder_batch_size = decoder_batch_size
         self.max_upsample_bytes = max_upsample_bytes
-        self.folded_attention = folded_attention
         #: Seconds spent per stage by the last :meth:`generate` call.
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
@@ -328,7 +321,6 @@ class SamAutomaticMaskGenerator:
                 coords_t[i : i + step],
                 labels_t[i : i + step],
                 multimask_output=True,
-                folded_attention=self.folded_attention,
             )
             low.append(lr.flatten(0, 1))
             iou.append(sc.flatten(0, 1))

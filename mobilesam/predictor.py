@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .modeling.decoder_cache import ImageCache, weights_key
+from .modeling.mask_decoder import select_outputs
 from .modeling.sam import Sam
 from .transforms import ResizeLongestSide, to_rgb_uint8
 
@@ -79,6 +81,7 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        self._decoder_cache: ImageCache | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
@@ -121,6 +124,7 @@ class SamPredictor:
         check_embedding(features, f"SamPredictor ({self.dtype})")
         self.features = features
         self.is_image_set = True
+        self.decoder_cache()
 
     def predict(
         self,
@@ -193,9 +197,10 @@ class SamPredictor:
         low_res, iou = self.predict_low_res_torch(
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self.model.postprocess_masks(
+            low_res, self.input_size, self.original_size, threshold
+        )
         return masks, iou, low_res
 
     @torch.no_grad()
@@ -205,19 +210,40 @@ class SamPredictor:
         point_labels: torch.Tensor | None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        folded_attention: bool = False,
+        multimask_output: bool | None = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder half of :meth:`predict_torch`: same inputs, without the upsampling.
 
-        ``folded_attention`` selects the faster cross-attention order for many prompts (see
-        :class:`~mobilesam.modeling.transformer.Attention`); the automatic generator uses it.
+        Without ``mask_input`` the decoder reuses the image's cached products
+        (:meth:`decoder_cache`) and upscales only the returned tokens; with it, every prompt
+        has its own dense input and the decoder runs in SAM's plain order.
+        ``multimask_output=None`` returns all tokens (token 0 the single-mask answer).
 
         Returns:
             low-res logits ``(B, C, 256, 256)`` and scores ``(B, C)``. Callers that filter
             masks by score (the automatic generator) upsample only the survivors with
             ``self.model.postprocess_masks``.
         """
+        sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
+        decoder = self.model.mask_decoder
+        if mask_input is None:
+            return decoder.predict_masks_cached(self.decoder_cache(), sparse, multimask_output)
+        masks, iou = decoder.predict_masks(
+            self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        if multimask_output is None:
+            return masks, iou
+        return select_outputs(masks, iou, multimask_output)
+
+    def encode_prompts(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt encoder on prompts in the input frame: sparse ``(B, N, C)`` and dense
+        ``(B, C, h, w)`` embeddings in the model's dtype (see :meth:`predict_torch`)."""
         self._require_image()
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
@@ -227,15 +253,23 @@ class SamPredictor:
             points = (point_coords.to(dt), point_labels)
         boxes = boxes.to(dt) if boxes is not None else None
         mask_input = mask_input.to(dt) if mask_input is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            folded_attention=folded_attention,
-        )
+        return self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+
+    def decoder_cache(self) -> ImageCache:
+        """The current image's prompt-independent decoder products (see
+        :mod:`~mobilesam.modeling.decoder_cache`), rebuilt from the embedding whenever the
+        prompt encoder's or decoder's weights, dtype or device changed since."""
+        self._require_image()
+        pe, decoder = self.model.prompt_encoder, self.model.mask_decoder
+        key = weights_key(pe, decoder)
+        if self._decoder_cache is None or self._decoder_cache.key != key:
+            self._decoder_cache = decoder.prepare(
+                self.features.to(pe.no_mask_embed.weight),
+                pe.get_dense_pe(),
+                pe.no_mask_dense(1),
+                key,
+            )
+        return self._decoder_cache
 
     def set_embedding(
         self,
@@ -260,6 +294,7 @@ class SamPredictor:
         self.features = features.to(self.device, self.dtype)
         self._set_sizes(original_size, input_size)
         self.is_image_set = True
+        self.decoder_cache()
 
     def _set_sizes(self, original_size: tuple[int, ...], input_size: tuple[int, ...]) -> None:
         self.original_size = (int(original_size[0]), int(original_size[1]))

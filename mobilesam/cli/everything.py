@@ -142,7 +142,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args)
     settings = {k: getattr(args, k) for k in SETTINGS}
     gen = SamAutomaticMaskGenerator(
-        model, output_mode="coco_rle", folded_attention=args.folded_attention, **settings
+        model, output_mode="coco_rle", **settings
     )
     meta = {"model": {"checkpoint": str(ckpt)}, "settings": settings}
     failed: list[str] = []
@@ -191,11 +191,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="fill holes / drop islands smaller than this many pixels (default 0: off)",
-    )
-    p.add_argument(
-        "--folded-attention",
-        action="store_true",
-        help="~1.3x faster decoding order; same masks up to float32 rounding",
     )
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

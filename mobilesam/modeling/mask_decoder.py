@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .decoder_cache import (
+    DecodedTokens,
+    ImageCache,
+    decode_tokens,
+    first_conv_factors,
+    prepare_image_cache,
+)
 from .transformer import TwoWayTransformer
 
 
@@ -18,7 +27,7 @@ class MaskDecoder(nn.Module):
     """
 
     #: Image tokens per chunk of the upscaling tail on CPU (a cache-size tuning constant).
-    UPSCALE_CHUNK_TOKENS = 256
+    UPSCALE_CHUNK_TOKENS = 1024
 
     def __init__(
         self,
@@ -59,7 +68,6 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        folded_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's decoder call.
 
@@ -69,8 +77,6 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: ``(B, N, C)``.
             dense_prompt_embeddings: ``(B, C, h, w)``.
             multimask_output: return the 3 multimask outputs instead of the single one.
-            folded_attention: the faster cross-attention order for many prompts (see
-                :class:`~mobilesam.modeling.transformer.Attention`).
 
         Returns:
             masks ``(B, M, 4h, 4w)`` logits and IoU predictions ``(B, M)``, ``M`` = 3 or 1.
@@ -80,7 +86,6 @@ class MaskDecoder(nn.Module):
             image_pe,
             sparse_prompt_embeddings,
             dense_prompt_embeddings,
-            folded_attention,
         )
         return select_outputs(masks, iou, multimask_output)
 
@@ -95,40 +100,124 @@ class MaskDecoder(nn.Module):
 
         Returns:
             ``(B, T, 4h, 4w)`` mask logits.
+        """
+        up1 = self.output_upscaling[0]
+        w1, bias = _conv_transpose_weight(up1), up1.bias.repeat(4)
+
+        def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
+            return keys[rows, start:stop] @ w1 + bias
+
+        return self.upscale(first_conv, hyper_in, keys.shape[0], h, w)
+
+    def upscale(
+        self,
+        first_conv: Callable[[slice, int, int], torch.Tensor],
+        hyper_in: torch.Tensor,
+        batch: int,
+        h: int,
+        w: int,
+    ) -> torch.Tensor:
+        """The upscaling tail from the first transposed convolution's output.
+
+        Args:
+            first_conv: ``(prompts, start, stop)`` → ``(b, stop - start, 4·C/4)``: that
+                convolution (bias included) for image tokens ``start:stop`` of the prompts in
+                the slice ``prompts``; each token's ``4·C/4`` values are sub-pixel-major.
+            hyper_in: ``(B, T, C/8)`` hypernetwork outputs of the wanted mask tokens.
+
+        Returns:
+            ``(B, T, 4h, 4w)`` mask logits.
 
         ``output_upscaling`` (kept as a Sequential for the official parameter names) is two
         kernel-2 stride-2 transposed convolutions, so every token owns a ``4×4`` output patch
         and the whole tail (both layers, LayerNorm, GELUs, the hypernetwork product) is
         independent per token. It runs as matrix products in a sub-pixel layout, without
-        shuffling pixels; only the ``T``-channel result is rearranged into an image. On CPU the
-        tokens go through in chunks of ``UPSCALE_CHUNK_TOKENS`` so the ``C/4``- and
-        ``C/8``-channel intermediates stay in cache (about 3× faster there); per-pixel
+        shuffling pixels; only the ``T``-channel result is rearranged into an image. On CPU
+        each prompt goes through in chunks of whole grid rows, about ``UPSCALE_CHUNK_TOKENS``
+        tokens, so the ``C/4``- and ``C/8``-channel intermediates stay in cache; per-pixel
         arithmetic is the same either way.
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
-        w1, w2 = _conv_transpose_weight(up1), _conv_transpose_weight(up2)
-        hyper_t = hyper_in.transpose(1, 2)  # (B, C/8, T)
+        _, norm, act1, up2, act2 = self.output_upscaling
+        w2, bias2 = _conv_transpose_weight(up2), up2.bias.repeat(4)
+        c4, t = norm.weight.shape[0], hyper_in.shape[1]
+        one_pass = hyper_in.device.type != "cpu" or torch.jit.is_tracing()
+        rows_per_chunk = h if one_pass else max(1, self.UPSCALE_CHUNK_TOKENS // w)
+        groups = [slice(None)] if one_pass else [slice(i, i + 1) for i in range(batch)]
+        masks = None if one_pass else hyper_in.new_empty(batch, t, 4 * h, 4 * w)
+        for rows in groups:
+            hyper = hyper_in[rows].transpose(1, 2)  # (b, C/8, T)
+            for r0 in range(0, h, rows_per_chunk):
+                r1 = min(h, r0 + rows_per_chunk)
+                x = first_conv(rows, r0 * w, r1 * w)  # (b, p, 4·C/4)
+                b = x.shape[0]
+                x = x.reshape(b, -1, c4)  # (b, 4p, C/4)
+                x = act1(F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps))
+                x = act2(_conv_transpose_2x2(x, w2, bias2))  # (b, 16p, C/8)
+                x = x @ hyper  # (b, 16p, T)
+                # (b, i, j, a, b, c, d, T) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
+                x = x.reshape(b, r1 - r0, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
+                x = x.reshape(b, t, 4 * (r1 - r0), 4 * w)
+                if masks is None:
+                    return x
+                masks[rows, :, 4 * r0 : 4 * r1] = x
+        return masks
 
-        def tail(x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-            x = _conv_transpose_2x2(x, w1, up1.bias)  # (b, 4p, C/4)
-            x = act1(F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps))
-            x = act2(_conv_transpose_2x2(x, w2, up2.bias))  # (b, 16p, C/8)
-            return x @ hyper  # (b, 16p, T)
+    def prepare(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        key: tuple = (),
+    ) -> ImageCache:
+        """The per-image products of the fast decoding order (see
+        :mod:`~mobilesam.modeling.decoder_cache`): ``image_embeddings`` and ``image_pe``
+        ``(1, C, h, w)``, ``dense_prompt_embeddings`` ``(1, C, 1 or h, 1 or w)`` shared by
+        every prompt."""
+        return prepare_image_cache(
+            self, image_embeddings, image_pe, dense_prompt_embeddings, key
+        )
 
-        b, n, _ = keys.shape
-        t = hyper_in.shape[1]
-        step = self.UPSCALE_CHUNK_TOKENS
-        if keys.device.type != "cpu" or n <= step or torch.jit.is_tracing():
-            masks = tail(keys, hyper_t)
-        else:
-            masks = keys.new_empty(b, 16 * n, t)
-            for i in range(b):
-                for s in range(0, n, step):
-                    chunk = keys[i : i + 1, s : s + step]
-                    masks[i, 16 * s : 16 * (s + chunk.shape[1])] = tail(chunk, hyper_t[i])[0]
-        # (B, i, j, a, b, c, d, T) → pixel (4i + 2a + c, 4j + 2b + d)
-        masks = masks.reshape(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(b, t, 4 * h, 4 * w)
+    def predict_masks_cached(
+        self,
+        cache: ImageCache,
+        sparse_prompt_embeddings: torch.Tensor,
+        multimask_output: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` for ``B`` prompts against one prepared image.
+
+        Args:
+            cache: from :meth:`prepare`.
+            sparse_prompt_embeddings: ``(B, N, C)``.
+            multimask_output: upscale only the multimask tokens (True), only token 0 (False),
+                or all tokens (None).
+
+        Returns:
+            masks ``(B, M, 4h, 4w)`` logits and IoU predictions ``(B, M)`` of the selected
+            tokens (``M`` = 3, 1 or 4).
+        """
+        decoded = decode_tokens(self, cache, sparse_prompt_embeddings, multimask_output)
+        return self.masks_from_decoded(cache, decoded, decoded.hyper), decoded.iou
+
+    def masks_from_decoded(
+        self, cache: ImageCache, decoded: DecodedTokens, hyper_in: torch.Tensor
+    ) -> torch.Tensor:
+        """Low-res logits ``(B, T, 4h, 4w)`` of the prompts in ``decoded`` for the mask tokens
+        whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
+        ``decoded.hyper``, prompts included)."""
+        a, z, ew, bias = first_conv_factors(self, decoded.image)
+
+        def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
+            shared = cache.upscale[start:stop]
+            if a is None:
+                y = (shared + bias).expand(hyper_in[rows].shape[0], -1, -1)
+            else:
+                y = torch.addcmul(bias, a[rows, start:stop, None], shared)
+            if z is not None:
+                y = torch.baddbmm(y, z[rows, :, start:stop].transpose(1, 2), ew[rows])
+            return y
+
+        h, w = cache.size
+        return self.upscale(first_conv, hyper_in, hyper_in.shape[0], h, w)
 
     def predict_masks(
         self,
@@ -136,7 +225,6 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-        folded_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, T, 4h, 4w)`` and IoU scores ``(B, T)``."""
         b = sparse_prompt_embeddings.shape[0]
@@ -156,7 +244,7 @@ class MaskDecoder(nn.Module):
         else:
             src = image_embeddings + dense
         _, c, h, w = src.shape
-        hs, keys = self.transformer(src, image_pe, tokens, folded_attention)
+        hs, keys = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
@@ -180,10 +268,12 @@ def _conv_transpose_2x2(
     """A kernel-2, stride-2 transposed convolution on pixels in rows: ``(B, P, C)`` →
     ``(B, 4P, O)``, where output row ``4p + 2a + b`` is sub-pixel ``(a, b)`` (row, column)
     of input pixel ``p``. Each input pixel owns its 2×2 output patch, so the layer is one
-    matrix product with the :func:`_conv_transpose_weight` matrix."""
+    matrix product with the :func:`_conv_transpose_weight` matrix; ``bias`` is ``(4·O,)``
+    (the layer's bias repeated per sub-pixel)."""
     b, p, c = x.shape
-    y = (x.reshape(b * p, c) @ weight).reshape(b, 4 * p, weight.shape[1] // 4)
-    return y + bias if bias is not None else y
+    x = x.reshape(b * p, c)
+    y = x @ weight if bias is None else torch.addmm(bias, x, weight)
+    return y.reshape(b, 4 * p, weight.shape[1] // 4)
 
 
 def select_outputs(

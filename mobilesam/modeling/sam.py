@@ -73,13 +73,16 @@ class Sam(nn.Module):
         masks: torch.Tensor,
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
+        threshold: float | None = None,
     ) -> torch.Tensor:
-        """Low-res logits ``(B, C, 256, 256)`` → logits ``(B, C, H, W)`` at the original size."""
+        """Low-res logits ``(B, C, 256, 256)`` → logits ``(B, C, H, W)`` at the original size
+        (or the bool masks ``logits > threshold``, see :func:`upscale_masks`)."""
         return upscale_masks(
             masks,
             (input_size[0], input_size[1]),
             (original_size[0], original_size[1]),
             self.img_size,
+            threshold,
         )
 
     def forward(

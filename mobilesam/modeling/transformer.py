@@ -14,19 +14,8 @@ class Attention(nn.Module):
 
     Inputs ``q (Bq, Nq, C)``, ``k (Bk, Nk, C)``, ``v (Bk, Nk, C)`` with ``Bq`` and ``Bk`` equal
     or one of them 1 (many prompts against one image: shared inputs are projected once);
-    output ``(max(Bq, Bk), Nq, C)``.
-
-    ``folded=True`` evaluates cross-attention between a few prompt tokens and thousands of
-    image tokens (one side at least 4× longer) without forming the long side's projections:
-    exact algebra (``(x W) · y = x · (W y)``; softmax ignores a per-query constant; attention
-    weights sum to 1), about 1.5× faster decoding of many prompts on a CPU, with float32
-    rounding about 1.3× larger than the plain order. Plain is the default (the predictor's
-    golden parity); the automatic mask generator folds.
-
-    - few queries (tokens → image): scores ``= (q W_kᵀ) · k``, and ``W_v`` is applied *after*
-      the weighted sum over the long ``v``;
-    - many queries (image → tokens): scores ``= q · (W_qᵀ k) + b_q · k``, and ``W_o`` is
-      applied to the few projected values before the weighted sum.
+    output ``(max(Bq, Bk), Nq, C)``. This is SAM's plain evaluation order; inference against
+    a prepared image uses the factored order of :mod:`~mobilesam.modeling.decoder_cache`.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -45,18 +34,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def _head_weight(self, linear: nn.Linear) -> torch.Tensor:
-        """``(H, d, C)`` per-head rows of a projection's weight."""
-        return linear.weight.view(self.num_heads, -1, linear.weight.shape[-1])
-
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, folded: bool = False
-    ) -> torch.Tensor:
-        nq, nk = q.shape[1], k.shape[1]
-        if folded and nk >= 4 * nq:
-            return self._few_queries(q, k, v)
-        if folded and nq >= 4 * nk:
-            return self._many_queries(q, k, v)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         bq, bk = q.shape[0], k.shape[0]
         qh = self._heads(self.q_proj(q))
         kh = self._heads(self.k_proj(k))
@@ -74,39 +52,6 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(qh, kh, vh)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
-
-    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        h, d = self.num_heads, self.internal_dim // self.num_heads
-        (bq, nq, _), (bk, _, c) = q.shape, k.shape
-        b = max(bq, bk)
-        qh = self._heads(self.q_proj(q))  # (bq, H, nq, d)
-        rows = (qh @ self._head_weight(self.k_proj)) * d**-0.5  # (bq, H, nq, C)
-        # With one image for all prompts (bk == 1), one product over the stacked rows.
-        rows = rows.reshape(1, bq * h * nq, c) if bk == 1 else rows.reshape(bq, h * nq, c)
-        weights = torch.softmax(rows @ k.transpose(1, 2), dim=-1)  # (·, rows, nk)
-        pooled = (weights @ v).reshape(b, h, nq, c)
-        out = pooled @ self._head_weight(self.v_proj).transpose(1, 2)  # (b, H, nq, d)
-        out = out + self.v_proj.bias.view(h, 1, d)
-        return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
-
-    def _many_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        h, d = self.num_heads, self.internal_dim // self.num_heads
-        (bq, nq, c), (bk, nk, _) = q.shape, k.shape
-        b = max(bq, bk)
-        kh = self._heads(self.k_proj(k)) * d**-0.5  # (bk, H, nk, d)
-        vh = self._heads(self.v_proj(v))  # (bk, H, nk, d)
-        # Scores transposed, (b, H·nk, nq): the softmax runs over the short key axis with
-        # the long query axis contiguous.
-        keys_in_q = (kh @ self._head_weight(self.q_proj)).reshape(bk, h * nk, c)
-        key_bias = (kh @ self.q_proj.bias.view(h, d, 1)).reshape(bk, h * nk, 1)
-        if bq == 1:  # one image's tokens against every prompt: one product
-            scores = (keys_in_q.reshape(bk * h * nk, c) @ q[0].transpose(0, 1)).view(bk, h * nk, nq)
-        else:
-            scores = keys_in_q @ q.transpose(1, 2)
-        weights = torch.softmax((scores + key_bias).view(b, h, nk, nq), dim=2)
-        w_out = self.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (H, d, C_out)
-        values_out = (vh @ w_out).reshape(bk, h * nk, -1)  # (bk, H·nk, C_out)
-        return weights.view(b, h * nk, nq).transpose(1, 2) @ values_out + self.out_proj.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -142,7 +87,6 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
-        folded: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -154,13 +98,13 @@ class TwoWayAttentionBlock(nn.Module):
         keys_pe = keys + key_pe
         q = queries + query_pe
         queries = self.norm2(
-            queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys, folded=folded)
+            queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys)
         )
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
         keys = self.norm4(
-            keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries, folded=folded)
+            keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries)
         )
         return queries, keys
 
@@ -173,7 +117,6 @@ class TwoWayTransformer(nn.Module):
             prompts, and the first layer's image-side projections run once.
         image_pe: ``(1, C, h, w)`` positional encoding of the grid.
         point_embedding: ``(B, N, C)`` output and prompt tokens.
-        folded: cross-attention evaluation order (see :class:`Attention`).
 
     Returns:
         ``(B, N, C)`` processed tokens and ``(B, h*w, C)`` processed image tokens.
@@ -214,16 +157,15 @@ class TwoWayTransformer(nn.Module):
         image_embedding: torch.Tensor,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
-        folded: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Token-major copies once: every later op then reads contiguous memory.
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe, folded)
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
         q = queries + point_embedding
-        attn = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys, folded=folded)
+        attn = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
         if keys.shape[0] != queries.shape[0]:  # depth 0: the image never met the prompts
             keys = keys.expand(queries.shape[0], -1, -1)
         return self.norm_final_attn(queries + attn), keys

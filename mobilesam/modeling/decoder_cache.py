@@ -1,0 +1,450 @@
+"""SAM's mask decoder with every prompt-independent product computed once per image.
+
+Why it is exact
+---------------
+In the two-way transformer the image tokens ``K`` (``N×C``, ``N = 64·64``, ``C = 256``) change
+only through image→token attention and a LayerNorm:
+
+- the attention adds ``U = R·V + 1·b_oᵀ``, where ``R`` (``N × H·T``) are the attention weights
+  over the ``T`` prompt tokens of each of the ``H`` heads and ``V = blockdiag(v_h)·W_oᵀ``
+  (``H·T × C``) are the projected token values: a low-rank, prompt-dependent update;
+- the LayerNorm then scales each token by ``r = 1/σ`` after subtracting its mean ``μ``, and
+  applies the fixed ``γ``, ``β``.
+
+So after any number of layers the image tokens have the *factored form*
+
+    K = a ⊙ (X·diag(g)) + Zu·Eu + Zc·Ec
+
+with ``X`` the shared image (embedding + no-mask embedding), ``a`` a per-token scale (``∏ r``),
+``g`` a fixed channel scale (``∏ γ``), ``Zu`` the attention weights of every earlier layer
+(each scaled by later ``r``), ``Eu`` their value rows (scaled by later ``γ``), and ``Zc·Ec``
+rank-one terms with fixed rows (biases, ``γ``, ``β``) and per-token coefficients (``1``,
+``-r·μ``). Every product of ``K`` with a fixed weight matrix ``W`` splits into
+
+- ``(X·diag(g))·W``: computed once per image, in :func:`prepare_image_cache`;
+- ``Z·(E·W)``: per prompt, rank ``H·T`` per layer instead of ``C``;
+- per-token scalars ``a``.
+
+The LayerNorm statistics need no materialised ``K`` either: the mean is linear, and the
+variance of the centred form expands into cached image norms, cached cross products with
+the centred weight rows, and a Gram matrix of the (few) per-prompt rows. Centring all rows
+first keeps the variance a sum of squares-like terms, without the ``E[x²] - μ²``
+cancellation.
+
+The upscaling's first transposed convolution is linear in ``K`` and splits the same way; its
+LayerNorm, GELUs and second convolution run per prompt.
+
+Cost per prompt (1 point, multimask, so ``T = 7``) drops from about 2.8 GFLOP to about 1
+(see ``benchmarks/encoder.py``); the cache costs about 3.5 GFLOP once per image.
+
+The plain order (:meth:`MaskDecoder.predict_masks`) stays for training (gradients), for a
+per-prompt dense input (``mask_input``) and for the ONNX graph with SAM's public interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transformer import Attention
+
+
+def weights_key(*modules: nn.Module) -> tuple:
+    """A fingerprint that changes whenever any parameter or buffer of ``modules`` is replaced
+    (``.to(dtype/device)``, new ``Parameter``) or modified in place (``load_state_dict``,
+    optimiser steps bump the tensor version counter)."""
+    key = []
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            key.append((t.data_ptr(), t._version, t.dtype, t.device))
+    return tuple(key)
+
+
+def _center(rows: torch.Tensor) -> torch.Tensor:
+    """Subtract each row's mean over the last (channel) axis."""
+    return rows - rows.mean(-1, keepdim=True)
+
+
+def _heads_nd(x: torch.Tensor, heads: int, channels_first: bool = False) -> torch.Tensor:
+    """``(N, D)`` → ``(H, N, D/H)``, or ``(H, D/H, N)`` with ``channels_first``; contiguous."""
+    n, d = x.shape
+    x = x.view(n, heads, d // heads)
+    return (x.permute(1, 2, 0) if channels_first else x.transpose(0, 1)).contiguous()
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, T, D)`` → ``(B, H, T, D/H)``."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+@dataclass
+class _AttnImageSide:
+    """Per-image products for one cross-attention whose image side is ``K`` (+ ``PE``):
+    ``img`` = ``X·diag(g)·Wᵀ`` and ``pe`` = ``PE·Wᵀ + b``, per head: ``(H, d, N)`` for keys
+    and queries (the operand of a product with the prompt side), ``(H, N, d)`` for values.
+    In the first layer ``img`` holds the sum and ``pe`` is None."""
+
+    img: torch.Tensor
+    pe: torch.Tensor | None
+
+
+@dataclass
+class _LayerCache:
+    """Per-image products for one two-way block (see the module docstring)."""
+
+    t2i_k: _AttnImageSide  # token→image keys: (K + PE)·W_kᵀ
+    t2i_v: _AttnImageSide  # token→image values: K·W_vᵀ (bias added after pooling)
+    i2t_q: _AttnImageSide  # image→token queries: (K + PE)·W_qᵀ
+    cross_u: list[torch.Tensor]  # per earlier update block k: (H, d, N) X·diag(g)·F̃_kᵀ
+    cross_c: torch.Tensor  # (n_c, N) Ẽc·(X·diag(g))ᵀ for the fixed rows
+    x_sum: torch.Tensor  # (N,) Σ_c (X·diag(g))
+    x_sq: torch.Tensor  # (N,) ‖centred X·diag(g)‖²
+
+
+@dataclass
+class ImageCache:
+    """Everything the decoder computes from one image alone. Built by
+    :func:`prepare_image_cache`; valid while :attr:`key` equals :func:`weights_key` of the
+    decoder and prompt encoder (the predictor checks this on every call)."""
+
+    key: tuple
+    layers: list[_LayerCache]
+    final_k: _AttnImageSide
+    final_v: _AttnImageSide
+    upscale: torch.Tensor  # (N, 4·C/4) X·diag(g)·W_up1 (first transposed conv as a matrix)
+    size: tuple[int, int]  # (h, w) of the embedding grid
+
+
+class _ImageTokens:
+    """The factored image tokens of ``B`` prompts (module docstring).
+
+    :attr:`z` ``(B, m, N)`` holds the per-token coefficients of the low-rank terms,
+    transposed, and :attr:`e` ``(B, m, C)`` their rows, in the order the terms arise (an
+    update's attention weights, its bias row, then each LayerNorm's ``-r·μ`` and ``β``
+    rows). Both live in buffers sized for the whole decoder, so adding terms copies only
+    the new rows. :attr:`a` ``(B, N)`` scales the shared image; it and ``z`` are ``None``
+    before the first update."""
+
+    def __init__(self, like: torch.Tensor, batch: int, rows: int, tokens: int) -> None:
+        c = like.shape[-1]
+        self.a: torch.Tensor | None = None
+        self._z = like.new_empty(batch, rows, tokens)
+        self._e = like.new_empty(batch, rows, c)
+        self.m = 0
+        #: ``(start, stop, values)`` per run of rows: an update's ``(B, H, T, d)`` token
+        #: values, or ``None`` for fixed rows
+        self.segments: list[tuple[int, int, torch.Tensor | None]] = []
+
+    @property
+    def z(self) -> torch.Tensor | None:
+        return self._z[:, : self.m] if self.m else None
+
+    @property
+    def e(self) -> torch.Tensor | None:
+        return self._e[:, : self.m] if self.m else None
+
+    def append(self, z: torch.Tensor, e: torch.Tensor, values: torch.Tensor | None) -> None:
+        """Add terms: coefficients ``z`` ``(B, k, N)`` and rows ``e`` ``(B, k, C)``."""
+        k = z.shape[1]
+        self._z[:, self.m : self.m + k] = z
+        self._e[:, self.m : self.m + k] = e
+        self.segments.append((self.m, self.m + k, values))
+        self.m += k
+
+    def project(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(B, m, D)``: the low-rank rows through ``weight`` ``(D, C)`` (no bias)."""
+        return self.e @ weight.t()
+
+
+def _attn_side(
+    attn: Attention,
+    proj: nn.Linear,
+    xg: torch.Tensor,
+    pe: torch.Tensor | None,
+    unscaled: bool = False,
+) -> _AttnImageSide:
+    """Keys or queries (with ``pe``, channels first) or values (without). ``unscaled``: the
+    image tokens have no per-token scale yet (the first layer), so the image and positional
+    parts are stored as one sum."""
+    h, first = attn.num_heads, pe is not None
+    img = _heads_nd(xg @ proj.weight.t(), h, first)
+    if pe is None:
+        return _AttnImageSide(img, None)
+    pe_side = _heads_nd(F.linear(pe, proj.weight, proj.bias), h, first)
+    return _AttnImageSide(img + pe_side, None) if unscaled else _AttnImageSide(img, pe_side)
+
+
+@torch.no_grad()
+def prepare_image_cache(
+    decoder: nn.Module,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    dense_embedding: torch.Tensor,
+    key: tuple = (),
+) -> ImageCache:
+    """Compute the prompt-independent products of ``decoder`` (a
+    :class:`~mobilesam.modeling.mask_decoder.MaskDecoder`) for one image.
+
+    Args:
+        image_embeddings: ``(1, C, h, w)``.
+        image_pe: ``(1, C, h, w)`` dense positional encoding.
+        dense_embedding: ``(1, C, 1, 1)`` or ``(1, C, h, w)``, the same for every prompt (the
+            no-mask embedding).
+        key: :func:`weights_key` of the modules the cache derives from.
+    """
+    tf = decoder.transformer
+    _, c, h, w = image_embeddings.shape
+    x = (image_embeddings + dense_embedding)[0].flatten(1).t().contiguous()  # (N, C)
+    pe = image_pe[0].flatten(1).t().contiguous()
+    g = torch.ones(c, dtype=x.dtype, device=x.device)
+    ec = x.new_zeros(0, c)
+    scales: list[torch.Tensor] = []  # per update block: product of the later γ's
+    layers = []
+    for layer in tf.layers:
+        xg = x * g
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        ec = torch.cat([ec, i2t.out_proj.bias[None]])  # this layer's b_o row
+        scales.append(torch.ones_like(g))
+        blocks = [
+            _heads_nd(xg @ _center(prev_wo(tf, k).t() * s).t(), i2t.num_heads, True)
+            for k, s in enumerate(scales)
+        ]
+        xc = _center(xg)
+        layers.append(
+            _LayerCache(
+                t2i_k=_attn_side(t2i, t2i.k_proj, xg, pe, unscaled=not layers),
+                t2i_v=_attn_side(t2i, t2i.v_proj, xg, None),
+                i2t_q=_attn_side(i2t, i2t.q_proj, xg, pe, unscaled=not layers),
+                cross_u=blocks,
+                cross_c=_center(ec) @ xg.t(),
+                x_sum=xg.sum(-1),
+                x_sq=(xc * xc).sum(-1),
+            )
+        )
+        gamma, beta = layer.norm4.weight, layer.norm4.bias
+        ec = torch.cat([ec * gamma, gamma[None], beta[None]])
+        scales = [s * gamma for s in scales]
+        g = g * gamma
+    xg = x * g
+    fa = tf.final_attn_token_to_image
+    up1 = decoder.output_upscaling[0]
+    w_up = up1.weight.permute(0, 2, 3, 1).reshape(c, -1)
+    return ImageCache(
+        key=key,
+        layers=layers,
+        final_k=_attn_side(fa, fa.k_proj, xg, pe),
+        final_v=_attn_side(fa, fa.v_proj, xg, None),
+        upscale=xg @ w_up,
+        size=(h, w),
+    )
+
+
+def prev_wo(tf: nn.Module, k: int) -> torch.Tensor:
+    """``W_o`` ``(C, D)`` of layer ``k``'s image→token attention."""
+    return tf.layers[k].cross_attn_image_to_token.out_proj.weight
+
+
+def _factored_scores(
+    xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, weight: torch.Tensor
+) -> torch.Tensor:
+    """Dot products of prompt-side vectors ``xh`` ``(B, H, T, d)`` with the image side of an
+    attention, ``(K + PE)·Wᵀ + b`` per head, without forming it: the cached products, the
+    per-token scale and the low-rank part (``weight`` ``(D, C)`` is the projection ``W``).
+    Returns ``(B, H, T, N)``, accumulated in place."""
+    b, h, t, d = xh.shape
+    scores = xh @ side.img
+    if img.a is not None:
+        scores.mul_(img.a[:, None, None, :])
+    if side.pe is not None:
+        if b == 1:
+            scores.view(h, t, -1).baddbmm_(xh.view(h, t, d), side.pe)
+        else:
+            scores += xh @ side.pe
+    if img.z is not None:
+        e = _split_heads(img.project(weight), h)  # (B, H, m, d)
+        coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
+        scores.view(b, h * t, -1).baddbmm_(coef, img.z)
+    return scores
+
+
+def _token_to_image(
+    attn: Attention,
+    queries: torch.Tensor,
+    img: _ImageTokens,
+    k_side: _AttnImageSide,
+    v_side: _AttnImageSide,
+) -> torch.Tensor:
+    """Attention of ``queries`` ``(B, T, C)`` (positional encoding included) over the factored
+    image tokens: keys ``K + PE``, values ``K``. Returns ``(B, T, C)``."""
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    qh = _split_heads(attn.q_proj(queries), heads) * d**-0.5  # (B, H, T, d)
+    weights = torch.softmax(_factored_scores(qh, k_side, img, attn.k_proj.weight), dim=-1)
+    b, h, t, n = weights.shape
+    out = None
+    if img.z is not None:  # the low-rank part pools the unscaled weights
+        ev = _split_heads(img.project(attn.v_proj.weight), heads)  # (B, H, m, d)
+        pooled = weights.view(b, h * t, n) @ img.z.transpose(1, 2)  # (B, H·T, m)
+        out = pooled.view(b, h, t, -1) @ ev
+    if img.a is not None:
+        weights.mul_(img.a[:, None, None, :])
+    shared = weights @ v_side.img  # (B, H, T, d)
+    out = shared if out is None else out + shared
+    out = out + attn.v_proj.bias.view(heads, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
+
+
+def _image_to_token(
+    attn: Attention,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    img: _ImageTokens,
+    cache: _LayerCache,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The image tokens' attention over the prompt tokens, in factored form.
+
+    Args:
+        keys: ``(B, T, C)`` token keys (positional encoding included); values ``(B, T, C)``.
+
+    Returns:
+        attention weights ``(B, H·T, N)``, their value rows ``(B, H·T, C)`` (``Rᵀ`` and ``V``
+        of the module docstring) and the token values ``(B, H, T, d)``.
+    """
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    kh = _split_heads(attn.k_proj(keys), heads) * d**-0.5  # (B, H, T, d)
+    vh = _split_heads(attn.v_proj(values), heads)  # (B, H, T, d)
+    # scores laid out (B, H, T, N): the softmax over the T tokens runs along a strided axis
+    # with the long N axis contiguous, which vectorises (a last axis of 7 does not)
+    scores = _factored_scores(kh, cache.i2t_q, img, attn.q_proj.weight)
+    weights = torch.softmax(scores, dim=2)
+    b, _, t, n = weights.shape
+    w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
+    rows = (vh @ w_o).reshape(b, heads * t, -1)  # (B, H·T, C)
+    return weights.view(b, heads * t, n), rows, vh
+
+
+def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNorm) -> None:
+    """LayerNorm of ``P = a ⊙ X·diag(g) + zᵀ·e`` (the tokens after the update), in place and
+    in factored form."""
+    z, e, a = img.z, img.e, img.a
+    c = e.shape[-1]
+    # mean: linear
+    x_mean = cache.x_sum if a is None else a * cache.x_sum
+    mean = (x_mean + (e.sum(-1)[:, None, :] @ z)[:, 0]) / c  # (B, N)
+    # variance of the centred form: a²‖x̃‖² + 2a·(x̃·ẽᵀ)·z + z·(ẽẽᵀ)·z
+    e_centred = _center(e)
+    gram = e_centred @ e_centred.transpose(1, 2)  # (B, m, m)
+    quad = ((gram @ z) * z).sum(1)
+    cross = torch.zeros_like(quad)
+    update, fixed = 0, 0
+    for start, stop, values in img.segments:
+        if values is None:  # fixed rows: cached products, in the same order
+            k = stop - start
+            part = cache.cross_c[fixed : fixed + k]
+            fixed += k
+        else:
+            b, h, t, _ = values.shape
+            part = (values @ cache.cross_u[update]).view(b, h * t, -1)  # (B, H·T, N)
+            update += 1
+        cross += (part * z[:, start:stop]).sum(1)
+    x_sq = cache.x_sq if a is None else a * a * cache.x_sq
+    x_cross = cross if a is None else a * cross
+    var = (x_sq + 2 * x_cross + quad) / c
+    r = torch.rsqrt(var.clamp(min=0) + norm.eps)  # (B, N)
+    img.a = r if a is None else a * r
+    z.mul_(r[:, None])
+    e.mul_(norm.weight)
+    b = z.shape[0]
+    consts = torch.stack([-(r * mean), torch.ones_like(r)], 1)  # (B, 2, N)
+    rows = torch.stack([norm.weight, norm.bias])[None].expand(b, -1, -1)
+    img.append(consts, rows, None)
+
+
+@dataclass
+class DecodedTokens:
+    """The transformer's outputs for ``B`` prompts, before any upscaling.
+
+    ``iou`` ``(B, M)`` predicted IoUs and ``hyper`` ``(B, M, C/8)`` hypernetwork outputs of
+    the ``M`` kept mask tokens; ``image`` the final image tokens in factored form."""
+
+    iou: torch.Tensor
+    hyper: torch.Tensor
+    image: _ImageTokens
+
+
+def decode_tokens(
+    decoder: nn.Module,
+    cache: ImageCache,
+    sparse_prompt_embeddings: torch.Tensor,
+    multimask_output: bool | None = None,
+) -> DecodedTokens:
+    """Run the two-way transformer, IoU head and hypernetworks for ``B`` prompts against one
+    cached image.
+
+    Args:
+        sparse_prompt_embeddings: ``(B, N_p, C)``.
+        multimask_output: keep the multimask tokens (True), token 0 (False) or all (None).
+            The final attention and the hypernetworks run only for the kept tokens (each
+            query row is independent there), and :attr:`DecodedTokens.iou` and ``hyper``
+            hold only those.
+    """
+    tf = decoder.transformer
+    b = sparse_prompt_embeddings.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], 1)
+    heads = tf.layers[0].cross_attn_image_to_token.num_heads if tf.layers else 0
+    n_rows = len(tf.layers) * (heads * tokens.shape[1] + 3)
+    img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
+    queries, query_pe = tokens, tokens
+    for layer, lc in zip(tf.layers, cache.layers, strict=True):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        i2t = layer.cross_attn_image_to_token
+        attn = _token_to_image(
+            layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v
+        )
+        queries = layer.norm2(queries + attn)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        weights, rows, vh = _image_to_token(i2t, queries + query_pe, queries, img, lc)
+        img.append(weights, rows, vh)
+        ones = torch.ones_like(weights[:, :1])
+        img.append(ones, i2t.out_proj.bias.expand(b, 1, -1), None)
+        _layer_norm_factored(img, lc, layer.norm4)
+    # only the IoU token and the kept mask tokens are read after the final attention
+    n_mask = decoder.num_mask_tokens
+    kept = range(n_mask) if multimask_output is None else (
+        range(1, n_mask) if multimask_output else range(1)
+    )
+    rows_out = [0, *(1 + i for i in kept)]
+    queries, query_pe = queries[:, rows_out], query_pe[:, rows_out]
+    attn = _token_to_image(
+        tf.final_attn_token_to_image, queries + query_pe, img, cache.final_k, cache.final_v
+    )
+    queries = tf.norm_final_attn(queries + attn)
+    iou = decoder.iou_prediction_head(queries[:, 0, :])[:, kept.start : kept.stop]
+    mlps = decoder.output_hypernetworks_mlps
+    hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(kept)], dim=1)
+    return DecodedTokens(iou=iou, hyper=hyper, image=img)
+
+
+def first_conv_factors(
+    decoder: nn.Module, image: _ImageTokens
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """The first upscaling convolution of the final image tokens, factored:
+    ``rows[:, s:e] = a[:, s:e, None] * cache.upscale[s:e] + z[:, :, s:e]ᵀ @ ew + bias``, each
+    row ``4·C/4`` values in sub-pixel-major order. Returns ``(a, z, ew, bias)``; ``z`` and
+    ``ew`` are None for a transformer of depth 0."""
+    up1 = decoder.output_upscaling[0]
+    c = up1.weight.shape[0]
+    w_up = up1.weight.permute(0, 2, 3, 1).reshape(c, -1)
+    ew = None if image.e is None else image.e @ w_up
+    return image.a, image.z, ew, up1.bias.repeat(4)
