@@ -1,8 +1,9 @@
 """CPU benchmark of the deployment paths: ONNX Runtime fp32 / int8 / fp16 against torch fp32 /
-bf16 / fp16, and against the official-order eager encoder, with agreement of every
-reduced-precision path measured as mask IoU against torch fp32 over the golden prompt cases.
+bf16 / fp16, and against the official ``mobile_sam`` code (encoder and ``predict``, same process,
+same weights), with agreement of every reduced-precision path measured as mask IoU against
+torch fp32 over the golden prompt cases.
 
-Usage: ``python benchmarks/deploy.py [--threads 2] [--repeats 5] [--json PATH]``
+Usage: ``python benchmarks/deploy.py [--threads 2] [--repeats 5] [--official PATH] [--json PATH]``
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REFERENCE,
+    add_official_argument,
+    describe_machine,
+    import_official,
     machine_info,
     matmul_peak,
+    official_model,
     print_table,
     summary,
     time_fn,
     write_json,
 )
-from reference import official_order  # noqa: E402
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
 from mobilesam.evaluation.miou import mask_iou  # noqa: E402
@@ -74,7 +78,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)
+    add_official_argument(ap)
     args = ap.parse_args()
+    mobile_sam = import_official(args.official)
     torch.set_num_threads(args.threads)
     peaks = [matmul_peak()]
     cases = golden_cases()
@@ -119,13 +125,18 @@ def main() -> None:
         ort_path("ORT int8 (encoder + decoder)", "int8", "int8")
         ort_path("ORT int8 encoder, fp32 decoder", "int8", "fp32")
         ort_path("ORT fp16 encoder", "fp16", "fp32")
-        model = build_sam(CKPT)
-        with official_order(model), torch.no_grad():
-            off = time_fn(lambda: model.image_encoder(x), args.repeats)
-        result["official-order eager fp32"] = {"encoder": summary(off)}
+        if mobile_sam is not None:
+            ref = official_model(mobile_sam, CKPT)
+            ref_pred = mobile_sam.SamPredictor(ref)
+            with torch.no_grad():
+                off = time_fn(lambda: ref.image_encoder(x), args.repeats)
+            ref_pred.set_image(image)
+            dec = time_fn(lambda: ref_pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+            result["official mobile_sam fp32"] = {"encoder": summary(off), "predict": summary(dec)}
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
-    off_s = result["official-order eager fp32"]["encoder"]["median_s"]
+    base = result.get("official mobile_sam fp32", result["torch fp32"])
+    off_s = base["encoder"]["median_s"]
     for label, r in result.items():
         enc = r["encoder"]["median_s"]
         rows.append(
@@ -137,16 +148,9 @@ def main() -> None:
                 f"{r['miou']:.4f}" if "miou" in r else "-",
             )
         )
-    medians = ", ".join(f"{p['median_gflops']:.0f}" for p in peaks)
-    print(
-        f"threads={args.threads}  matmul 2048² best-of-10 peak={peak:.0f} GFLOP/s "
-        f"(medians {medians})"
-    )
-    print_table(
-        rows,
-        ("path", "encoder s", "vs official-order", "predict ms", "mIoU vs torch fp32"),
-    )
-    print("anchor: official eager encoder 2.2-2.4 s (README of ../shared/reference)")
+    print(describe_machine(args.threads, peak))
+    vs = "vs official" if mobile_sam is not None else "vs torch fp32"
+    print_table(rows, ("path", "encoder s", vs, "predict ms", "mIoU vs torch fp32"))
     out = {"machine": machine_info(), "threads": args.threads, "peak_gflops": peak, **result}
     print(f"json: {write_json('deploy', out, args.json)}")
 

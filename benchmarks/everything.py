@@ -1,19 +1,18 @@
 """CPU benchmark of segment-everything (``SamAutomaticMaskGenerator``) at default settings.
 
-For each image it runs, each in a fresh process so that peak RSS is the run's own:
-- ``mobilesam``: this package's generator at its defaults, ``--repeats`` times;
-- ``mobilesam-folded``: the same with ``folded_attention=True``, ``--repeats`` times;
-- ``official``: the official algorithm (``segment_anything`` 1.0's flow: batches of 64 points
-  decoded at once, every candidate upsampled before filtering, dense boxes and RLE) with the
-  official arithmetic, on the same modules and weights (see ``reference.py``), once, for the
-  images in ``--reference``.
+For each image it runs, each in a fresh process so that peak RSS is the run's own, alternating
+the two sides ``--repeats`` times:
+- ``mobilesam``: this package's generator at its defaults;
+- ``official``: the official ``mobile_sam.SamAutomaticMaskGenerator`` (``--official``, default
+  ``../shared/official``) on the same weights, its stages timed by wrapping its own calls.
 
 It reports the median wall time, seconds per stage (encoder, decoder, upsample, filter, RLE,
-NMS), the mask count, peak RSS and whether the two outputs match (one-to-one mask IoU ≥ 0.99),
-plus the machine's matmul peak measured in the same run, as a table and as JSON.
+NMS), the mask count, peak RSS, the same-run speed-up and whether the two outputs match
+(one-to-one mask IoU ≥ 0.99), plus the CPU, its flags and the matmul peak from the same run,
+as a table and as JSON. Without the official code it times this project alone and says so.
 
-Usage: ``python benchmarks/everything.py [--images picture1.jpg picture4.jpg]
-[--reference picture1.jpg] [--repeats 3] [--threads 2] [--points-per-side 32]``
+Usage: ``python benchmarks/everything.py [--images picture1.jpg picture4.jpg] [--repeats 2]
+[--threads 2] [--points-per-side 32] [--official PATH]``
 """
 
 from __future__ import annotations
@@ -33,51 +32,81 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REFERENCE, machine_info, matmul_peak, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    REFERENCE,
+    add_official_argument,
+    describe_machine,
+    import_official,
+    machine_info,
+    matmul_peak,
+    official_model,
+    print_table,
+    write_json,
+)
 
 STAGES = ("encoder", "decoder", "upsample", "filter", "rle", "nms")
-ANCHOR = {"picture1.jpg": {"seconds": 217.0, "masks": 495, "peak_rss_gib": 2.39, "peak": 160.0}}
+
+
+def official_generator(args: argparse.Namespace, stages: dict[str, float]):  # noqa: ANN201
+    """The official generator, with its encoder, decoder, upsampling, RLE and NMS calls wrapped
+    to add their seconds to ``stages`` (the rest of the wall time is its filtering)."""
+    mobile_sam = import_official(args.official)
+    amg = sys.modules["mobile_sam.automatic_mask_generator"]
+    model = official_model(mobile_sam, args.checkpoint)
+
+    def timed(stage: str, fn):  # noqa: ANN001, ANN202
+        def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                stages[stage] += time.perf_counter() - start
+
+        return wrapper
+
+    gen = amg.SamAutomaticMaskGenerator(
+        model, points_per_side=args.points_per_side, output_mode="uncompressed_rle"
+    )
+    gen.predictor.set_image = timed("encoder", gen.predictor.set_image)
+    model.mask_decoder.forward = timed("decoder", model.mask_decoder.forward)
+    model.postprocess_masks = timed("upsample", model.postprocess_masks)
+    amg.mask_to_rle_pytorch = timed("rle", amg.mask_to_rle_pytorch)
+    amg.batched_nms = timed("nms", amg.batched_nms)
+    return gen
 
 
 def worker(args: argparse.Namespace) -> None:
     """Run one implementation on one image; print a JSON result line."""
-    from reference import OfficialAlgorithmGenerator, official_order
-
     from mobilesam import SamAutomaticMaskGenerator, build_sam
 
     torch.set_num_threads(args.threads)
-    model = build_sam(args.checkpoint)
     image = np.array(Image.open(REFERENCE / "images" / args.image).convert("RGB"))
     official = args.worker == "official"
-    kwargs = {"folded_attention": True} if args.worker == "mobilesam-folded" else {}
-    cls = OfficialAlgorithmGenerator if official else SamAutomaticMaskGenerator
-    gen = cls(model, points_per_side=args.points_per_side, output_mode="uncompressed_rle", **kwargs)
-    times, stages, out = [], [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        if official:
-            with official_order(model):
-                out = gen.generate(image)
-        else:
-            out = gen.generate(image)
-        times.append(time.perf_counter() - start)
-        stages.append(dict(gen.stage_times))
+    stages = dict.fromkeys(STAGES, 0.0)
+    if official:
+        gen = official_generator(args, stages)
+    else:
+        gen = SamAutomaticMaskGenerator(
+            build_sam(args.checkpoint),
+            points_per_side=args.points_per_side,
+            output_mode="uncompressed_rle",
+        )
+    start = time.perf_counter()
+    out = gen.generate(image)
+    total = time.perf_counter() - start
+    if official:
+        stages["filter"] = total - sum(v for k, v in stages.items() if k != "filter")
+    else:
+        stages = {s: gen.stage_times.get(s, 0.0) for s in STAGES}
     Path(args.dump).write_text(
         json.dumps([{k: a[k] for k in ("segmentation", "predicted_iou", "bbox")} for a in out])
     )
-    print(
-        json.dumps(
-            {
-                "times_s": times,
-                "stages_s": stages,
-                "masks": len(out),
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
-        )
-    )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"time_s": total, "stages_s": stages, "masks": len(out),
+                      "peak_rss_mib": peak_rss}))
 
 
-def run_worker(impl: str, image: str, repeats: int, args: argparse.Namespace, dump: Path) -> dict:
+def run_worker(impl: str, image: str, args: argparse.Namespace, dump: Path) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -85,8 +114,8 @@ def run_worker(impl: str, image: str, repeats: int, args: argparse.Namespace, du
         impl,
         "--image",
         image,
-        "--repeats",
-        str(repeats),
+        "--official",
+        args.official,
         "--threads",
         str(args.threads),
         "--points-per-side",
@@ -130,17 +159,15 @@ def match(a_path: Path, b_path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", nargs="+", default=["picture1.jpg", "picture4.jpg"])
-    ap.add_argument("--reference", nargs="*", default=["picture1.jpg"])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument(
         "--checkpoint", default=str(REFERENCE / "checkpoints" / "mobile_sam_fixture.pt")
     )
     ap.add_argument("--json", default=None, help="output path (default benchmarks/results/)")
-    ap.add_argument(
-        "--worker", choices=["mobilesam", "mobilesam-folded", "official"], help=argparse.SUPPRESS
-    )
+    add_official_argument(ap)
+    ap.add_argument("--worker", choices=["mobilesam", "official"], help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--dump", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -149,78 +176,72 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
+    impls = ["mobilesam"]
+    if import_official(args.official) is not None:
+        impls.append("official")
     peaks = [matmul_peak()]
     results: dict[str, dict] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for image in args.images:
+            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+            for r in range(args.repeats):
+                for impl in impls if r % 2 == 0 else impls[::-1]:
+                    print(f"{image}: {impl} run {r + 1}/{args.repeats} ...", flush=True)
+                    dump = Path(tmp) / f"{impl}_{image}.json"
+                    runs[impl].append(run_worker(impl, image, args, dump))
             entry: dict[str, object] = {}
-            impls = [("mobilesam", args.repeats), ("mobilesam-folded", args.repeats)]
-            if image in args.reference:
-                impls.append(("official", 1))
-            for impl, repeats in impls:
-                print(f"{image}: {impl} × {repeats} ...", flush=True)
-                res = run_worker(impl, image, repeats, args, Path(tmp) / f"{impl}_{image}.json")
-                res["median_s"] = statistics.median(res["times_s"])
-                res["stage_median_s"] = {
-                    s: statistics.median(r.get(s, 0.0) for r in res["stages_s"]) for s in STAGES
+            for impl, res in runs.items():
+                stage_median = {
+                    s: statistics.median(x["stages_s"][s] for x in res) for s in STAGES
                 }
-                entry[impl] = res
-                st = res["stage_median_s"]
+                summary = {
+                    "times_s": [x["time_s"] for x in res],
+                    "median_s": statistics.median(x["time_s"] for x in res),
+                    "stage_median_s": stage_median,
+                    "masks": res[-1]["masks"],
+                    "peak_rss_mib": max(x["peak_rss_mib"] for x in res),
+                }
+                entry[impl] = summary
                 rows.append(
                     (
                         image,
                         impl,
-                        f"{res['median_s']:.1f}",
-                        *(f"{st[s]:.2f}" for s in STAGES),
-                        str(res["masks"]),
-                        f"{res['peak_rss_mib']:.0f}",
+                        f"{summary['median_s']:.1f}",
+                        *(f"{stage_median[s]:.2f}" for s in STAGES),
+                        str(summary["masks"]),
+                        f"{summary['peak_rss_mib']:.0f}",
                     )
                 )
             if "official" in entry:
-                ref = entry["official"]
-                for impl in ("mobilesam", "mobilesam-folded"):
-                    entry[f"speedup_{impl}"] = ref["median_s"] / entry[impl]["median_s"]
-                    entry[f"match_{impl}"] = match(
-                        Path(tmp) / f"{impl}_{image}.json", Path(tmp) / f"official_{image}.json"
-                    )
+                entry["speedup"] = entry["official"]["median_s"] / entry["mobilesam"]["median_s"]
+                entry["speedups_per_run"] = [
+                    o["time_s"] / m["time_s"]
+                    for o, m in zip(runs["official"], runs["mobilesam"], strict=True)
+                ]
+                entry["match"] = match(
+                    Path(tmp) / f"mobilesam_{image}.json", Path(tmp) / f"official_{image}.json"
+                )
             results[image] = entry
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
-
-    medians = ", ".join(f"{p['median_gflops']:.0f}" for p in peaks)
-    print(
-        f"\nthreads={args.threads}  points_per_side={args.points_per_side}  "
-        f"matmul 2048² best-of-10 peak={peak:.0f} GFLOP/s (medians {medians})"
-    )
+    print()
+    print(describe_machine(args.threads, peak) + f"; points_per_side={args.points_per_side}")
     print_table(rows, ("image", "impl", "median s", *STAGES, "masks", "peak RSS MiB"))
     for image, entry in results.items():
-        for impl in ("mobilesam", "mobilesam-folded"):
-            if f"speedup_{impl}" in entry:
-                m = entry[f"match_{impl}"]
-                print(
-                    f"{image}: {impl} {entry[f'speedup_{impl}']:.1f}× faster than the official "
-                    f"algorithm in this run; masks matched one-to-one at IoU ≥ 0.99: "
-                    f"{m['matched']}/{m['of']}"
-                )
-        anchor = ANCHOR.get(image)
-        if anchor:
-            ours = entry["mobilesam"]["median_s"]  # type: ignore[index]
-            scaled = ours * peak / anchor["peak"]
-            entry["vs_anchor"] = {
-                "anchor_s": anchor["seconds"],
-                "speedup_raw": anchor["seconds"] / ours,
-                "speedup_peak_normalised": anchor["seconds"] / scaled,
-            }
+        if "speedup" in entry:
+            m = entry["match"]
+            per_run = ", ".join(f"{x:.2f}×" for x in entry["speedups_per_run"])
             print(
-                f"{image}: anchor {anchor['seconds']:.0f} s (official code, matmul peak "
-                f"{anchor['peak']:.0f}): {anchor['seconds'] / ours:.1f}× raw, "
-                f"{anchor['seconds'] / scaled:.1f}× after scaling ours to that peak"
+                f"{image}: {entry['speedup']:.2f}× faster than the official code in this run "
+                f"(per run: {per_run}); masks matched one-to-one at IoU ≥ 0.99: "
+                f"{m['matched']}/{m['of']}"
             )
     out = {
         "machine": machine_info(),
         "threads": args.threads,
         "points_per_side": args.points_per_side,
+        "official": args.official if "official" in impls else None,
         "matmul_peak_gflops": peak,
         "matmul": peaks,
         "results": results,
