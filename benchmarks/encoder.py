@@ -85,9 +85,9 @@ def interleaved(
                 start = time.perf_counter()
                 for _ in range(inner if name == "predict" else 1):
                     fn()
-                out[name][side].append((time.perf_counter() - start) / (
-                    inner if name == "predict" else 1
-                ))
+                out[name][side].append(
+                    (time.perf_counter() - start) / (inner if name == "predict" else 1)
+                )
     return out
 
 
@@ -132,9 +132,7 @@ def main() -> None:
             }
         else:
             theirs = dict(ours)  # timed, then dropped
-        times = interleaved(
-            {k: (ours[k], theirs[k]) for k in ours}, args.repeats, inner=10
-        )
+        times = interleaved({k: (ours[k], theirs[k]) for k in ours}, args.repeats, inner=10)
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
 

@@ -102,8 +102,11 @@ def worker(args: argparse.Namespace) -> None:
         json.dumps([{k: a[k] for k in ("segmentation", "predicted_iou", "bbox")} for a in out])
     )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"time_s": total, "stages_s": stages, "masks": len(out),
-                      "peak_rss_mib": peak_rss}))
+    print(
+        json.dumps(
+            {"time_s": total, "stages_s": stages, "masks": len(out), "peak_rss_mib": peak_rss}
+        )
+    )
 
 
 def run_worker(impl: str, image: str, args: argparse.Namespace, dump: Path) -> dict:
@@ -192,9 +195,7 @@ def main() -> None:
                     runs[impl].append(run_worker(impl, image, args, dump))
             entry: dict[str, object] = {}
             for impl, res in runs.items():
-                stage_median = {
-                    s: statistics.median(x["stages_s"][s] for x in res) for s in STAGES
-                }
+                stage_median = {s: statistics.median(x["stages_s"][s] for x in res) for s in STAGES}
                 summary = {
                     "times_s": [x["time_s"] for x in res],
                     "median_s": statistics.median(x["time_s"] for x in res),

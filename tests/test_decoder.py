@@ -66,7 +66,9 @@ def test_cached_order_is_exact_in_float64(golden, name):
 @pytest.mark.parametrize("multimask", [True, False])
 def test_cached_order_selects_tokens_like_sam(fixture_model, golden, multimask):
     emb = torch.from_numpy(golden["img0/embedding"])
-    (masks, iou), (c_masks, c_iou) = _both_orders(fixture_model, emb, PROMPTS["one point"], multimask)
+    (masks, iou), (c_masks, c_iou) = _both_orders(
+        fixture_model, emb, PROMPTS["one point"], multimask
+    )
     sl = slice(1, None) if multimask else slice(0, 1)
     assert c_masks.shape == masks[:, sl].shape
     scale = masks.abs().max()
@@ -135,7 +137,9 @@ def test_cached_order_is_no_less_accurate_than_official(fixture_model, golden, o
     for key in ("img0/embedding", "img1/embedding"):
         emb = torch.from_numpy(golden[key])
         for prompt in PROMPTS.values():
-            truth, truth_iou = _official_low_res(official_models[torch.float64], emb.double(), prompt)
+            truth, truth_iou = _official_low_res(
+                official_models[torch.float64], emb.double(), prompt
+            )
             theirs, theirs_iou = _official_low_res(official_models[torch.float32], emb, prompt)
             _, (ours, ours_iou) = _both_orders(fixture_model, emb, prompt)
             errors["official"].append((theirs.double() - truth).abs().flatten())

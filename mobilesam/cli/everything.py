@@ -141,9 +141,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
         return 0
     model, ckpt = load_model(args)
     settings = {k: getattr(args, k) for k in SETTINGS}
-    gen = SamAutomaticMaskGenerator(
-        model, output_mode="coco_rle", **settings
-    )
+    gen = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
     meta = {"model": {"checkpoint": str(ckpt)}, "settings": settings}
     failed: list[str] = []
     total_masks, total_s = 0, 0.0

@@ -421,8 +421,10 @@ def decode_tokens(
         _layer_norm_factored(img, lc, layer.norm4)
     # only the IoU token and the kept mask tokens are read after the final attention
     n_mask = decoder.num_mask_tokens
-    kept = range(n_mask) if multimask_output is None else (
-        range(1, n_mask) if multimask_output else range(1)
+    kept = (
+        range(n_mask)
+        if multimask_output is None
+        else (range(1, n_mask) if multimask_output else range(1))
     )
     rows_out = [0, *(1 + i for i in kept)]
     queries, query_pe = queries[:, rows_out], query_pe[:, rows_out]

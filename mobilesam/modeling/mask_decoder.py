@@ -173,9 +173,7 @@ class MaskDecoder(nn.Module):
         :mod:`~mobilesam.modeling.decoder_cache`): ``image_embeddings`` and ``image_pe``
         ``(1, C, h, w)``, ``dense_prompt_embeddings`` ``(1, C, 1 or h, 1 or w)`` shared by
         every prompt."""
-        return prepare_image_cache(
-            self, image_embeddings, image_pe, dense_prompt_embeddings, key
-        )
+        return prepare_image_cache(self, image_embeddings, image_pe, dense_prompt_embeddings, key)
 
     def predict_masks_cached(
         self,

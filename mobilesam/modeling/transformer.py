@@ -97,15 +97,11 @@ class TwoWayAttentionBlock(nn.Module):
 
         keys_pe = keys + key_pe
         q = queries + query_pe
-        queries = self.norm2(
-            queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys)
-        )
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(
-            keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries)
-        )
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries))
         return queries, keys
 
 
