@@ -21,7 +21,7 @@ encoding.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +47,7 @@ from .masks import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
+from .modeling.decoder_cache import decode_tokens
 from .modeling.sam import Sam
 from .predictor import SamPredictor
 from .transforms import to_rgb_uint8
@@ -187,10 +188,15 @@ class SamAutomaticMaskGenerator:
         #: Seconds spent per stage by the last :meth:`generate` call.
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
+        self._progress: Callable[[int, int], None] | None = None
+        self._points_done = self._points_total = 0
 
     @torch.no_grad()
     def generate(
-        self, image: np.ndarray, image_embedding: torch.Tensor | None = None
+        self,
+        image: np.ndarray,
+        image_embedding: torch.Tensor | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Masks for the whole image.
 
@@ -200,6 +206,8 @@ class SamAutomaticMaskGenerator:
                 (``SamPredictor.get_image_embedding()`` after ``set_image(image)``); the
                 whole-image crop then skips the encoder. Crops of later layers are encoded
                 as usual.
+            progress: called as ``progress(points_done, points_total)`` after each batch of
+                ``points_per_batch`` prompt points, over all crops.
 
         Returns:
             One dict per mask: ``segmentation`` (per ``output_mode``), ``area`` (pixels),
@@ -208,6 +216,7 @@ class SamAutomaticMaskGenerator:
         """
         self.stage_times = dict.fromkeys(STAGES, 0.0)
         image = to_rgb_uint8(image, "RGB")
+        self._progress = progress
         data = self._generate_masks(image, image_embedding)
         if self.min_mask_region_area > 0:
             with self._stage("postprocess"):
@@ -250,6 +259,8 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
+        self._points_done = 0
+        self._points_total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
         data = _Candidates.cat(
             [
                 self._process_crop(image, box, layer, orig_size, image_embedding)
@@ -287,10 +298,13 @@ class SamAutomaticMaskGenerator:
                 self.predictor.set_image(cropped)
         crop_h, crop_w = cropped.shape[:2]
         points = self.point_grids[layer] * np.array([[crop_w, crop_h]])
-        parts = [
-            self._process_batch(points[i : i + self.points_per_batch], crop_box, orig_size)
-            for i in range(0, len(points), self.points_per_batch)
-        ]
+        parts = []
+        for i in range(0, len(points), self.points_per_batch):
+            batch = points[i : i + self.points_per_batch]
+            parts.append(self._process_batch(batch, crop_box, orig_size))
+            self._points_done += len(batch)
+            if self._progress is not None:
+                self._progress(self._points_done, self._points_total)
         self.predictor.reset_image()
         data = _Candidates.cat(parts)
         with self._stage("nms"):
@@ -306,39 +320,51 @@ class SamAutomaticMaskGenerator:
         data.crop_boxes = torch.tensor([crop_box], dtype=torch.long).expand(len(data), 4)
         return data
 
-    def _decode(self, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits ``(3n, 256, 256)`` and IoUs ``(3n,)`` for ``n`` points in the crop's
-        pixel frame, mask-major per point (point 0's three masks first)."""
+    def _decode(self, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode ``n`` points in the crop's pixel frame (three masks each) and keep the masks
+        whose predicted IoU passes ``pred_iou_thresh``. The IoUs come from the IoU token,
+        before any upscaling, so a point none of whose masks passes is never upscaled.
+
+        Returns:
+            low-res logits ``(k, 256, 256)``, IoUs ``(k,)`` and the index of each mask's point
+            ``(k,)``, point-major (point 0's surviving masks first).
+        """
         p = self.predictor
-        device = p.device
+        device, decoder, cache = p.device, p.model.mask_decoder, p.decoder_cache()
         coords = p.transform.apply_coords(points, p.original_size)
         coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[:, None, :]
         labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=device)
         step = self.decoder_batch_size or (len(points) if device.type != "cpu" else 4)
-        low, iou = [], []
+        low, iou, index = [], [], []
         for i in range(0, len(points), step):
-            lr, sc = p.predict_low_res_torch(
-                coords_t[i : i + step],
-                labels_t[i : i + step],
-                multimask_output=True,
-            )
-            low.append(lr.flatten(0, 1))
-            iou.append(sc.flatten(0, 1))
-        return torch.cat(low), torch.cat(iou)
+            sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
+            decoded = decode_tokens(decoder, cache, sparse, multimask_output=True)
+            passed = decoded.iou > self.pred_iou_thresh
+            if self.pred_iou_thresh <= 0.0:
+                passed = torch.ones_like(passed)
+            rows = passed.any(1).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            kept = decoded.select(rows)
+            masks = decoder.masks_from_decoded(cache, kept, kept.hyper)  # (r, 3, 256, 256)
+            keep = passed[rows]
+            low.append(masks[keep])
+            iou.append(kept.iou[keep])
+            index.append((i + rows)[:, None].expand(keep.shape)[keep])
+        if not low:
+            empty = coords_t.new_zeros(0)
+            size = p.model.prompt_encoder.mask_input_size
+            return empty.reshape(0, *size), empty, empty.long()
+        return torch.cat(low), torch.cat(iou), torch.cat(index)
 
     def _process_batch(
         self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
     ) -> _Candidates:
         p = self.predictor
+        # 1. Predicted IoU: a per-mask scalar, so the decoder filters before any upscaling.
         with self._stage("decoder"):
-            low_res, iou = self._decode(points)
-        n_out = low_res.shape[0] // len(points)
-        pts = torch.as_tensor(points.repeat(n_out, axis=0))
-
-        # 1. Predicted IoU: a per-mask scalar, so filter before any upsampling.
-        if self.pred_iou_thresh > 0.0:
-            keep = iou > self.pred_iou_thresh
-            low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
+            low_res, iou, index = self._decode(points)
+        pts = torch.as_tensor(points)[index.cpu()]
 
         # 2. The rest needs full-resolution logits: upsample a bounded chunk at a time.
         orig_h, orig_w = orig_size

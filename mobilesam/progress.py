@@ -37,7 +37,7 @@ class TextBar:
         self._draw(force=True)
 
     def _amount(self, n: float) -> str:
-        return f"{n / 1e6:.1f}" if self.unit == "B" else f"{int(n)}"
+        return f"{n / 1e6:.1f}" if self.unit == "B" else f"{int(n + 1e-6)}"  # fractional updates
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()

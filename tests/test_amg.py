@@ -265,3 +265,21 @@ def test_heap_trimmer():
     del blob
     assert isinstance(trimmer.trim_if_grown(), bool)
     assert HeapTrimmer(budget_bytes=2**62).trim_if_grown() is False
+
+
+def test_points_rejected_by_predicted_iou_are_never_upscaled(fixture_model, picture1, monkeypatch):
+    """Predicted IoUs come from the IoU token, before upscaling: a point none of whose three
+    masks passes ``pred_iou_thresh`` skips the transposed convolutions entirely."""
+    decoder = fixture_model.mask_decoder
+    upscaled = []
+    original = type(decoder).masks_from_decoded
+
+    def spy(self, cache, decoded, hyper):
+        upscaled.append(hyper.shape[0])
+        return original(self, cache, decoded, hyper)
+
+    monkeypatch.setattr(type(decoder), "masks_from_decoded", spy)
+    gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=6, pred_iou_thresh=0.97)
+    out = gen.generate(picture1)
+    assert 0 < sum(upscaled) < 36  # some points passed, some were skipped
+    assert all(a["predicted_iou"] > 0.97 for a in out)

@@ -105,6 +105,17 @@ def test_everything_writes_json_and_overlay_then_skips(tmp_path, reference):
     res = _run(*args, "--points-per-side", "4", "--quiet")
     assert "skipping 2 image(s) already done" in res.stdout
     assert (out / "a.json").stat().st_mtime_ns == before
+    record = json.loads((out / "a.json").read_text())
+    assert len(record["model"]["sha256"]) == 64
+    # other settings (or another checkpoint): the results are redone, never reused
+    res = _run(*args, "--points-per-side", "3", "--quiet")
+    assert "redoing 2 image(s) made with other settings or another checkpoint" in res.stdout
+    record = json.loads((out / "a.json").read_text())
+    assert record["settings"]["points_per_side"] == 3
+    record["model"]["sha256"] = "0" * 64  # as if made with another checkpoint
+    (out / "a.json").write_text(json.dumps(record))
+    res = _run(*args, "--points-per-side", "3", "--quiet")
+    assert "redoing 1 image(s)" in res.stdout
 
 
 def test_everything_bad_input(tmp_path):

@@ -2,8 +2,10 @@
 
 For each image it writes ``<stem>.json`` (COCO-style annotations: compressed RLE, area, XYWH
 box, scores, prompt point, crop box) and ``<stem>_overlay.png`` (every mask in its own colour
-over the photo). The JSON is written last, by rename, so its presence marks a finished image:
-a rerun skips those. Unreadable images are reported and skipped.
+over the photo). The JSON is written last, by rename, so its presence marks a finished image,
+and it records the settings and the checkpoint's sha256: a rerun skips images finished with the
+same settings and checkpoint and redoes the others. Unreadable images are reported and skipped.
+The progress bar advances per batch of prompt points.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from .common import (
     CliError,
     add_model_args,
     distinct_colors,
-    load_model,
     read_rgb,
 )
 
@@ -100,12 +101,23 @@ def annotation_overlay(image: np.ndarray, anns: list[dict[str, Any]]) -> np.ndar
 
 
 def process_image(
-    gen: Any, image_path: Path, out_stem: Path, meta: dict[str, Any]
+    gen: Any, image_path: Path, out_stem: Path, meta: dict[str, Any], bar: Any = None
 ) -> tuple[int, float]:
-    """Segment one photo and write its JSON and overlay; returns (masks, seconds)."""
+    """Segment one photo and write its JSON and overlay; returns (masks, seconds). ``bar``
+    advances by a fraction of one image per batch of prompt points."""
     image = read_rgb(image_path)
     start = time.perf_counter()
-    anns = gen.generate(image)
+    shown = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        if bar is not None:
+            bar.update(done / total - shown)
+            shown = done / total
+
+    anns = gen.generate(image, progress=progress)
+    if bar is not None and shown < 1.0:
+        bar.update(1.0 - shown)
     seconds = time.perf_counter() - start
     h, w = image.shape[:2]
     out_stem.parent.mkdir(parents=True, exist_ok=True)
@@ -123,38 +135,60 @@ def process_image(
     return len(anns), seconds
 
 
+def is_done(json_path: Path, meta: dict[str, Any]) -> bool:
+    """Whether ``json_path`` holds a finished result made with the same settings and the same
+    checkpoint content (sha256) as ``meta``; unreadable files count as not done."""
+    try:
+        record = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("settings") == meta["settings"]
+        and record.get("model", {}).get("sha256") == meta["model"]["sha256"]
+    )
+
+
 def cmd_everything(args: argparse.Namespace) -> int:
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..build import build_sam
+    from ..hub import resolve_checkpoint, sha256_file
 
     out = Path(args.out)
     images = collect_images(args.inputs, exclude=out)
     if not images:
         raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {' '.join(args.inputs)}")
-    todo = [
-        (f, rel)
-        for f, rel in images
-        if args.overwrite or not (out / rel).with_name(rel.name + ".json").exists()
-    ]
+    ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    meta = {"model": {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt)}, "settings": settings}
+    todo, stale = [], 0
+    for f, rel in images:
+        json_path = (out / rel).with_name(rel.name + ".json")
+        if args.overwrite or not json_path.exists():
+            todo.append((f, rel))
+        elif not is_done(json_path, meta):
+            todo.append((f, rel))
+            stale += 1
     if len(todo) < len(images):
         print(f"skipping {len(images) - len(todo)} image(s) already done in {out}")
+    if stale:
+        print(f"redoing {stale} image(s) made with other settings or another checkpoint")
     if not todo:
         return 0
-    model, ckpt = load_model(args)
-    settings = {k: getattr(args, k) for k in SETTINGS}
+    model = build_sam(ckpt)
     gen = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **settings)
-    meta = {"model": {"checkpoint": str(ckpt)}, "settings": settings}
     failed: list[str] = []
     total_masks, total_s = 0, 0.0
     bar = progress_bar(len(todo), "everything", unit="img", enabled=not args.quiet)
     for image_path, rel in todo:
         try:
-            n, seconds = process_image(gen, image_path, out / rel, meta)
+            n, seconds = process_image(gen, image_path, out / rel, meta, bar)
             total_masks += n
             total_s += seconds
         except (CliError, ValueError) as exc:
             failed.append(str(image_path))
             print(f"\nmobilesam: skipping {image_path}: {exc}", file=sys.stderr)
-        bar.update(1)
+            bar.update(1)
     bar.close()
     done = len(todo) - len(failed)
     print(

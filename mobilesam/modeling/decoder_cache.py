@@ -155,6 +155,16 @@ class _ImageTokens:
         self.segments.append((self.m, self.m + k, values))
         self.m += k
 
+    def select(self, prompts: torch.Tensor) -> _ImageTokens:
+        """The image tokens of the prompts at ``prompts`` (1-D indices) only."""
+        out = _ImageTokens.__new__(_ImageTokens)
+        out.a = None if self.a is None else self.a[prompts]
+        out._z, out._e, out.m = self._z[prompts], self._e[prompts], self.m
+        out.segments = [
+            (start, stop, None if v is None else v[prompts]) for start, stop, v in self.segments
+        ]
+        return out
+
     def project(self, weight: torch.Tensor) -> torch.Tensor:
         """``(B, m, D)``: the low-rank rows through ``weight`` ``(D, C)`` (no bias)."""
         return self.e @ weight.t()
@@ -375,6 +385,10 @@ class DecodedTokens:
     iou: torch.Tensor
     hyper: torch.Tensor
     image: _ImageTokens
+
+    def select(self, prompts: torch.Tensor) -> DecodedTokens:
+        """The outputs of the prompts at ``prompts`` (1-D indices) only: upscale just those."""
+        return DecodedTokens(self.iou[prompts], self.hyper[prompts], self.image.select(prompts))
 
 
 def decode_tokens(
