@@ -188,8 +188,6 @@ class SamAutomaticMaskGenerator:
         #: Seconds spent per stage by the last :meth:`generate` call.
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
-        self._progress: Callable[[int, int], None] | None = None
-        self._points_done = self._points_total = 0
 
     @torch.no_grad()
     def generate(
@@ -216,8 +214,7 @@ class SamAutomaticMaskGenerator:
         """
         self.stage_times = dict.fromkeys(STAGES, 0.0)
         image = to_rgb_uint8(image, "RGB")
-        self._progress = progress
-        data = self._generate_masks(image, image_embedding)
+        data = self._generate_masks(image, image_embedding, progress)
         if self.min_mask_region_area > 0:
             with self._stage("postprocess"):
                 data = self._postprocess_small_regions(
@@ -253,17 +250,27 @@ class SamAutomaticMaskGenerator:
         ]
 
     def _generate_masks(
-        self, image: np.ndarray, image_embedding: torch.Tensor | None
+        self,
+        image: np.ndarray,
+        image_embedding: torch.Tensor | None,
+        progress: Callable[[int, int], None] | None,
     ) -> _Candidates:
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
-        self._points_done = 0
-        self._points_total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
+        total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
+        done = 0
+
+        def tick(points: int) -> None:
+            nonlocal done
+            done += points
+            if progress is not None:
+                progress(done, total)
+
         data = _Candidates.cat(
             [
-                self._process_crop(image, box, layer, orig_size, image_embedding)
+                self._process_crop(image, box, layer, orig_size, tick, image_embedding)
                 for box, layer in zip(crop_boxes, layer_idxs, strict=True)
             ]
         )
@@ -286,8 +293,10 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         layer: int,
         orig_size: tuple[int, int],
+        tick: Callable[[int], None],
         image_embedding: torch.Tensor | None = None,
     ) -> _Candidates:
+        """Candidates of one crop; ``tick(n)`` after each batch of ``n`` points."""
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1]
         with self._stage("encoder"):
@@ -302,9 +311,7 @@ class SamAutomaticMaskGenerator:
         for i in range(0, len(points), self.points_per_batch):
             batch = points[i : i + self.points_per_batch]
             parts.append(self._process_batch(batch, crop_box, orig_size))
-            self._points_done += len(batch)
-            if self._progress is not None:
-                self._progress(self._points_done, self._points_total)
+            tick(len(batch))
         self.predictor.reset_image()
         data = _Candidates.cat(parts)
         with self._stage("nms"):
@@ -340,8 +347,8 @@ class SamAutomaticMaskGenerator:
             sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
             decoded = decode_tokens(decoder, cache, sparse, multimask_output=True)
             passed = decoded.iou > self.pred_iou_thresh
-            if self.pred_iou_thresh <= 0.0:
-                passed = torch.ones_like(passed)
+            if self.pred_iou_thresh <= 0.0:  # SAM's rule: a threshold of 0 turns the filter off
+                passed.fill_(True)
             rows = passed.any(1).nonzero()[:, 0]
             if len(rows) == 0:
                 continue

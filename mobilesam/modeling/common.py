@@ -110,3 +110,9 @@ def window_unpartition(
     if hp > h or wp > w:
         x = x[:, :h, :w, :]
     return x.contiguous()
+
+
+def conv_transpose_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``(C, O, 2, 2)`` kernel → ``(C, 4·O)`` matrix with sub-pixel-major columns."""
+    c, o = conv.weight.shape[:2]
+    return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o)

@@ -34,8 +34,8 @@ cancellation.
 The upscaling's first transposed convolution is linear in ``K`` and splits the same way; its
 LayerNorm, GELUs and second convolution run per prompt.
 
-Cost per prompt (1 point, multimask, so ``T = 7``) drops from about 2.8 GFLOP to about 1
-(see ``benchmarks/encoder.py``); the cache costs about 3.5 GFLOP once per image.
+Cost per prompt (1 point, multimask, so ``T = 7``) drops from 3.55 GFLOP to 0.89
+(``benchmarks/encoder.py``); the cache costs 4.84 GFLOP once per image.
 
 The plain order (:meth:`MaskDecoder.predict_masks`) stays for training (gradients), for a
 per-prompt dense input (``mask_input``) and for the ONNX graph with SAM's public interface.
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import conv_transpose_weight
 from .transformer import Attention
 
 
@@ -73,12 +74,6 @@ def _heads_nd(x: torch.Tensor, heads: int, channels_first: bool = False) -> torc
     n, d = x.shape
     x = x.view(n, heads, d // heads)
     return (x.permute(1, 2, 0) if channels_first else x.transpose(0, 1)).contiguous()
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``(B, T, D)`` → ``(B, H, T, D/H)``."""
-    b, t, d = x.shape
-    return x.view(b, t, heads, d // heads).transpose(1, 2)
 
 
 @dataclass
@@ -212,16 +207,18 @@ def prepare_image_cache(
     pe = image_pe[0].flatten(1).t().contiguous()
     g = torch.ones(c, dtype=x.dtype, device=x.device)
     ec = x.new_zeros(0, c)
+    out_weights: list[torch.Tensor] = []  # per update block: W_o of its attention
     scales: list[torch.Tensor] = []  # per update block: product of the later γ's
     layers = []
     for layer in tf.layers:
         xg = x * g
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         ec = torch.cat([ec, i2t.out_proj.bias[None]])  # this layer's b_o row
+        out_weights.append(i2t.out_proj.weight)  # W_o (C, D) of this layer's update
         scales.append(torch.ones_like(g))
         blocks = [
-            _heads_nd(xg @ _center(prev_wo(tf, k).t() * s).t(), i2t.num_heads, True)
-            for k, s in enumerate(scales)
+            _heads_nd(xg @ _center(wo.t() * s).t(), i2t.num_heads, True)
+            for wo, s in zip(out_weights, scales, strict=True)
         ]
         xc = _center(xg)
         layers.append(
@@ -241,29 +238,22 @@ def prepare_image_cache(
         g = g * gamma
     xg = x * g
     fa = tf.final_attn_token_to_image
-    up1 = decoder.output_upscaling[0]
-    w_up = up1.weight.permute(0, 2, 3, 1).reshape(c, -1)
     return ImageCache(
         key=key,
         layers=layers,
         final_k=_attn_side(fa, fa.k_proj, xg, pe),
         final_v=_attn_side(fa, fa.v_proj, xg, None),
-        upscale=xg @ w_up,
+        upscale=xg @ conv_transpose_weight(decoder.output_upscaling[0]),
         size=(h, w),
     )
 
 
-def prev_wo(tf: nn.Module, k: int) -> torch.Tensor:
-    """``W_o`` ``(C, D)`` of layer ``k``'s image→token attention."""
-    return tf.layers[k].cross_attn_image_to_token.out_proj.weight
-
-
 def _factored_scores(
-    xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, weight: torch.Tensor
+    xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, attn: Attention, proj: nn.Linear
 ) -> torch.Tensor:
     """Dot products of prompt-side vectors ``xh`` ``(B, H, T, d)`` with the image side of an
     attention, ``(K + PE)·Wᵀ + b`` per head, without forming it: the cached products, the
-    per-token scale and the low-rank part (``weight`` ``(D, C)`` is the projection ``W``).
+    per-token scale and the low-rank part (``proj`` is ``attn``'s image-side projection).
     Returns ``(B, H, T, N)``, accumulated in place."""
     b, h, t, d = xh.shape
     scores = xh @ side.img
@@ -275,7 +265,7 @@ def _factored_scores(
         else:
             scores += xh @ side.pe
     if img.z is not None:
-        e = _split_heads(img.project(weight), h)  # (B, H, m, d)
+        e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
         coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
         scores.view(b, h * t, -1).baddbmm_(coef, img.z)
     return scores
@@ -292,12 +282,12 @@ def _token_to_image(
     image tokens: keys ``K + PE``, values ``K``. Returns ``(B, T, C)``."""
     heads = attn.num_heads
     d = attn.internal_dim // heads
-    qh = _split_heads(attn.q_proj(queries), heads) * d**-0.5  # (B, H, T, d)
-    weights = torch.softmax(_factored_scores(qh, k_side, img, attn.k_proj.weight), dim=-1)
+    qh = attn.split_heads(attn.q_proj(queries)) * d**-0.5  # (B, H, T, d)
+    weights = torch.softmax(_factored_scores(qh, k_side, img, attn, attn.k_proj), dim=-1)
     b, h, t, n = weights.shape
     out = None
     if img.z is not None:  # the low-rank part pools the unscaled weights
-        ev = _split_heads(img.project(attn.v_proj.weight), heads)  # (B, H, m, d)
+        ev = attn.split_heads(img.project(attn.v_proj.weight))  # (B, H, m, d)
         pooled = weights.view(b, h * t, n) @ img.z.transpose(1, 2)  # (B, H·T, m)
         out = pooled.view(b, h, t, -1) @ ev
     if img.a is not None:
@@ -326,11 +316,11 @@ def _image_to_token(
     """
     heads = attn.num_heads
     d = attn.internal_dim // heads
-    kh = _split_heads(attn.k_proj(keys), heads) * d**-0.5  # (B, H, T, d)
-    vh = _split_heads(attn.v_proj(values), heads)  # (B, H, T, d)
+    kh = attn.split_heads(attn.k_proj(keys)) * d**-0.5  # (B, H, T, d)
+    vh = attn.split_heads(attn.v_proj(values))  # (B, H, T, d)
     # scores laid out (B, H, T, N): the softmax over the T tokens runs along a strided axis
     # with the long N axis contiguous, which vectorises (a last axis of 7 does not)
-    scores = _factored_scores(kh, cache.i2t_q, img, attn.q_proj.weight)
+    scores = _factored_scores(kh, cache.i2t_q, img, attn, attn.q_proj)
     weights = torch.softmax(scores, dim=2)
     b, _, t, n = weights.shape
     w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
@@ -416,12 +406,7 @@ def decode_tokens(
     img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
     queries, query_pe = tokens, tokens
     for layer, lc in zip(tf.layers, cache.layers, strict=True):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
+        queries = layer.self_attend(queries, query_pe)
         i2t = layer.cross_attn_image_to_token
         attn = _token_to_image(
             layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v
@@ -460,7 +445,5 @@ def first_conv_factors(
     row ``4·C/4`` values in sub-pixel-major order. Returns ``(a, z, ew, bias)``; ``z`` and
     ``ew`` are None for a transformer of depth 0."""
     up1 = decoder.output_upscaling[0]
-    c = up1.weight.shape[0]
-    w_up = up1.weight.permute(0, 2, 3, 1).reshape(c, -1)
-    ew = None if image.e is None else image.e @ w_up
+    ew = None if image.e is None else image.e @ conv_transpose_weight(up1)
     return image.a, image.z, ew, up1.bias.repeat(4)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, conv_transpose_weight
 from .decoder_cache import (
     DecodedTokens,
     ImageCache,
@@ -102,7 +102,7 @@ class MaskDecoder(nn.Module):
             ``(B, T, 4h, 4w)`` mask logits.
         """
         up1 = self.output_upscaling[0]
-        w1, bias = _conv_transpose_weight(up1), up1.bias.repeat(4)
+        w1, bias = conv_transpose_weight(up1), up1.bias.repeat(4)
 
         def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
             return keys[rows, start:stop] @ w1 + bias
@@ -138,7 +138,7 @@ class MaskDecoder(nn.Module):
         arithmetic is the same either way.
         """
         _, norm, act1, up2, act2 = self.output_upscaling
-        w2, bias2 = _conv_transpose_weight(up2), up2.bias.repeat(4)
+        w2, bias2 = conv_transpose_weight(up2), up2.bias.repeat(4)
         c4, t = norm.weight.shape[0], hyper_in.shape[1]
         one_pass = hyper_in.device.type != "cpu" or torch.jit.is_tracing()
         rows_per_chunk = h if one_pass else max(1, self.UPSCALE_CHUNK_TOKENS // w)
@@ -254,20 +254,14 @@ class MaskDecoder(nn.Module):
         return masks, self.iou_prediction_head(iou_token_out)
 
 
-def _conv_transpose_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """``(C, O, 2, 2)`` kernel → ``(C, 4·O)`` matrix with sub-pixel-major columns."""
-    c, o = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o)
-
-
 def _conv_transpose_2x2(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """A kernel-2, stride-2 transposed convolution on pixels in rows: ``(B, P, C)`` →
     ``(B, 4P, O)``, where output row ``4p + 2a + b`` is sub-pixel ``(a, b)`` (row, column)
     of input pixel ``p``. Each input pixel owns its 2×2 output patch, so the layer is one
-    matrix product with the :func:`_conv_transpose_weight` matrix; ``bias`` is ``(4·O,)``
-    (the layer's bias repeated per sub-pixel)."""
+    matrix product with the :func:`~mobilesam.modeling.common.conv_transpose_weight`
+    matrix; ``bias`` is ``(4·O,)`` (the layer's bias repeated per sub-pixel)."""
     b, p, c = x.shape
     x = x.reshape(b * p, c)
     y = x @ weight if bias is None else torch.addmm(bias, x, weight)

@@ -30,15 +30,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` → ``(B, H, N, D/H)`` (a view where possible)."""
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         bq, bk = q.shape[0], k.shape[0]
-        qh = self._heads(self.q_proj(q))
-        kh = self._heads(self.k_proj(k))
-        vh = self._heads(self.v_proj(v))
+        qh = self.split_heads(self.q_proj(q))
+        kh = self.split_heads(self.k_proj(k))
+        vh = self.split_heads(self.v_proj(v))
         if bk == 1 and bq > 1:
             # Every prompt's queries attend to the same keys: one call, queries stacked.
             _, h, n, c = qh.shape
@@ -88,13 +89,7 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-
+        queries = self.self_attend(queries, query_pe)
         keys_pe = keys + key_pe
         q = queries + query_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
@@ -103,6 +98,16 @@ class TwoWayAttentionBlock(nn.Module):
         q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries))
         return queries, keys
+
+    def self_attend(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """The block's first step, on the prompt tokens alone (shared by both decoder orders):
+        self-attention (without positional encoding in the first layer) and ``norm1``."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        return self.norm1(queries)
 
 
 class TwoWayTransformer(nn.Module):
