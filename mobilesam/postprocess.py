@@ -2,7 +2,10 @@
 
 SAM upsamples the ``256×256`` logits to the padded ``S×S`` encoder frame (``S = 1024``), crops
 the padding away, then resizes to the original ``(H, W)``, each time with bilinear
-interpolation (``align_corners=False``). This is the one implementation of that step: the
+interpolation (``align_corners=False``). Along each axis that is one banded matrix, so here
+the output is computed in square blocks, each from the small patch of low-res logits it
+depends on, without the ``S×S`` intermediate. Thresholded masks need only the blocks near the
+threshold (:func:`threshold_blocks`). This is the one implementation of that step: the
 predictor, the everything-mode generator and the ONNX decoder all call it. Sizes may be Python
 ints or 0-d int64 tensors, so the ONNX export keeps the original size dynamic.
 """
@@ -31,7 +34,9 @@ def upscale_masks(
         input_size: ``(h_in, w_in)`` of the resized image before padding.
         original_size: ``(H, W)`` of the original image.
         padded_size: side of the padded encoder input (1024).
-        threshold: return the binary masks ``logits > threshold`` instead.
+        threshold: return the binary masks ``logits > threshold`` instead; only the blocks
+            near the threshold are upsampled (see :func:`threshold_blocks`), with the same
+            per-pixel arithmetic, so the masks are those of the thresholded logits.
 
     Returns:
         ``(B, C, H, W)`` logits, same dtype as the input (bool with ``threshold``).
@@ -42,36 +47,203 @@ def upscale_masks(
         x = bilinear_graph(x, original_size[0], original_size[1])
         return x if threshold is None else x > threshold
     *lead, h, w = low_res_masks.shape
-    dt = low_res_masks.dtype
-    rows = composite_resize_matrix(h, padded_size, int(input_size[0]), int(original_size[0]), dt)
-    cols = composite_resize_matrix(w, padded_size, int(input_size[1]), int(original_size[1]), dt)
+    grid = block_grid(
+        (h, w), (int(input_size[0]), int(input_size[1])),
+        (int(original_size[0]), int(original_size[1])), padded_size, low_res_masks,
+    )
     x = low_res_masks.reshape(-1, h, w)
-    out = _resize_both_axes(x, rows, cols)
-    out = out.reshape(*lead, *out.shape[-2:])
-    return out if threshold is None else out > threshold
+    if threshold is None:
+        out = grid.assemble(grid.values(x, grid.all_blocks(x.shape[0])).view(*grid.shape(x), BLOCK, BLOCK))
+    else:
+        out = threshold_blocks(x, grid, (threshold,)).masks(0)
+    return out.reshape(*lead, *out.shape[-2:])
 
 
-#: Output samples per block of the banded products (a cache-size tuning constant).
-BAND_BLOCK = 64
+#: Output pixels per block side (a tuning constant: smaller blocks follow mask boundaries
+#: more closely, larger ones batch better).
+BLOCK = 32
+
+#: Margin, relative to the largest magnitude in a block's support, by which all of a block's
+#: low-res values must clear a threshold for the block to be decided without upsampling. A
+#: full-resolution value is a convex combination of at most 4×4 of them computed in float32,
+#: whose rounding error is below ~32·2⁻²⁴ of that magnitude; 2⁻¹⁴ leaves a 30× safety factor.
+MARGIN = 2.0**-14
 
 
-class _Band(NamedTuple):
-    matrix: torch.Tensor  # (out, low) CPU
-    blocks: tuple[tuple[int, int, int, int], ...]  # (start, stop, lo, hi) per output block
+class AxisBlocks(NamedTuple):
+    """SAM's composite resize along one axis, cut into blocks of :data:`BLOCK` outputs.
+
+    Block ``k`` produces outputs ``k·BLOCK …`` from the low-res samples ``index[k]``
+    (``(nb, W)``: its band, padded to a common width ``W`` by repeating the last sample)
+    with weights ``weight[k]`` (``(nb, BLOCK, W)``; zero for padding and for outputs past
+    ``size``)."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    size: int
 
 
 @functools.lru_cache(maxsize=64)
-def composite_resize_matrix(
-    low: int, padded: int, valid: int, out: int, dtype: torch.dtype = torch.float64
-) -> _Band:
-    """SAM's three steps along one axis as one banded ``(out, low)`` matrix: bilinear resize
-    ``low → padded``, keep the first ``valid`` samples, bilinear resize ``valid → out``.
+def _axis_blocks(low: int, padded: int, valid: int, out: int, dtype: torch.dtype) -> AxisBlocks:
+    m = composite_resize_matrix(low, padded, valid, out)
+    nb = -(-out // BLOCK)
+    m = torch.cat([m, m.new_zeros(nb * BLOCK - out, low)]).view(nb, BLOCK, low)
+    nonzero = m.ne(0).any(1)  # (nb, low)
+    first = nonzero.to(torch.int8).argmax(1)
+    last = low - 1 - nonzero.flip(1).to(torch.int8).argmax(1)
+    width = int((last - first).max()) + 1
+    index = torch.minimum(first[:, None] + torch.arange(width), last[:, None])
+    weight = torch.gather(m, 2, index[:, None, :].expand(nb, BLOCK, width))
+    # a repeated (padding) index must not count twice
+    weight = weight * (first[:, None] + torch.arange(width) <= last[:, None])[:, None, :]
+    return AxisBlocks(index, weight.to(dtype), out)
 
-    Each output sample is a convex combination of at most four adjacent low-res samples.
-    Applying the matrix is the same arithmetic as the two resizes in another order: results
-    agree to float32 rounding, without the ``padded²`` intermediate. Weights are built in
-    float64, then cast to ``dtype`` (memoised per size and dtype; treat as read-only).
+
+class BlockGrid(NamedTuple):
+    """Both axes of SAM's postprocessing for one geometry (see :func:`block_grid`)."""
+
+    rows: AxisBlocks
+    cols: AxisBlocks
+
+    def shape(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """``(n, nbr, nbc)`` blocks of ``x`` ``(n, h, w)``."""
+        return x.shape[0], self.rows.index.shape[0], self.cols.index.shape[0]
+
+    def all_blocks(self, n: int) -> torch.Tensor:
+        """``(n·nbr·nbc, 3)`` (mask, block row, block column) of every block, row-major."""
+        nbr, nbc = self.rows.index.shape[0], self.cols.index.shape[0]
+        return torch.cartesian_prod(torch.arange(n), torch.arange(nbr), torch.arange(nbc))
+
+    def values(self, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logits of the ``blocks`` ``(K, 3)`` of ``x`` ``(n, h, w)``:
+        ``(K, BLOCK, BLOCK)``. Every block is two small matrix products of fixed shapes,
+        ``row weights @ (patch @ column weightsᵀ)``, so a pixel's value does not depend on
+        which other blocks are computed with it."""
+        m, i, j = blocks.to(x.device).unbind(1)
+        ri, ci = self.rows.index.to(x.device)[i], self.cols.index.to(x.device)[j]
+        patch = x[m[:, None, None], ri[:, :, None], ci[:, None, :]]  # (K, Wr, Wc)
+        cw = self.cols.weight.to(x.device)[j]  # (K, BLOCK, Wc)
+        rw = self.rows.weight.to(x.device)[i]  # (K, BLOCK, Wr)
+        return torch.bmm(rw, torch.bmm(patch, cw.transpose(1, 2)))
+
+    def support_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smallest and largest low-res value in each block's support: ``(n, nbr, nbc)``."""
+        ri, ci = self.rows.index.to(x.device), self.cols.index.to(x.device)
+        rows = x[:, ri]  # (n, nbr, Wr, w)
+        lo = rows.amin(2)[..., ci].amin(-1)
+        hi = rows.amax(2)[..., ci].amax(-1)
+        return lo, hi
+
+    def assemble(self, blocks: torch.Tensor) -> torch.Tensor:
+        """``(n, nbr, nbc, BLOCK, BLOCK)`` → ``(n, H, W)`` (row-major blocks, cropped)."""
+        n, nbr, nbc, b, _ = blocks.shape
+        full = blocks.permute(0, 1, 3, 2, 4).reshape(n, nbr * b, nbc * b)
+        return full[:, : self.rows.size, : self.cols.size].contiguous()
+
+
+def block_grid(
+    low_hw: tuple[int, int],
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    padded_size: int,
+    like: torch.Tensor,
+) -> BlockGrid:
+    """The :class:`BlockGrid` that takes ``low_hw`` logits to ``original_size`` (memoised
+    per geometry and dtype; treat as read-only)."""
+    rows = _axis_blocks(low_hw[0], padded_size, input_size[0], original_size[0], like.dtype)
+    cols = _axis_blocks(low_hw[1], padded_size, input_size[1], original_size[1], like.dtype)
+    return BlockGrid(rows, cols)
+
+
+class ThresholdedBlocks(NamedTuple):
+    """Full-resolution comparisons ``logits > t`` for several thresholds ``t``, computed
+    only where needed (:func:`threshold_blocks`).
+
+    ``decided[k]`` ``(n, nbr, nbc)`` is True where every pixel of a block lies on the same
+    side of threshold ``k``, and then ``above[k]`` says which; ``mixed`` ``(K, 3)`` lists
+    the blocks undecided for any threshold, whose logits ``values`` ``(K, BLOCK, BLOCK)`` were
+    computed."""
+
+    grid: BlockGrid
+    thresholds: tuple[float, ...]
+    above: list[torch.Tensor]
+    decided: list[torch.Tensor]
+    mixed: torch.Tensor
+    values: torch.Tensor
+
+    def masks(self, k: int) -> torch.Tensor:
+        """``(n, H, W)`` bool: ``logits > thresholds[k]``."""
+        above = self.above[k]
+        n, nbr, nbc = above.shape
+        full = above.new_empty(n, nbr * BLOCK, nbc * BLOCK)
+        blocks = full.view(n, nbr, BLOCK, nbc, BLOCK)
+        blocks.copy_(above[:, :, None, :, None].expand(n, nbr, BLOCK, nbc, BLOCK))
+        if self.mixed.shape[0]:
+            m, i, j = self.mixed.unbind(1)
+            blocks[m, i, :, j, :] = self.values > self.thresholds[k]
+        h, w = self.grid.rows.size, self.grid.cols.size
+        return full if full.shape[1:] == (h, w) else full[:, :h, :w].contiguous()
+
+    def counts(self, k: int) -> torch.Tensor:
+        """``(n,)`` int64: pixels with ``logits > thresholds[k]`` in each mask."""
+        valid = self._valid_pixels()  # (nbr, nbc)
+        n = self.above[k].shape[0]
+        decided = (self.above[k] & self.decided[k]).long() * valid
+        total = decided.reshape(n, -1).sum(1)
+        if self.mixed.shape[0]:
+            m, i, j = self.mixed.unbind(1)
+            inside = self._valid_mask()[i, j]  # (K, BLOCK, BLOCK)
+            hits = ((self.values > self.thresholds[k]) & inside).reshape(len(m), -1).sum(1)
+            undecided = ~self.decided[k][m, i, j]
+            total = total.index_add(0, m, hits * undecided)
+        return total
+
+    def _valid_pixels(self) -> torch.Tensor:
+        rows, cols = self.grid.rows, self.grid.cols
+        r = (rows.size - BLOCK * torch.arange(rows.index.shape[0])).clamp(max=BLOCK)
+        c = (cols.size - BLOCK * torch.arange(cols.index.shape[0])).clamp(max=BLOCK)
+        return (r[:, None] * c[None, :]).to(self.mixed.device)
+
+    def _valid_mask(self) -> torch.Tensor:
+        rows, cols = self.grid.rows, self.grid.cols
+        nbr, nbc = rows.index.shape[0], cols.index.shape[0]
+        r = torch.arange(nbr * BLOCK).view(nbr, BLOCK) < rows.size
+        c = torch.arange(nbc * BLOCK).view(nbc, BLOCK) < cols.size
+        return (r[:, None, :, None] & c[None, :, None, :]).to(self.mixed.device)
+
+
+def threshold_blocks(
+    x: torch.Tensor, grid: BlockGrid, thresholds: tuple[float, ...]
+) -> ThresholdedBlocks:
+    """Compare the full-resolution logits of ``x`` ``(n, h, w)`` with each threshold,
+    upsampling only the blocks whose low-res support straddles one of them.
+
+    A block whose low-res support lies entirely above ``t + δ`` (or below ``t - δ``), with
+    ``δ`` = :data:`MARGIN` × the support's largest magnitude, is decided: every pixel is a
+    convex combination of that support, so no rounding can carry it across ``t``. The other
+    blocks are computed with :meth:`BlockGrid.values`, the same arithmetic as the plain
+    upsampling, so every comparison equals that of the upsampled logits.
     """
+    lo, hi = grid.support_range(x)
+    scale = torch.maximum(lo.abs(), hi.abs())
+    above, decided, undecided = [], [], torch.zeros_like(lo, dtype=torch.bool)
+    for t in thresholds:
+        margin = MARGIN * torch.clamp(scale, min=abs(t)) + torch.finfo(x.dtype).tiny
+        up, down = lo > t + margin, hi < t - margin
+        above.append(up)
+        decided.append(up | down)
+        undecided |= ~(up | down)
+    mixed = undecided.nonzero()
+    values = grid.values(x, mixed) if mixed.shape[0] else x.new_zeros(0, BLOCK, BLOCK)
+    return ThresholdedBlocks(grid, tuple(thresholds), above, decided, mixed, values)
+
+
+@functools.lru_cache(maxsize=64)
+def composite_resize_matrix(low: int, padded: int, valid: int, out: int) -> torch.Tensor:
+    """SAM's three steps along one axis as one banded ``(out, low)`` float64 matrix: bilinear
+    resize ``low → padded``, keep the first ``valid`` samples, bilinear resize ``valid →
+    out``, with PyTorch's float32 weights. Each output sample is a convex combination of at
+    most four adjacent low-res samples. Memoised; treat as read-only."""
     i0, i1, w0, w1 = _source_index(padded, low, torch.device("cpu"))
     j0, j1, v0, v1 = _source_index(out, valid, torch.device("cpu"))
     m = torch.zeros(out, low, dtype=torch.float64)
@@ -79,35 +251,7 @@ def composite_resize_matrix(
     for j, v in ((j0, v0), (j1, v1)):
         for i, wt in ((i0, w0), (i1, w1)):
             m.index_put_((rows, i[j]), v.double() * wt[j].double(), accumulate=True)
-    nonzero = m != 0
-    first = nonzero.to(torch.int8).argmax(1)
-    last = low - 1 - nonzero.flip(1).to(torch.int8).argmax(1)
-    blocks = []
-    for s in range(0, out, BAND_BLOCK):
-        e = min(s + BAND_BLOCK, out)
-        blocks.append((s, e, int(first[s:e].min()), int(last[s:e].max()) + 1))
-    return _Band(m.to(dtype), tuple(blocks))
-
-
-def _resize_both_axes(x: torch.Tensor, rows: _Band, cols: _Band) -> torch.Tensor:
-    """``rows.matrix @ x[b] @ cols.matrixᵀ`` for each ``x[b]`` ``(h, w)``, one block of output
-    samples at a time, each reading only the input samples inside its band. Matrix products
-    write straight into their output (no temporaries)."""
-    n, h, w = x.shape
-    out_h, out_w = rows.matrix.shape[0], cols.matrix.shape[0]
-    rm, cm = rows.matrix.to(x.device), cols.matrix.to(x.device)
-    # columns first, transposed: t[j, b·h + i] = Σ_k cm[j, k] x[b, i, k]
-    x2 = x.reshape(n * h, w)
-    t = x.new_empty(out_w, n * h)
-    for s, e, lo, hi in cols.blocks:
-        torch.mm(cm[s:e, lo:hi], x2[:, lo:hi].t(), out=t[s:e])
-    t = t.view(out_w, n, h)
-    out = x.new_empty(n, out_h, out_w)
-    for b in range(n):
-        tb = t[:, b]  # (out_w, h)
-        for s, e, lo, hi in rows.blocks:
-            torch.mm(rm[s:e, lo:hi], tb[:, lo:hi].t(), out=out[b, s:e])
-    return out
+    return m
 
 
 def _source_index(

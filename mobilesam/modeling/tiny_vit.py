@@ -8,9 +8,15 @@ beyond float rounding:
   channels_last NCHW views, so there are no layout copies;
 - in ``eval()`` each ``Conv2d_BN`` folds its BatchNorm into the convolution on every call
   (nothing is cached, so a later ``load_state_dict`` or ``.to(dtype)`` is always honoured);
-- attention runs through ``scaled_dot_product_attention`` with the learned relative-position
-  bias gathered on every call (the official code caches it in ``train(False)``, which goes
+- attention is an explicit ``bmm`` softmax with the learned relative-position bias gathered
+  on every call (the official code caches it in ``train(False)``, which goes
   stale when weights are loaded afterwards);
+- without autograd (inference), every block runs in bands of rows (:func:`row_bands`): the
+  convolutional blocks with a one-row halo for their 3×3 depthwise convolution, attention a
+  band of whole windows at a time, the MLP a band of tokens at a time. Each pixel's
+  arithmetic is the same; only the wide intermediates (4× expanded channels) stay a few MB,
+  so they stay in cache and are not freshly paged in by the OS on every call, which on a VM
+  costs as much as the arithmetic;
 - the token grid is derived from the input instead of being hard-coded to 64×64, and the
   unused ImageNet classifier head is not built.
 """
@@ -18,6 +24,7 @@ beyond float rounding:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,14 +86,20 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
         self.add_module("bn", bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> torch.Tensor:
+        """The convolution with the BatchNorm (running statistics) folded in, optionally with
+        another ``padding`` (rows, columns) than the layer's own."""
         conv: nn.Conv2d = self.c
         bn: nn.BatchNorm2d = self.bn
-        if self.training:
-            return bn(conv(x))
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale[:, None, None, None]
         bias = bn.bias - bn.running_mean * scale
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        pad = conv.padding if padding is None else padding
+        return F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
 
 
 class DropPath(nn.Module):
@@ -114,6 +127,95 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
+#: Tokens per band in the banded inference path (a cache-size tuning constant).
+BAND_TOKENS = 8192
+
+
+def banded(x: torch.Tensor) -> bool:
+    """Whether blocks run band by band: inference (no autograd graph to keep)."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+#: Tokens per band of window attention (its score maps grow with the window area).
+ATTN_BAND_TOKENS = 2048
+
+
+def row_bands(height: int, width: int, multiple: int = 1, tokens: int | None = None) -> range:
+    """Start rows of bands of about ``tokens`` (default :data:`BAND_TOKENS`) tokens, a
+    multiple of ``multiple`` rows each; band ``i`` covers ``[r[i], r[i] + step)`` clipped to
+    ``height``."""
+    tokens = BAND_TOKENS if tokens is None else tokens
+    rows = max(1, tokens // max(width, 1)) // multiple * multiple or multiple
+    return range(0, height, rows)
+
+
+def _gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
+    return torch.ops.aten.gelu_(x, approximate=act.approximate)
+
+
+def _inverted_bottleneck(
+    x: torch.Tensor,
+    conv1: nn.Module,
+    act1: nn.Module,
+    conv2: Conv2d_BN,
+    act2: nn.Module,
+    conv3: nn.Module,
+) -> torch.Tensor:
+    """``conv3(act2(conv2(act1(conv1(x)))))`` on ``(B, H, W, C)``, where ``conv1``/``conv3``
+    are pointwise and ``conv2`` a 3×3 (depthwise) convolution with padding 1 and stride
+    ``s``: ``(B, H/s, W/s, C')``. Inference runs in bands of output rows, each computing
+    ``conv1`` on its input rows plus a one-row halo and zero-padding only at the map's own
+    top and bottom edges, so every output value is the same arithmetic as the full map's."""
+    if not banded(x):
+        return _nhwc(conv3(act2(conv2(act1(conv1(_nchw(x)))))))
+    h = x.shape[1]
+
+    def expanded(a: int, z: int) -> torch.Tensor:  # rows a:z of act1(conv1(x)), NCHW
+        return _gelu_(conv1(_nchw(x[:, a:z])), act1)
+
+    def band(o0: int, o1: int) -> torch.Tensor:
+        return conv3(_gelu_(_conv3x3_rows(conv2, expanded, h, o0, o1), act2))
+
+    b, _, w, _ = x.shape
+    return _banded_rows(band, b, _conv_out(h, conv2), _conv_out(w, conv2))
+
+
+def _conv_out(size: int, conv: Conv2d_BN) -> int:
+    """Output size of a 3×3, padding-1 convolution along one axis."""
+    return (size - 1) // conv.c.stride[0] + 1
+
+
+def _conv3x3_rows(
+    conv: Conv2d_BN, rows: Callable[[int, int], torch.Tensor], height: int, o0: int, o1: int
+) -> torch.Tensor:
+    """Output rows ``o0:o1`` of ``conv`` (3×3, padding 1, stride ``s``, BatchNorm folded) on
+    a map of ``height`` rows, whose input rows ``a:z`` come from ``rows(a, z)`` (NCHW). Only
+    the needed input rows plus a one-row halo are computed; the zero padding is added only at
+    the map's own top and bottom, so each output value is the full map's arithmetic."""
+    s = conv.c.stride[0]
+    lo, hi = s * o0 - 1, s * (o1 - 1) + 2
+    y = rows(max(lo, 0), min(hi, height))
+    y = F.pad(y, (0, 0, max(-lo, 0), max(hi - height, 0)))
+    return conv.fused(y, padding=(0, conv.c.padding[1]))
+
+
+def _banded_rows(
+    band: Callable[[int, int], torch.Tensor], batch: int, out_h: int, out_w: int
+) -> torch.Tensor:
+    """Assemble a ``(B, H', W', C')`` map from ``band(o0, o1)``, its output rows ``o0:o1``
+    (NCHW), band by band."""
+    out = None
+    bands = row_bands(out_h, out_w)
+    for o0 in bands:
+        o1 = min(out_h, o0 + bands.step)
+        y = _nhwc(band(o0, o1))
+        if out is None:
+            out = y.new_empty(batch, out_h, out_w, y.shape[-1])
+        out[:, o0:o1] = y
+    return out
+
+
 class PatchEmbed(nn.Module):
     """Two stride-2 3×3 convolutions: ``(B, 3, S, S)`` → ``(B, S/4, S/4, C)``."""
 
@@ -127,7 +229,20 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        return _nhwc(self.seq(x))
+        if not banded(x):
+            return _nhwc(self.seq(x))
+        conv1, act, conv2 = self.seq
+        h = x.shape[2]
+        mid_h = _conv_out(h, conv1)
+
+        def mid(a: int, z: int) -> torch.Tensor:  # rows a:z of GELU(conv1(x)), NCHW
+            return _gelu_(_conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z), act)
+
+        def band(o0: int, o1: int) -> torch.Tensor:
+            return _conv3x3_rows(conv2, mid, mid_h, o0, o1)
+
+        out_w = _conv_out(_conv_out(x.shape[3], conv1), conv2)
+        return _banded_rows(band, x.shape[0], _conv_out(mid_h, conv2), out_w)
 
 
 class MBConv(nn.Module):
@@ -145,8 +260,9 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act2(self.conv2(self.act1(self.conv1(_nchw(x)))))
-        y = _nhwc(self.conv3(y))
+        y = _inverted_bottleneck(x, self.conv1, self.act1, self.conv2, self.act2, self.conv3)
+        if banded(x):  # y is a fresh buffer: finish in place
+            return _gelu_(y.add_(x), self.act3)
         return self.act3(x + self.drop_path(y))
 
 
@@ -161,9 +277,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(_nchw(x)))
-        x = self.act(self.conv2(x))
-        return _nhwc(self.conv3(x))
+        return _inverted_bottleneck(x, self.conv1, self.act, self.conv2, self.act, self.conv3)
 
 
 class ConvLayer(nn.Module):
@@ -199,6 +313,25 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
+
+    def add_banded(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: ``x + self(x)`` for ``(B, H, W, C)``, in bands of rows that reuse one
+        hidden buffer (GELU in place), so the 4×-wide hidden layer is never a fresh
+        full-map allocation."""
+        b, h, w, c = x.shape
+        out = torch.empty_like(x)
+        bands = row_bands(h, w)
+        hidden = x.new_empty(b * min(h, bands.step) * w, self.fc1.out_features)
+        y = x.new_empty(hidden.shape[0], c)
+        for r0 in bands:
+            band = x[:, r0 : r0 + bands.step]
+            n = band.shape[0] * band.shape[1] * w
+            t = self.norm(band).reshape(n, c)
+            hb = torch.addmm(self.fc1.bias, t, self.fc1.weight.t(), out=hidden[:n])
+            _gelu_(hb, self.act)
+            yb = torch.addmm(self.fc2.bias, hb, self.fc2.weight.t(), out=y[:n])
+            torch.add(band, yb.view(band.shape), out=out[:, r0 : r0 + bands.step])
+        return out
 
 
 def relative_offset_index(window: int) -> tuple[torch.Tensor, int]:
@@ -245,8 +378,9 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
         # Explicit softmax attention, in the official order ((q·kᵀ)·scale + bias). On CPU, SDPA
-        # with a float mask takes a slower path that re-validates the mask on every call. The
-        # bias is gathered each call (never stale) and broadcast-added in place (no copies).
+        # with a float mask takes a slower, mask-validating path, and its fused kernel's
+        # online softmax drifts ~1e-4 from the official embedding over the 10 blocks. The
+        # bias is gathered each call (never stale) and broadcast-added in place.
         scores = torch.bmm(
             q.reshape(-1, n, self.key_dim), k.reshape(-1, n, self.key_dim).transpose(1, 2)
         )
@@ -278,12 +412,26 @@ class TinyViTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not banded(x):
+            x = x + self.drop_path(self._window_attention(x))
+            x = _nhwc(self.local_conv(_nchw(x)))
+            return x + self.drop_path(self.mlp(x))
+        # inference: bands of whole window rows for attention, bands of tokens for the MLP
+        h, w = x.shape[1], x.shape[2]
+        y = torch.empty_like(x)
+        bands = row_bands(h, w, self.window_size, ATTN_BAND_TOKENS)
+        for r0 in bands:
+            band = x[:, r0 : r0 + bands.step]
+            torch.add(band, self._window_attention(band), out=y[:, r0 : r0 + bands.step])
+        return self.mlp.add_banded(_nhwc(self.local_conv(_nchw(y))))
+
+    def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention within each window of ``(B, H, W, C)`` (zero-padded at the bottom and
+        right to whole windows, as in TinyViT): ``(B, H, W, C)``. Bands of whole window rows
+        give the same windows as the full map."""
         h, w = x.shape[1], x.shape[2]
         windows, padded = window_partition(x, self.window_size)
-        y = window_unpartition(self.attn(windows), self.window_size, padded, (h, w))
-        x = x + self.drop_path(y)
-        x = _nhwc(self.local_conv(_nchw(x)))
-        return x + self.drop_path(self.mlp(x))
+        return window_unpartition(self.attn(windows), self.window_size, padded, (h, w))
 
 
 class BasicLayer(nn.Module):
