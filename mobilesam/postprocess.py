@@ -130,9 +130,7 @@ class BlockGrid(NamedTuple):
         """Smallest and largest low-res value in each block's support: ``(n, nbr, nbc)``."""
         ri, ci = self.rows.index.to(x.device), self.cols.index.to(x.device)
         rows = x[:, ri]  # (n, nbr, Wr, w)
-        lo = rows.amin(2)[..., ci].amin(-1)
-        hi = rows.amax(2)[..., ci].amax(-1)
-        return lo, hi
+        return rows.amin(2)[..., ci].amin(-1), rows.amax(2)[..., ci].amax(-1)
 
     def assemble(self, blocks: torch.Tensor) -> torch.Tensor:
         """``(n, nbr, nbc, BLOCK, BLOCK)`` → ``(n, H, W)`` (row-major blocks, cropped)."""
@@ -176,8 +174,10 @@ class ThresholdedBlocks(NamedTuple):
         above = self.above[k]
         n, nbr, nbc = above.shape
         full = above.new_empty(n, nbr * BLOCK, nbc * BLOCK)
+        # each block row's first pixel row, then that row repeated (long contiguous copies)
+        first_row = above[..., None].expand(n, nbr, nbc, BLOCK).reshape(n, nbr, 1, -1)
+        full.view(n, nbr, BLOCK, -1).copy_(first_row.expand(-1, -1, BLOCK, -1))
         blocks = full.view(n, nbr, BLOCK, nbc, BLOCK)
-        blocks.copy_(above[:, :, None, :, None].expand(n, nbr, BLOCK, nbc, BLOCK))
         if self.mixed.shape[0]:
             m, i, j = self.mixed.unbind(1)
             blocks[m, i, :, j, :] = self.values > self.thresholds[k]
@@ -226,13 +226,13 @@ def threshold_blocks(
     """
     lo, hi = grid.support_range(x)
     scale = torch.maximum(lo.abs(), hi.abs())
-    above, decided, undecided = [], [], torch.zeros_like(lo, dtype=torch.bool)
+    above, decided, undecided = [], [], None
     for t in thresholds:
-        margin = MARGIN * torch.clamp(scale, min=abs(t)) + torch.finfo(x.dtype).tiny
-        up, down = lo > t + margin, hi < t - margin
+        margin = torch.clamp(scale, min=abs(t)).mul_(MARGIN).add_(torch.finfo(x.dtype).tiny)
+        up, down = lo > margin.add(t), hi < margin.neg_().add_(t)
         above.append(up)
         decided.append(up | down)
-        undecided |= ~(up | down)
+        undecided = ~decided[-1] if undecided is None else undecided | ~decided[-1]
     mixed = undecided.nonzero()
     values = grid.values(x, mixed) if mixed.shape[0] else x.new_zeros(0, BLOCK, BLOCK)
     return ThresholdedBlocks(grid, tuple(thresholds), above, decided, mixed, values)

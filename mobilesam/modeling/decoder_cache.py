@@ -13,13 +13,15 @@ only through image→token attention and a LayerNorm:
 
 So after any number of layers the image tokens have the *factored form*
 
-    K = a ⊙ (X·diag(g)) + Zu·Eu + Zc·Ec
+    K = a ⊙ (X·diag(g) + Zu·Eu + Zc·Ec)
 
 with ``X`` the shared image (embedding + no-mask embedding), ``a`` a per-token scale (``∏ r``),
 ``g`` a fixed channel scale (``∏ γ``), ``Zu`` the attention weights of every earlier layer
-(each scaled by later ``r``), ``Eu`` their value rows (scaled by later ``γ``), and ``Zc·Ec``
-rank-one terms with fixed rows (biases, ``γ``, ``β``) and per-token coefficients (``1``,
-``-r·μ``). Every product of ``K`` with a fixed weight matrix ``W`` splits into
+divided by the ``a`` of their time, ``Eu`` their value rows (scaled by later ``γ``), and
+``Zc·Ec`` rank-one terms with fixed rows (biases, ``γ``, ``β``) and per-token coefficients.
+Keeping the coefficients relative to ``a`` means a LayerNorm only rescales ``a`` and adds
+rows; earlier coefficients never change. Every product of ``K`` with a fixed weight matrix
+``W`` splits into
 
 - ``(X·diag(g))·W``: computed once per image, in :func:`prepare_image_cache`;
 - ``Z·(E·W)``: per prompt, rank ``H·T`` per layer instead of ``C``;
@@ -27,9 +29,9 @@ rank-one terms with fixed rows (biases, ``γ``, ``β``) and per-token coefficien
 
 The LayerNorm statistics need no materialised ``K`` either: the mean is linear, and the
 variance of the centred form expands into cached image norms, cached cross products with
-the centred weight rows, and a Gram matrix of the (few) per-prompt rows. Centring all rows
-first keeps the variance a sum of squares-like terms, without the ``E[x²] - μ²``
-cancellation.
+the centred weight rows, and a Gram matrix of the (few) per-prompt rows, all accumulated into
+one ``m × N`` matrix and read once. Centring all rows first keeps the variance a sum of
+squares-like terms, without the ``E[x²] - μ²`` cancellation.
 
 The upscaling's first transposed convolution is linear in ``K`` and splits the same way; its
 LayerNorm, GELUs and second convolution run per prompt.
@@ -59,8 +61,10 @@ def weights_key(*modules: nn.Module) -> tuple:
     optimiser steps bump the tensor version counter)."""
     key = []
     for m in modules:
-        for t in (*m.parameters(), *m.buffers()):
-            key.append((t.data_ptr(), t._version, t.dtype, t.device))
+        for sub in m.modules():  # cheaper than .parameters(), which de-duplicates
+            for t in (*sub._parameters.values(), *sub._buffers.values()):
+                if t is not None:
+                    key.append((t.data_ptr(), t._version, t.dtype, t.device))
     return tuple(key)
 
 
@@ -112,17 +116,60 @@ class ImageCache:
     final_v: _AttnImageSide
     upscale: torch.Tensor  # (N, 4·C/4) X·diag(g)·W_up1 (first transposed conv as a matrix)
     size: tuple[int, int]  # (h, w) of the embedding grid
+    weights: DecoderWeights  # weight-derived constants, rebuilt with the cache
+
+
+@dataclass
+class DecoderWeights:
+    """Rearrangements of the decoder's weights that every prompt uses, made once per cache
+    (so they follow the weights exactly as the cache does)."""
+
+    tokens: torch.Tensor  # (1 + M, C) IoU token, then the M mask tokens
+    hyper_w: list[torch.Tensor]  # per hypernetwork layer: (M, in, out) stacked Wᵀ
+    hyper_b: list[torch.Tensor]  # per hypernetwork layer: (M, 1, out)
+    up1_w: torch.Tensor  # (C, 4·C/4) first transposed convolution as a matrix
+    up1_b: torch.Tensor  # (4·C/4,)
+    up2_w: torch.Tensor  # (C/4, 4·C/8) second transposed convolution as a matrix
+    up2_b: torch.Tensor  # (4·C/8,)
+
+    @classmethod
+    def of(cls, decoder: nn.Module) -> DecoderWeights:
+        mlps = decoder.output_hypernetworks_mlps
+        depth = len(mlps[0].layers)
+        up1, up2 = decoder.output_upscaling[0], decoder.output_upscaling[3]
+        return cls(
+            tokens=torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]),
+            hyper_w=[torch.stack([m.layers[i].weight.t() for m in mlps]) for i in range(depth)],
+            hyper_b=[torch.stack([m.layers[i].bias[None] for m in mlps]) for i in range(depth)],
+            up1_w=conv_transpose_weight(up1),
+            up1_b=up1.bias.repeat(4),
+            up2_w=conv_transpose_weight(up2),
+            up2_b=up2.bias.repeat(4),
+        )
+
+    def hypernetworks(self, tokens: torch.Tensor, which: range) -> torch.Tensor:
+        """The hypernetwork MLPs ``which`` on their mask tokens ``(B, len(which), C)``, all
+        at once: ``(B, len(which), C/8)``."""
+        sel = slice(which.start, which.stop)
+        x = tokens.transpose(0, 1)  # (T, B, C)
+        last = len(self.hyper_w) - 1
+        for i, (w, b) in enumerate(zip(self.hyper_w, self.hyper_b, strict=True)):
+            x = torch.baddbmm(b[sel], x, w[sel])
+            if i < last:
+                x = x.relu_()
+        return x.transpose(0, 1)
 
 
 class _ImageTokens:
-    """The factored image tokens of ``B`` prompts (module docstring).
+    """The factored image tokens of ``B`` prompts (module docstring):
+    ``K = a ⊙ (X·diag(g) + zᵀ·e)``.
 
-    :attr:`z` ``(B, m, N)`` holds the per-token coefficients of the low-rank terms,
-    transposed, and :attr:`e` ``(B, m, C)`` their rows, in the order the terms arise (an
-    update's attention weights, its bias row, then each LayerNorm's ``-r·μ`` and ``β``
-    rows). Both live in buffers sized for the whole decoder, so adding terms copies only
-    the new rows. :attr:`a` ``(B, N)`` scales the shared image; it and ``z`` are ``None``
-    before the first update."""
+    :attr:`z` ``(B, m, N)`` holds the per-token coefficients of the low-rank terms, relative
+    to ``a`` and transposed, and :attr:`e` ``(B, m, C)`` their rows, in the order the terms
+    arise (an update's attention weights, its bias row, then each LayerNorm's mean and
+    ``β`` rows). Both live in buffers sized for the whole decoder, so adding terms copies
+    only the new rows. :attr:`a` ``(B, N)`` scales everything; it and ``z`` are ``None``
+    before the first update (``a = 1``)."""
 
     def __init__(self, like: torch.Tensor, batch: int, rows: int, tokens: int) -> None:
         c = like.shape[-1]
@@ -245,6 +292,7 @@ def prepare_image_cache(
         final_v=_attn_side(fa, fa.v_proj, xg, None),
         upscale=xg @ conv_transpose_weight(decoder.output_upscaling[0]),
         size=(h, w),
+        weights=DecoderWeights.of(decoder),
     )
 
 
@@ -253,10 +301,14 @@ def _factored_scores(
 ) -> torch.Tensor:
     """Dot products of prompt-side vectors ``xh`` ``(B, H, T, d)`` with the image side of an
     attention, ``(K + PE)·Wᵀ + b`` per head, without forming it: the cached products, the
-    per-token scale and the low-rank part (``proj`` is ``attn``'s image-side projection).
+    low-rank part and the per-token scale (``proj`` is ``attn``'s image-side projection).
     Returns ``(B, H, T, N)``, accumulated in place."""
     b, h, t, d = xh.shape
     scores = xh @ side.img
+    if img.z is not None:
+        e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
+        coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
+        scores.view(b, h * t, -1).baddbmm_(coef, img.z)
     if img.a is not None:
         scores.mul_(img.a[:, None, None, :])
     if side.pe is not None:
@@ -264,10 +316,6 @@ def _factored_scores(
             scores.view(h, t, -1).baddbmm_(xh.view(h, t, d), side.pe)
         else:
             scores += xh @ side.pe
-    if img.z is not None:
-        e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
-        coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
-        scores.view(b, h * t, -1).baddbmm_(coef, img.z)
     return scores
 
 
@@ -286,12 +334,12 @@ def _token_to_image(
     weights = torch.softmax(_factored_scores(qh, k_side, img, attn, attn.k_proj), dim=-1)
     b, h, t, n = weights.shape
     out = None
-    if img.z is not None:  # the low-rank part pools the unscaled weights
+    if img.a is not None:
+        weights.mul_(img.a[:, None, None, :])
+    if img.z is not None:
         ev = attn.split_heads(img.project(attn.v_proj.weight))  # (B, H, m, d)
         pooled = weights.view(b, h * t, n) @ img.z.transpose(1, 2)  # (B, H·T, m)
         out = pooled.view(b, h, t, -1) @ ev
-    if img.a is not None:
-        weights.mul_(img.a[:, None, None, :])
     shared = weights @ v_side.img  # (B, H, T, d)
     out = shared if out is None else out + shared
     out = out + attn.v_proj.bias.view(heads, 1, d)
@@ -329,38 +377,41 @@ def _image_to_token(
 
 
 def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNorm) -> None:
-    """LayerNorm of ``P = a ⊙ X·diag(g) + zᵀ·e`` (the tokens after the update), in place and
-    in factored form."""
+    """LayerNorm of ``P = a ⊙ (X·diag(g) + zᵀ·e)`` (the tokens after the update), in place
+    and in factored form: ``a`` becomes ``a·r`` and two fixed rows are added; the existing
+    coefficients stay as they are."""
     z, e, a = img.z, img.e, img.a
     c = e.shape[-1]
-    # mean: linear
-    x_mean = cache.x_sum if a is None else a * cache.x_sum
-    mean = (x_mean + (e.sum(-1)[:, None, :] @ z)[:, 0]) / c  # (B, N)
-    # variance of the centred form: a²‖x̃‖² + 2a·(x̃·ẽᵀ)·z + z·(ẽẽᵀ)·z
+    # statistics of Q = X·diag(g) + zᵀ·e (P = a ⊙ Q): the mean is linear
+    mean = (cache.x_sum + (e.sum(-1)[:, None, :] @ z)[:, 0]) / c  # (B, N)
+    # C·var(Q) = ‖x̃‖² + Σ_k z_k (G·z + 2·(x̃·ẽ_k))_k, with G = ẽẽᵀ and the cross products
+    # x̃·ẽ_k from cached per-image products, accumulated into one (B, m, N) matrix
     e_centred = _center(e)
-    gram = e_centred @ e_centred.transpose(1, 2)  # (B, m, m)
-    quad = ((gram @ z) * z).sum(1)
-    cross = torch.zeros_like(quad)
+    acc = (e_centred @ e_centred.transpose(1, 2)) @ z  # (B, m, N)
     update, fixed = 0, 0
     for start, stop, values in img.segments:
         if values is None:  # fixed rows: cached products, in the same order
             k = stop - start
-            part = cache.cross_c[fixed : fixed + k]
+            acc[:, start:stop].add_(cache.cross_c[fixed : fixed + k], alpha=2.0)
             fixed += k
         else:
             b, h, t, _ = values.shape
-            part = (values @ cache.cross_u[update]).view(b, h * t, -1)  # (B, H·T, N)
+            block = acc[:, start:stop].view(b, h, t, -1)
+            if b == 1:
+                block[0].baddbmm_(values[0], cache.cross_u[update], alpha=2.0)
+            else:
+                block.add_(values @ cache.cross_u[update], alpha=2.0)
             update += 1
-        cross += (part * z[:, start:stop]).sum(1)
-    x_sq = cache.x_sq if a is None else a * a * cache.x_sq
-    x_cross = cross if a is None else a * cross
-    var = (x_sq + 2 * x_cross + quad) / c
-    r = torch.rsqrt(var.clamp(min=0) + norm.eps)  # (B, N)
-    img.a = r if a is None else a * r
-    z.mul_(r[:, None])
+    var = (cache.x_sq + (acc.mul_(z)).sum(1)) / c  # (B, N), var(Q)
+    if a is not None:
+        var.mul_(a * a)
+    r = torch.rsqrt(var.clamp(min=0) + norm.eps)  # 1/σ of P, (B, N)
+    a = r if a is None else a * r
+    img.a = a
     e.mul_(norm.weight)
     b = z.shape[0]
-    consts = torch.stack([-(r * mean), torch.ones_like(r)], 1)  # (B, 2, N)
+    # LN(P) = a ⊙ (X·diag(gγ) + zᵀ·(e·γ) - mean·γ + (1/a)·β)
+    consts = torch.stack([-mean, a.reciprocal()], 1)  # (B, 2, N)
     rows = torch.stack([norm.weight, norm.bias])[None].expand(b, -1, -1)
     img.append(consts, rows, None)
 
@@ -399,7 +450,7 @@ def decode_tokens(
     """
     tf = decoder.transformer
     b = sparse_prompt_embeddings.shape[0]
-    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    out_tokens = cache.weights.tokens
     tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], 1)
     heads = tf.layers[0].cross_attn_image_to_token.num_heads if tf.layers else 0
     n_rows = len(tf.layers) * (heads * tokens.shape[1] + 3)
@@ -414,8 +465,10 @@ def decode_tokens(
         queries = layer.norm2(queries + attn)
         queries = layer.norm3(queries + layer.mlp(queries))
         weights, rows, vh = _image_to_token(i2t, queries + query_pe, queries, img, lc)
-        img.append(weights, rows, vh)
-        ones = torch.ones_like(weights[:, :1])
+        # the update and its bias row, with coefficients relative to a
+        inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
+        img.append(weights if inv_a is None else weights.mul_(inv_a), rows, vh)
+        ones = torch.ones_like(weights[:, :1]) if inv_a is None else inv_a
         img.append(ones, i2t.out_proj.bias.expand(b, 1, -1), None)
         _layer_norm_factored(img, lc, layer.norm4)
     # only the IoU token and the kept mask tokens are read after the final attention
@@ -432,18 +485,16 @@ def decode_tokens(
     )
     queries = tf.norm_final_attn(queries + attn)
     iou = decoder.iou_prediction_head(queries[:, 0, :])[:, kept.start : kept.stop]
-    mlps = decoder.output_hypernetworks_mlps
-    hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(kept)], dim=1)
+    hyper = cache.weights.hypernetworks(queries[:, 1:], kept)
     return DecodedTokens(iou=iou, hyper=hyper, image=img)
 
 
 def first_conv_factors(
-    decoder: nn.Module, image: _ImageTokens
+    cache: ImageCache, image: _ImageTokens
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """The first upscaling convolution of the final image tokens, factored:
-    ``rows[:, s:e] = a[:, s:e, None] * cache.upscale[s:e] + z[:, :, s:e]ᵀ @ ew + bias``, each
-    row ``4·C/4`` values in sub-pixel-major order. Returns ``(a, z, ew, bias)``; ``z`` and
-    ``ew`` are None for a transformer of depth 0."""
-    up1 = decoder.output_upscaling[0]
-    ew = None if image.e is None else image.e @ conv_transpose_weight(up1)
-    return image.a, image.z, ew, up1.bias.repeat(4)
+    ``rows[:, s:e] = a[:, s:e, None] * (cache.upscale[s:e] + z[:, :, s:e]ᵀ @ ew) + bias``,
+    each row ``4·C/4`` values in sub-pixel-major order. Returns ``(a, z, ew, bias)``; ``a``,
+    ``z`` and ``ew`` are None for a transformer of depth 0."""
+    ew = None if image.e is None else image.e @ cache.weights.up1_w
+    return image.a, image.z, ew, cache.weights.up1_b

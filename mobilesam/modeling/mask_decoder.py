@@ -116,6 +116,7 @@ class MaskDecoder(nn.Module):
         batch: int,
         h: int,
         w: int,
+        second: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The upscaling tail from the first transposed convolution's output.
 
@@ -124,6 +125,8 @@ class MaskDecoder(nn.Module):
                 convolution (bias included) for image tokens ``start:stop`` of the prompts in
                 the slice ``prompts``; each token's ``4·C/4`` values are sub-pixel-major.
             hyper_in: ``(B, T, C/8)`` hypernetwork outputs of the wanted mask tokens.
+            second: the second transposed convolution as ``(weight matrix, bias)`` (see
+                :class:`~mobilesam.modeling.decoder_cache.DecoderWeights`), when prepared.
 
         Returns:
             ``(B, T, 4h, 4w)`` mask logits.
@@ -138,28 +141,38 @@ class MaskDecoder(nn.Module):
         arithmetic is the same either way.
         """
         _, norm, act1, up2, act2 = self.output_upscaling
-        w2, bias2 = conv_transpose_weight(up2), up2.bias.repeat(4)
+        w2, bias2 = second or (conv_transpose_weight(up2), up2.bias.repeat(4))
         c4, t = norm.weight.shape[0], hyper_in.shape[1]
         one_pass = hyper_in.device.type != "cpu" or torch.jit.is_tracing()
         rows_per_chunk = h if one_pass else max(1, self.UPSCALE_CHUNK_TOKENS // w)
         groups = [slice(None)] if one_pass else [slice(i, i + 1) for i in range(batch)]
-        masks = None if one_pass else hyper_in.new_empty(batch, t, 4 * h, 4 * w)
+        inplace = not torch.is_grad_enabled()
+        masks = hyper_in.new_empty(batch, t, 4 * h, 4 * w)
         for rows in groups:
-            hyper = hyper_in[rows].transpose(1, 2)  # (b, C/8, T)
+            hyper = hyper_in[rows]  # (b, T, C/8)
             for r0 in range(0, h, rows_per_chunk):
                 r1 = min(h, r0 + rows_per_chunk)
                 x = first_conv(rows, r0 * w, r1 * w)  # (b, p, 4·C/4)
                 b = x.shape[0]
                 x = x.reshape(b, -1, c4)  # (b, 4p, C/4)
-                x = act1(F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps))
-                x = act2(_conv_transpose_2x2(x, w2, bias2))  # (b, 16p, C/8)
-                x = x @ hyper  # (b, 16p, T)
-                # (b, i, j, a, b, c, d, T) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
-                x = x.reshape(b, r1 - r0, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
-                x = x.reshape(b, t, 4 * (r1 - r0), 4 * w)
-                if masks is None:
-                    return x
-                masks[rows, :, 4 * r0 : 4 * r1] = x
+                x = F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)
+                x = _gelu(x, act1, inplace)
+                x = _gelu(_conv_transpose_2x2(x, w2, bias2), act2, inplace)  # (b, 16p, C/8)
+                x = hyper @ x.transpose(1, 2)  # (b, T, 16p)
+                if one_pass:
+                    # (b, T, i, j, a, b, c, d) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
+                    x = x.view(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+                    return x.reshape(masks.shape)
+                dst = masks[rows, :, 4 * r0 : 4 * r1]
+                if not inplace:  # autograd: the same rearrangement on floats
+                    x = x.view(b, t, r1 - r0, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+                    dst.view(b, t, r1 - r0, 2, 2, w, 2, 2).copy_(x)
+                    continue
+                # moving each (d = 0, 1) pair as one integer is several times faster
+                pair = _PAIR_DTYPES[x.element_size()]
+                src = x.view(pair).view(b, t, r1 - r0, w, 2, 2, 2)  # (b, T, i, j, a, b, c)
+                dst = dst.view(pair).view(b, t, r1 - r0, 2, 2, w, 2)
+                dst.copy_(src.permute(0, 1, 2, 4, 6, 3, 5))
         return masks
 
     def prepare(
@@ -202,20 +215,18 @@ class MaskDecoder(nn.Module):
         """Low-res logits ``(B, T, 4h, 4w)`` of the prompts in ``decoded`` for the mask tokens
         whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
         ``decoded.hyper``, prompts included)."""
-        a, z, ew, bias = first_conv_factors(self, decoded.image)
+        a, z, ew, bias = first_conv_factors(cache, decoded.image)
 
         def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
             shared = cache.upscale[start:stop]
-            if a is None:
-                y = (shared + bias).expand(hyper_in[rows].shape[0], -1, -1)
-            else:
-                y = torch.addcmul(bias, a[rows, start:stop, None], shared)
-            if z is not None:
-                y = torch.baddbmm(y, z[rows, :, start:stop].transpose(1, 2), ew[rows])
-            return y
+            if z is None:
+                return (shared + bias).expand(hyper_in[rows].shape[0], -1, -1)
+            y = torch.baddbmm(shared, z[rows, :, start:stop].transpose(1, 2), ew[rows])
+            return y.mul_(a[rows, start:stop, None]).add_(bias)
 
         h, w = cache.size
-        return self.upscale(first_conv, hyper_in, hyper_in.shape[0], h, w)
+        second = (cache.weights.up2_w, cache.weights.up2_b)
+        return self.upscale(first_conv, hyper_in, hyper_in.shape[0], h, w, second)
 
     def predict_masks(
         self,
@@ -252,6 +263,17 @@ class MaskDecoder(nn.Module):
         )
         masks = self.masks_from_tokens(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+#: Integer types that hold two adjacent values of a float type of each byte size (for moves).
+_PAIR_DTYPES = {4: torch.int64, 2: torch.int32, 8: torch.complex128}
+
+
+def _gelu(x: torch.Tensor, act: nn.Module, inplace: bool) -> torch.Tensor:
+    """``act(x)`` (an ``nn.GELU``), in place when no gradient is recorded."""
+    if inplace:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
 
 
 def _conv_transpose_2x2(
