@@ -132,7 +132,10 @@ BAND_TOKENS = 8192
 
 
 def banded(x: torch.Tensor) -> bool:
-    """Whether blocks run band by band: inference (no autograd graph to keep)."""
+    """Whether blocks run band by band: eager inference (no autograd graph to keep, and no
+    trace, which wants one whole-map graph)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     return not (torch.is_grad_enabled() and x.requires_grad)
 
 
