@@ -6,16 +6,19 @@ cost:
 
 - the decoder returns low-res logits only, and masks are filtered by predicted IoU *before*
   any upsampling (the official code upsamples all ``3 × points_per_batch`` candidates first);
-- survivors are upsampled a few at a time, so the full-resolution logits held at once stay
+- full-resolution values are computed only in the blocks of pixels near the mask threshold or
+  the stability thresholds (:func:`~mobilesam.postprocess.threshold_blocks`); every other
+  block is decided from the low-res logits it depends on, with the same result. Stability
+  scores, boxes and RLE are read off the blocks, without full-resolution masks;
+- survivors go through a few at a time, so the full-resolution values held at once stay
   under ``max_upsample_bytes`` whatever the image size;
-- stability scores, boxes and RLE are vectorised over each chunk of masks;
 - on CPU the decoder runs in small cache-sized groups (``decoder_batch_size``), which is
   faster than one large batch there; on GPU it takes the whole ``points_per_batch``.
 
 Pipeline per crop: ``SamPredictor.set_image`` → point grid → ``predict_low_res_torch`` →
-IoU filter → ``postprocess_masks`` → stability filter → threshold → boxes → crop-edge
-filter → RLE → box NMS. Then NMS across crops, optional small-region cleanup and the output
-encoding.
+IoU filter → blockwise thresholds (``threshold_blocks``) → stability filter → boxes →
+crop-edge filter → RLE → box NMS. Then NMS across crops, optional small-region cleanup and
+the output encoding.
 """
 
 from __future__ import annotations
@@ -31,13 +34,11 @@ import torch
 
 from ._heap import HeapTrimmer
 from .masks import (
-    MaskRuns,
     area_from_rle,
     batched_mask_to_box,
     batched_nms,
     box_area,
     build_all_layer_point_grids,
-    calculate_stability_score,
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
@@ -49,6 +50,7 @@ from .masks import (
 )
 from .modeling.decoder_cache import decode_tokens
 from .modeling.sam import Sam
+from .postprocess import block_grid, threshold_blocks
 from .predictor import SamPredictor
 from .transforms import to_rgb_uint8
 
@@ -373,11 +375,10 @@ class SamAutomaticMaskGenerator:
             low_res, iou, index = self._decode(points)
         pts = torch.as_tensor(points)[index.cpu()]
 
-        # 2. The rest needs full-resolution logits: upsample a bounded chunk at a time.
+        # 2. The rest is at full resolution: a bounded chunk of masks at a time.
         orig_h, orig_w = orig_size
-        (in_h, in_w), (h, w) = p.input_size, p.original_size
-        side = p.model.img_size
-        bytes_per_mask = 4 * (side * side + in_h * in_w + h * w)
+        h, w = p.original_size
+        bytes_per_mask = 4 * h * w  # when every block of a mask needs its values
         chunk = max(1, self.max_upsample_bytes // bytes_per_mask)
         parts = []
         for i in range(0, low_res.shape[0], chunk):
@@ -403,14 +404,17 @@ class SamAutomaticMaskGenerator:
         orig_w: int,
     ) -> _Candidates:
         p = self.predictor
-        threshold = p.model.mask_threshold
+        t, off = p.model.mask_threshold, self.stability_score_offset
         with self._stage("upsample"):
-            logits = p.model.postprocess_masks(low_res[:, None], p.input_size, p.original_size)
-            logits = logits[:, 0]
+            # full-resolution values only in the blocks near one of the three thresholds
+            grid = block_grid(
+                tuple(low_res.shape[-2:]), p.input_size, p.original_size, p.model.img_size, low_res
+            )
+            blocks = threshold_blocks(low_res, grid, (t - off, t, t + off))
         with self._stage("filter"):
-            stability = calculate_stability_score(logits, threshold, self.stability_score_offset)
-            runs = MaskRuns.from_masks(logits > threshold)
-            del logits
+            stability = blocks.counts(2).float() / blocks.counts(0).float()
+            runs = blocks.runs(1)
+            del blocks
             boxes = runs.boxes()
             # Official order: stability first, then the crop-edge test on what is left; both
             # are per-mask tests, so one combined selection gives the same survivors.

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from .masks import MaskRuns
+
 SizeLike = int | torch.Tensor
 
 
@@ -48,12 +50,17 @@ def upscale_masks(
         return x if threshold is None else x > threshold
     *lead, h, w = low_res_masks.shape
     grid = block_grid(
-        (h, w), (int(input_size[0]), int(input_size[1])),
-        (int(original_size[0]), int(original_size[1])), padded_size, low_res_masks,
+        (h, w),
+        (int(input_size[0]), int(input_size[1])),
+        (int(original_size[0]), int(original_size[1])),
+        padded_size,
+        low_res_masks,
     )
     x = low_res_masks.reshape(-1, h, w)
     if threshold is None:
-        out = grid.assemble(grid.values(x, grid.all_blocks(x.shape[0])).view(*grid.shape(x), BLOCK, BLOCK))
+        out = grid.assemble(
+            grid.values(x, grid.all_blocks(x.shape[0])).view(*grid.shape(x), BLOCK, BLOCK)
+        )
     else:
         out = threshold_blocks(x, grid, (threshold,)).masks(0)
     return out.reshape(*lead, *out.shape[-2:])
@@ -186,17 +193,53 @@ class ThresholdedBlocks(NamedTuple):
 
     def counts(self, k: int) -> torch.Tensor:
         """``(n,)`` int64: pixels with ``logits > thresholds[k]`` in each mask."""
-        valid = self._valid_pixels()  # (nbr, nbc)
-        n = self.above[k].shape[0]
-        decided = (self.above[k] & self.decided[k]).long() * valid
-        total = decided.reshape(n, -1).sum(1)
+        decided = self.decided[k] & self.above[k]
+        total = (decided.long() * self._valid_pixels()).reshape(decided.shape[0], -1).sum(1)
         if self.mixed.shape[0]:
             m, i, j = self.mixed.unbind(1)
             inside = self._valid_mask()[i, j]  # (K, BLOCK, BLOCK)
-            hits = ((self.values > self.thresholds[k]) & inside).reshape(len(m), -1).sum(1)
-            undecided = ~self.decided[k][m, i, j]
-            total = total.index_add(0, m, hits * undecided)
+            hits = ((self.values > self.thresholds[k]) & inside).flatten(1).sum(1)
+            hits = hits * ~self.decided[k][m, i, j]  # decided blocks are counted above
+            total = total.index_add(0, m, hits)
         return total
+
+    def runs(self, k: int) -> MaskRuns:
+        """The masks ``logits > thresholds[k]`` as :class:`~mobilesam.masks.MaskRuns`, read
+        off the blocks: a decided block has no changes inside it, so value changes down a
+        column happen only inside computed blocks or between two block rows. No
+        full-resolution mask is formed."""
+        above = self.above[k]
+        n, nbr, nbc = above.shape
+        h, w, dev = self.grid.rows.size, self.grid.cols.size, above.device
+        # first and last pixel row of every block: (n, nbr, nbc, BLOCK)
+        first = above[..., None].expand(n, nbr, nbc, BLOCK).clone()
+        last = first.clone()
+        parts = []
+        if self.mixed.shape[0]:
+            m, i, j = self.mixed.unbind(1)
+            inside = self.values > self.thresholds[k]  # (K, BLOCK, BLOCK)
+            first[m, i, j], last[m, i, j] = inside[:, 0], inside[:, -1]
+            kk, r, c = (inside[:, 1:] != inside[:, :-1]).nonzero(as_tuple=True)
+            parts.append((m[kk], i[kk] * BLOCK + r + 1, j[kk] * BLOCK + c, inside[kk, r + 1, c]))
+        mm, ii, jj, c = (last[:, :-1] != first[:, 1:]).nonzero(as_tuple=True)
+        parts.append((mm, (ii + 1) * BLOCK, jj * BLOCK + c, first[mm, ii + 1, jj, c]))
+        index, row, col, rising = (torch.cat(t) for t in zip(*parts, strict=True))
+        valid = (row < h) & (col < w)
+        bottom_block, bottom_row = divmod(h - 1, BLOCK)
+        bottom = above[:, bottom_block, :, None].expand(n, nbc, BLOCK).clone()
+        if self.mixed.shape[0]:
+            at = i == bottom_block
+            bottom[m[at], j[at]] = inside[at, bottom_row]
+        return MaskRuns(
+            h,
+            w,
+            first[:, 0].reshape(n, -1)[:, :w].contiguous(),
+            bottom.reshape(n, -1)[:, :w].contiguous(),
+            index[valid].to(dev),
+            row[valid],
+            col[valid],
+            rising[valid],
+        )
 
     def _valid_pixels(self) -> torch.Tensor:
         rows, cols = self.grid.rows, self.grid.cols

@@ -296,6 +296,23 @@ def prepare_image_cache(
     )
 
 
+def _per_prompt(
+    x: torch.Tensor, shared: torch.Tensor, out: torch.Tensor | None = None, alpha: float = 0.0
+) -> torch.Tensor:
+    """``x[b] @ shared`` for each prompt ``b``: ``(B, H, T, K) @ (H, K, N)`` → ``(B, H, T, N)``,
+    or ``out += alpha · x @ shared`` with ``out`` given. One batched product per prompt, so
+    the per-image ``shared`` operand is read in place (broadcasting it over ``B`` would copy
+    it ``B`` times)."""
+    if out is None:
+        out = x.new_empty(*x.shape[:-1], shared.shape[-1])
+        for i in range(x.shape[0]):
+            torch.bmm(x[i], shared, out=out[i])
+    else:
+        for i in range(x.shape[0]):
+            out[i].baddbmm_(x[i], shared, alpha=alpha)
+    return out
+
+
 def _factored_scores(
     xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, attn: Attention, proj: nn.Linear
 ) -> torch.Tensor:
@@ -304,7 +321,7 @@ def _factored_scores(
     low-rank part and the per-token scale (``proj`` is ``attn``'s image-side projection).
     Returns ``(B, H, T, N)``, accumulated in place."""
     b, h, t, d = xh.shape
-    scores = xh @ side.img
+    scores = _per_prompt(xh, side.img)
     if img.z is not None:
         e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
         coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
@@ -312,10 +329,7 @@ def _factored_scores(
     if img.a is not None:
         scores.mul_(img.a[:, None, None, :])
     if side.pe is not None:
-        if b == 1:
-            scores.view(h, t, -1).baddbmm_(xh.view(h, t, d), side.pe)
-        else:
-            scores += xh @ side.pe
+        _per_prompt(xh, side.pe, out=scores, alpha=1.0)
     return scores
 
 
@@ -340,7 +354,7 @@ def _token_to_image(
         ev = attn.split_heads(img.project(attn.v_proj.weight))  # (B, H, m, d)
         pooled = weights.view(b, h * t, n) @ img.z.transpose(1, 2)  # (B, H·T, m)
         out = pooled.view(b, h, t, -1) @ ev
-    shared = weights @ v_side.img  # (B, H, T, d)
+    shared = _per_prompt(weights, v_side.img)  # (B, H, T, d)
     out = shared if out is None else out + shared
     out = out + attn.v_proj.bias.view(heads, 1, d)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
@@ -397,10 +411,7 @@ def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNo
         else:
             b, h, t, _ = values.shape
             block = acc[:, start:stop].view(b, h, t, -1)
-            if b == 1:
-                block[0].baddbmm_(values[0], cache.cross_u[update], alpha=2.0)
-            else:
-                block.add_(values @ cache.cross_u[update], alpha=2.0)
+            _per_prompt(values, cache.cross_u[update], out=block, alpha=2.0)
             update += 1
     var = (cache.x_sq + (acc.mul_(z)).sum(1)) / c  # (B, N), var(Q)
     if a is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -104,14 +105,16 @@ class MaskDecoder(nn.Module):
         up1 = self.output_upscaling[0]
         w1, bias = conv_transpose_weight(up1), up1.bias.repeat(4)
 
-        def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
+        def first_conv(
+            rows: slice, start: int, stop: int, ws: Workspace | None = None
+        ) -> torch.Tensor:
             return keys[rows, start:stop] @ w1 + bias
 
         return self.upscale(first_conv, hyper_in, keys.shape[0], h, w)
 
     def upscale(
         self,
-        first_conv: Callable[[slice, int, int], torch.Tensor],
+        first_conv: Callable[[slice, int, int, Workspace | None], torch.Tensor],
         hyper_in: torch.Tensor,
         batch: int,
         h: int,
@@ -121,9 +124,10 @@ class MaskDecoder(nn.Module):
         """The upscaling tail from the first transposed convolution's output.
 
         Args:
-            first_conv: ``(prompts, start, stop)`` → ``(b, stop - start, 4·C/4)``: that
-                convolution (bias included) for image tokens ``start:stop`` of the prompts in
-                the slice ``prompts``; each token's ``4·C/4`` values are sub-pixel-major.
+            first_conv: ``(prompts, start, stop, workspace)`` → ``(b, stop - start, 4·C/4)``:
+                that convolution (bias included) for image tokens ``start:stop`` of the
+                prompts in the slice ``prompts``; each token's ``4·C/4`` values are
+                sub-pixel-major. It may write into ``workspace`` (when not None).
             hyper_in: ``(B, T, C/8)`` hypernetwork outputs of the wanted mask tokens.
             second: the second transposed convolution as ``(weight matrix, bias)`` (see
                 :class:`~mobilesam.modeling.decoder_cache.DecoderWeights`), when prepared.
@@ -148,17 +152,23 @@ class MaskDecoder(nn.Module):
         groups = [slice(None)] if one_pass else [slice(i, i + 1) for i in range(batch)]
         inplace = not torch.is_grad_enabled()
         masks = hyper_in.new_empty(batch, t, 4 * h, 4 * w)
+        # eager inference reuses one set of buffers for every chunk and prompt: fresh
+        # allocations of this size cost page faults on every call
+        ws = Workspace() if inplace and not one_pass else None
         for rows in groups:
             hyper = hyper_in[rows]  # (b, T, C/8)
             for r0 in range(0, h, rows_per_chunk):
                 r1 = min(h, r0 + rows_per_chunk)
-                x = first_conv(rows, r0 * w, r1 * w)  # (b, p, 4·C/4)
+                x = first_conv(rows, r0 * w, r1 * w, ws)  # (b, p, 4·C/4)
                 b = x.shape[0]
                 x = x.reshape(b, -1, c4)  # (b, 4p, C/4)
                 x = F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)
                 x = _gelu(x, act1, inplace)
-                x = _gelu(_conv_transpose_2x2(x, w2, bias2), act2, inplace)  # (b, 16p, C/8)
-                x = hyper @ x.transpose(1, 2)  # (b, T, 16p)
+                x = _conv_transpose_2x2(x, w2, bias2, ws)  # (b, 16p, C/8)
+                x = _gelu(x, act2, inplace)
+                xt = x.transpose(1, 2)
+                out = None if ws is None else ws.get("hyper", (b, t, xt.shape[-1]), x)
+                x = torch.matmul(hyper, xt, out=out)  # (b, T, 16p)
                 if one_pass:
                     # (b, T, i, j, a, b, c, d) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
                     x = x.view(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
@@ -217,12 +227,16 @@ class MaskDecoder(nn.Module):
         ``decoded.hyper``, prompts included)."""
         a, z, ew, bias = first_conv_factors(cache, decoded.image)
 
-        def first_conv(rows: slice, start: int, stop: int) -> torch.Tensor:
+        def first_conv(
+            rows: slice, start: int, stop: int, ws: Workspace | None = None
+        ) -> torch.Tensor:
             shared = cache.upscale[start:stop]
             if z is None:
                 return (shared + bias).expand(hyper_in[rows].shape[0], -1, -1)
-            y = torch.baddbmm(shared, z[rows, :, start:stop].transpose(1, 2), ew[rows])
-            return y.mul_(a[rows, start:stop, None]).add_(bias)
+            zr = z[rows, :, start:stop]
+            out = None if ws is None else ws.get("first", (zr.shape[0], *shared.shape), shared)
+            y = torch.baddbmm(shared, zr.transpose(1, 2), ew[rows], out=out)
+            return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
         h, w = cache.size
         second = (cache.weights.up2_w, cache.weights.up2_b)
@@ -277,7 +291,7 @@ def _gelu(x: torch.Tensor, act: nn.Module, inplace: bool) -> torch.Tensor:
 
 
 def _conv_transpose_2x2(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ws: Workspace | None = None
 ) -> torch.Tensor:
     """A kernel-2, stride-2 transposed convolution on pixels in rows: ``(B, P, C)`` →
     ``(B, 4P, O)``, where output row ``4p + 2a + b`` is sub-pixel ``(a, b)`` (row, column)
@@ -286,8 +300,25 @@ def _conv_transpose_2x2(
     matrix; ``bias`` is ``(4·O,)`` (the layer's bias repeated per sub-pixel)."""
     b, p, c = x.shape
     x = x.reshape(b * p, c)
-    y = x @ weight if bias is None else torch.addmm(bias, x, weight)
+    out = None if ws is None else ws.get("second", (b * p, weight.shape[1]), x)
+    y = torch.mm(x, weight, out=out) if bias is None else torch.addmm(bias, x, weight, out=out)
     return y.reshape(b, 4 * p, weight.shape[1] // 4)
+
+
+class Workspace:
+    """Named scratch buffers, each grown to the largest request and reused (eager
+    inference only: later requests overwrite earlier results)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor with ``like``'s dtype and device."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype:
+            buf = self._buffers[name] = like.new_empty(n)
+        return buf[:n].view(shape)
 
 
 def select_outputs(
