@@ -40,7 +40,7 @@ def resident_bytes() -> int | None:
 class HeapTrimmer:
     """Trims the heap when the resident size grows by more than ``budget_bytes``."""
 
-    def __init__(self, budget_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, budget_bytes: int = 128 * 2**20) -> None:
         self.budget_bytes = budget_bytes
         self._trim = _load_malloc_trim()
         self._baseline = resident_bytes()

@@ -412,15 +412,17 @@ class SamAutomaticMaskGenerator:
             )
             blocks = threshold_blocks(low_res, grid, (t - off, t, t + off))
         with self._stage("filter"):
+            # the official order: stability, then the crop-edge test on what is left
             stability = blocks.counts(2).float() / blocks.counts(0).float()
+            if self.stability_score_thresh > 0.0:
+                keep = stability >= self.stability_score_thresh
+                if not bool(keep.all()):
+                    blocks, iou, stability = blocks.select(keep), iou[keep], stability[keep]
+                    pts = pts[keep.cpu()]
             runs = blocks.runs(1)
             del blocks
             boxes = runs.boxes()
-            # Official order: stability first, then the crop-edge test on what is left; both
-            # are per-mask tests, so one combined selection gives the same survivors.
             keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            if self.stability_score_thresh > 0.0:
-                keep &= stability >= self.stability_score_thresh
             if not bool(keep.all()):
                 runs, boxes, iou, stability = (
                     runs.select(keep),

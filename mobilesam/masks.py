@@ -140,17 +140,28 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS with torchvision's rule: by descending score, drop boxes whose IoU with a kept
-    box is ``> iou_threshold``. Returns kept indices, highest score first."""
+    box is ``> iou_threshold``. Returns kept indices, highest score first.
+
+    Each kept box is compared with the boxes after it, in float32 with the arithmetic of
+    :func:`box_iou`, so memory stays linear in the number of boxes (an ``N × N`` IoU matrix
+    of a few thousand candidates is hundreds of MB)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    over = (box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold).cpu().numpy()
-    suppressed = np.zeros(order.numel(), dtype=bool)
+    b = boxes[order].float().cpu().numpy()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    suppressed = np.zeros(len(b), dtype=bool)
     keep = []
-    for i in range(order.numel()):
-        if not suppressed[i]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(len(b)):
+            if suppressed[i]:
+                continue
             keep.append(i)
-            suppressed |= over[i]
+            rest = b[i + 1 :]
+            wh = np.minimum(b[i, 2:], rest[:, 2:]) - np.maximum(b[i, :2], rest[:, :2])
+            np.clip(wh, 0, None, out=wh)
+            inter = wh[:, 0] * wh[:, 1]
+            suppressed[i + 1 :] |= inter / (area[i] + area[i + 1 :] - inter) > iou_threshold
     return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
 
 

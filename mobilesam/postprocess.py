@@ -185,23 +185,42 @@ class ThresholdedBlocks(NamedTuple):
         first_row = above[..., None].expand(n, nbr, nbc, BLOCK).reshape(n, nbr, 1, -1)
         full.view(n, nbr, BLOCK, -1).copy_(first_row.expand(-1, -1, BLOCK, -1))
         blocks = full.view(n, nbr, BLOCK, nbc, BLOCK)
-        if self.mixed.shape[0]:
-            m, i, j = self.mixed.unbind(1)
-            blocks[m, i, :, j, :] = self.values > self.thresholds[k]
+        (m, i, j), inside = self._computed(k)
+        if len(m):
+            blocks[m, i, :, j, :] = inside
         h, w = self.grid.rows.size, self.grid.cols.size
         return full if full.shape[1:] == (h, w) else full[:, :h, :w].contiguous()
 
     def counts(self, k: int) -> torch.Tensor:
         """``(n,)`` int64: pixels with ``logits > thresholds[k]`` in each mask."""
         decided = self.decided[k] & self.above[k]
-        total = (decided.long() * self._valid_pixels()).reshape(decided.shape[0], -1).sum(1)
-        if self.mixed.shape[0]:
-            m, i, j = self.mixed.unbind(1)
-            inside = self._valid_mask()[i, j]  # (K, BLOCK, BLOCK)
-            hits = ((self.values > self.thresholds[k]) & inside).flatten(1).sum(1)
-            hits = hits * ~self.decided[k][m, i, j]  # decided blocks are counted above
-            total = total.index_add(0, m, hits)
+        total = (decided.long() * self._valid_pixels()).flatten(1).sum(1)
+        (m, i, j), inside = self._computed(k)
+        if len(m):  # padding pixels hold -inf (see threshold_blocks), so they never count
+            hits = inside.flatten(1).sum(1, dtype=torch.int32)
+            hits.mul_(~self.decided[k][m, i, j])  # those are counted above
+            total.index_add_(0, m, hits.long())
         return total
+
+    def select(self, keep: torch.Tensor) -> ThresholdedBlocks:
+        """The masks where the ``(n,)`` bool ``keep`` is true, in order."""
+        new_index = torch.cumsum(keep, 0) - 1
+        rows = keep[self.mixed[:, 0]]
+        mixed = self.mixed[rows]
+        mixed[:, 0] = new_index[mixed[:, 0]]
+        return self._replace(
+            above=[a[keep] for a in self.above],
+            decided=[d[keep] for d in self.decided],
+            mixed=mixed,
+            values=self.values[rows],
+        )
+
+    def _computed(self, k: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The computed blocks as ``(mask, block row, block column)`` index tensors, and their
+        comparisons with threshold ``k``, ``(K, BLOCK, BLOCK)`` bool. (The blocks undecided
+        for one threshold are nearly always those of the others: a mask boundary is steep.)"""
+        m, i, j = self.mixed.unbind(1)
+        return (m, i, j), self.values > self.thresholds[k]
 
     def runs(self, k: int) -> MaskRuns:
         """The masks ``logits > thresholds[k]`` as :class:`~mobilesam.masks.MaskRuns`, read
@@ -210,32 +229,46 @@ class ThresholdedBlocks(NamedTuple):
         full-resolution mask is formed."""
         above = self.above[k]
         n, nbr, nbc = above.shape
-        h, w, dev = self.grid.rows.size, self.grid.cols.size, above.device
-        # first and last pixel row of every block: (n, nbr, nbc, BLOCK)
-        first = above[..., None].expand(n, nbr, nbc, BLOCK).clone()
-        last = first.clone()
+        h, w, b = self.grid.rows.size, self.grid.cols.size, BLOCK
+        (m, i, j), inside = self._computed(k)  # (K, B, B); other blocks are uniform
+        # where each block's first and last pixel rows are computed: slot = 1 + row in inside
+        slot = torch.zeros_like(above, dtype=torch.long)
+        slot[m, i, j] = torch.arange(1, len(m) + 1, device=slot.device)
         parts = []
-        if self.mixed.shape[0]:
-            m, i, j = self.mixed.unbind(1)
-            inside = self.values > self.thresholds[k]  # (K, BLOCK, BLOCK)
-            first[m, i, j], last[m, i, j] = inside[:, 0], inside[:, -1]
-            kk, r, c = (inside[:, 1:] != inside[:, :-1]).nonzero(as_tuple=True)
-            parts.append((m[kk], i[kk] * BLOCK + r + 1, j[kk] * BLOCK + c, inside[kk, r + 1, c]))
-        mm, ii, jj, c = (last[:, :-1] != first[:, 1:]).nonzero(as_tuple=True)
-        parts.append((mm, (ii + 1) * BLOCK, jj * BLOCK + c, first[mm, ii + 1, jj, c]))
+        kk, r, c = (inside[:, 1:] != inside[:, :-1]).nonzero(as_tuple=True)
+        parts.append((m[kk], i[kk] * b + r + 1, j[kk] * b + c, inside[kk, r + 1, c]))
+        # between block rows: whole decided pairs by block, pairs with a computed block by
+        # pixel column
+        upper, lower = slot[:, :-1], slot[:, 1:]
+        plain = (upper == 0) & (lower == 0) & (above[:, :-1] != above[:, 1:])
+        pm, pi, pj = plain.nonzero(as_tuple=True)
+        cols = torch.arange(b, device=slot.device)
+        rise = above[pm, pi + 1, pj]
+        parts.append(
+            (
+                pm.repeat_interleave(b),
+                ((pi + 1) * b).repeat_interleave(b),
+                (pj[:, None] * b + cols).flatten(),
+                rise.repeat_interleave(b),
+            )
+        )
+        em, ei, ej = ((upper > 0) | (lower > 0)).nonzero(as_tuple=True)
+        if len(em):
+            last = _block_rows(above[em, ei, ej], upper[em, ei, ej], inside, -1)
+            first = _block_rows(above[em, ei + 1, ej], lower[em, ei, ej], inside, 0)
+            q, c = (last != first).nonzero(as_tuple=True)
+            parts.append((em[q], (ei[q] + 1) * b, ej[q] * b + c, first[q, c]))
         index, row, col, rising = (torch.cat(t) for t in zip(*parts, strict=True))
         valid = (row < h) & (col < w)
-        bottom_block, bottom_row = divmod(h - 1, BLOCK)
-        bottom = above[:, bottom_block, :, None].expand(n, nbc, BLOCK).clone()
-        if self.mixed.shape[0]:
-            at = i == bottom_block
-            bottom[m[at], j[at]] = inside[at, bottom_row]
+        top = _block_rows(above[:, 0], slot[:, 0], inside, 0)  # (n, nbc, B)
+        bottom_block, bottom_row = divmod(h - 1, b)
+        bottom = _block_rows(above[:, bottom_block], slot[:, bottom_block], inside, bottom_row)
         return MaskRuns(
             h,
             w,
-            first[:, 0].reshape(n, -1)[:, :w].contiguous(),
+            top.reshape(n, -1)[:, :w].contiguous(),
             bottom.reshape(n, -1)[:, :w].contiguous(),
-            index[valid].to(dev),
+            index[valid],
             row[valid],
             col[valid],
             rising[valid],
@@ -247,12 +280,17 @@ class ThresholdedBlocks(NamedTuple):
         c = (cols.size - BLOCK * torch.arange(cols.index.shape[0])).clamp(max=BLOCK)
         return (r[:, None] * c[None, :]).to(self.mixed.device)
 
-    def _valid_mask(self) -> torch.Tensor:
-        rows, cols = self.grid.rows, self.grid.cols
-        nbr, nbc = rows.index.shape[0], cols.index.shape[0]
-        r = torch.arange(nbr * BLOCK).view(nbr, BLOCK) < rows.size
-        c = torch.arange(nbc * BLOCK).view(nbc, BLOCK) < cols.size
-        return (r[:, None, :, None] & c[None, :, None, :]).to(self.mixed.device)
+
+def _block_rows(
+    above: torch.Tensor, slot: torch.Tensor, inside: torch.Tensor, row: int
+) -> torch.Tensor:
+    """Pixel row ``row`` of blocks: ``(..., BLOCK)`` bool, ``above`` repeated where ``slot`` is
+    0 (a decided block), else row ``row`` of ``inside[slot - 1]`` (a computed one)."""
+    out = above[..., None].expand(*above.shape, BLOCK).clone()
+    sel = slot > 0
+    if bool(sel.any()):
+        out[sel] = inside[slot[sel] - 1, row]
+    return out
 
 
 def threshold_blocks(
@@ -278,6 +316,13 @@ def threshold_blocks(
         undecided = ~decided[-1] if undecided is None else undecided | ~decided[-1]
     mixed = undecided.nonzero()
     values = grid.values(x, mixed) if mixed.shape[0] else x.new_zeros(0, BLOCK, BLOCK)
+    # pixels past the image's bottom and right edges never compare true
+    nbr, nbc = lo.shape[1:]
+    pad_rows, pad_cols = nbr * BLOCK - grid.rows.size, nbc * BLOCK - grid.cols.size
+    if pad_rows:
+        values[mixed[:, 1] == nbr - 1, BLOCK - pad_rows :] = -torch.inf
+    if pad_cols:
+        values[mixed[:, 2] == nbc - 1, :, BLOCK - pad_cols :] = -torch.inf
     return ThresholdedBlocks(grid, tuple(thresholds), above, decided, mixed, values)
 
 

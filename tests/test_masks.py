@@ -87,6 +87,27 @@ def test_nms_matches_greedy_rule():
     assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
 
 
+def test_nms_linear_memory_equals_matrix_rule():
+    """The row-by-row NMS keeps exactly what the full IoU matrix rule keeps, with ties,
+    degenerate (zero-area) boxes and thresholds 0 and 1."""
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    xy = (torch.rand(n, 2, generator=g) * 500).round()
+    boxes = torch.cat([xy, xy + (torch.rand(n, 2, generator=g) * 200).round()], dim=1)
+    boxes[:40, 2:] = boxes[:40, :2]  # zero area: IoU 0/0 is NaN, which suppresses nothing
+    scores = torch.rand(n, generator=g)
+    scores[:100] = 0.5  # ties keep their input order
+    for threshold in (0.0, 0.3, 0.7, 1.0):
+        order = torch.argsort(scores, descending=True, stable=True)
+        over = (box_iou(boxes[order], boxes[order]) > threshold).numpy()
+        suppressed, ref = np.zeros(n, dtype=bool), []
+        for i in range(n):
+            if not suppressed[i]:
+                ref.append(int(order[i]))
+                suppressed |= over[i]
+        assert nms(boxes, scores, threshold).tolist() == ref
+
+
 def test_point_grid():
     g = build_point_grid(2)
     np.testing.assert_allclose(g, [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])

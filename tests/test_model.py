@@ -174,13 +174,31 @@ def test_folded_batchnorm_matches_plain_batchnorm(fixture_model):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         folded = enc(x)
+    for mod in enc.modules():
+        if hasattr(mod, "c") and hasattr(mod, "bn"):
+            mod.forward = lambda t, m=mod: m.bn(m.c(t))  # unfused reference
+    try:  # with a graph to record, the whole-map path calls each module's forward
+        plain = enc(x.clone().requires_grad_()).detach()
+    finally:
         for mod in enc.modules():
             if hasattr(mod, "c") and hasattr(mod, "bn"):
-                mod.forward = lambda t, m=mod: m.bn(m.c(t))  # unfused reference
-        try:
-            plain = enc(x)
-        finally:
-            for mod in enc.modules():
-                if hasattr(mod, "c") and hasattr(mod, "bn"):
-                    del mod.forward
+                del mod.forward
     torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("side", [224, 256])
+def test_banded_inference_matches_whole_map(fixture_model, monkeypatch, side):
+    """Inference runs TinyViT in bands of rows (halo rows for the 3×3 convolutions, whole
+    window rows for attention); with tiny bands, so that every block crosses band edges and
+    the last band is partial, it equals the whole-map path (autograd) to float32 rounding."""
+    import mobilesam.modeling.tiny_vit as tiny_vit
+
+    enc: TinyViT = fixture_model.image_encoder
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    whole = enc(x.clone().requires_grad_()).detach()
+    monkeypatch.setattr(tiny_vit, "BAND_TOKENS", 3 * side // 4)
+    monkeypatch.setattr(tiny_vit, "ATTN_BAND_TOKENS", side)
+    with torch.no_grad():
+        banded = enc(x)
+    # the same per-pixel arithmetic; kernels chosen per shape may round differently
+    assert (banded - whole).abs().max() <= 1e-5 * whole.abs().max()

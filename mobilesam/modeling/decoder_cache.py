@@ -189,10 +189,20 @@ class _ImageTokens:
     def e(self) -> torch.Tensor | None:
         return self._e[:, : self.m] if self.m else None
 
-    def append(self, z: torch.Tensor, e: torch.Tensor, values: torch.Tensor | None) -> None:
-        """Add terms: coefficients ``z`` ``(B, k, N)`` and rows ``e`` ``(B, k, C)``."""
+    def append(
+        self,
+        z: torch.Tensor,
+        e: torch.Tensor,
+        values: torch.Tensor | None,
+        scale: torch.Tensor | None = None,
+    ) -> None:
+        """Add terms: coefficients ``z`` ``(B, k, N)`` (times ``scale`` ``(B, 1, N)``, if
+        given) and rows ``e`` ``(B, k, C)``."""
         k = z.shape[1]
-        self._z[:, self.m : self.m + k] = z
+        if scale is None:
+            self._z[:, self.m : self.m + k] = z
+        else:
+            torch.mul(z, scale, out=self._z[:, self.m : self.m + k])
         self._e[:, self.m : self.m + k] = e
         self.segments.append((self.m, self.m + k, values))
         self.m += k
@@ -397,11 +407,14 @@ def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNo
     z, e, a = img.z, img.e, img.a
     c = e.shape[-1]
     # statistics of Q = X·diag(g) + zᵀ·e (P = a ⊙ Q): the mean is linear
-    mean = (cache.x_sum + (e.sum(-1)[:, None, :] @ z)[:, 0]) / c  # (B, N)
     # C·var(Q) = ‖x̃‖² + Σ_k z_k (G·z + 2·(x̃·ẽ_k))_k, with G = ẽẽᵀ and the cross products
-    # x̃·ẽ_k from cached per-image products, accumulated into one (B, m, N) matrix
+    # x̃·ẽ_k from cached per-image products, accumulated into one (B, m, N) matrix; the
+    # row sums of e ride along as one more row of the same product, for the mean
     e_centred = _center(e)
-    acc = (e_centred @ e_centred.transpose(1, 2)) @ z  # (B, m, N)
+    m = e.shape[1]
+    lhs = torch.cat([e_centred @ e_centred.transpose(1, 2), e.sum(-1)[:, None, :]], 1)
+    both = lhs @ z  # (B, m + 1, N)
+    acc, mean = both[:, :m], both[:, m].add_(cache.x_sum).div_(c)  # mean (B, N)
     update, fixed = 0, 0
     for start, stop, values in img.segments:
         if values is None:  # fixed rows: cached products, in the same order
@@ -478,7 +491,7 @@ def decode_tokens(
         weights, rows, vh = _image_to_token(i2t, queries + query_pe, queries, img, lc)
         # the update and its bias row, with coefficients relative to a
         inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
-        img.append(weights if inv_a is None else weights.mul_(inv_a), rows, vh)
+        img.append(weights, rows, vh, scale=inv_a)
         ones = torch.ones_like(weights[:, :1]) if inv_a is None else inv_a
         img.append(ones, i2t.out_proj.bias.expand(b, 1, -1), None)
         _layer_norm_factored(img, lc, layer.norm4)
