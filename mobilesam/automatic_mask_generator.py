@@ -51,6 +51,7 @@ from .masks import (
 from .modeling.decoder_cache import decode_tokens
 from .modeling.sam import Sam
 from .postprocess import block_grid, threshold_blocks
+from .precision import PrecisionLike
 from .predictor import SamPredictor
 from .transforms import to_rgb_uint8
 
@@ -123,6 +124,8 @@ class SamAutomaticMaskGenerator:
             4 on CPU, where small batches stay in cache and run faster. Does not change the
             result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the image encoder
+            (see :mod:`mobilesam.precision`); everything after it runs in float32.
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class SamAutomaticMaskGenerator:
         *,
         decoder_batch_size: int | None = None,
         max_upsample_bytes: int = 64 * 2**20,
+        precision: PrecisionLike = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
@@ -172,7 +176,7 @@ class SamAutomaticMaskGenerator:
         if min_mask_region_area > 0:
             _require("scipy", "min_mask_region_area > 0")
 
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, precision=precision)
         self.point_grids = grids
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh

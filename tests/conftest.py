@@ -100,3 +100,14 @@ def live_server(fixture_model):
     yield base
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory, fixture_model, reference):
+    """The fixture model exported to ONNX, with int8 variants (needs onnxruntime)."""
+    pytest.importorskip("onnxruntime")
+    from mobilesam.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(fixture_model, out, quantize="int8", checkpoint=FIXTURE_CKPT)
+    return out

@@ -163,13 +163,18 @@ def test_bench_prints_and_writes_json(tmp_path, reference):
         "--everything",
         "--points-per-side",
         "2",
+        "--precision",
+        "bf16",
         "--json",
         str(out),
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     assert data["encoder_s"] > 0 and data["predict_ms"] > 0 and data["threads"] == 2
-    assert data["everything_masks"] >= 0 and "encoder_s" in res.stdout
+    assert data["precision"] == "bf16" and isinstance(data["everything_masks"], int)
+    assert "encoder_s" in res.stdout
+    res = _run("bench", "--checkpoint", str(ckpt), "--precision", "fp64")
+    assert res.returncode == 2 and "--precision" in res.stderr
 
 
 def test_serve_bad_arguments(tmp_path):

@@ -1,6 +1,6 @@
 """ONNX export and ONNX Runtime: encoder and decoder parity, SAM's public decoder interface
-(golden ``onnx_semantics``), OnnxPredictor vs SamPredictor, reduced precision and the
-degenerate-embedding guard."""
+(golden ``onnx_semantics``), OnnxPredictor vs SamPredictor (the guard and reduced precision:
+``test_precision.py``)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam import SamPredictor, sam_model_registry
-from mobilesam.predictor import DegenerateEmbeddingError, check_embedding
-
 from .conftest import FIXTURE_CKPT, load_image, mask_iou
 from .test_golden_parity import PROMPT_CASES, _case, _prompt_kwargs
 
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory, fixture_model, reference):
-    from mobilesam.onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx")
-    export_onnx(fixture_model, out, quantize="int8", checkpoint=FIXTURE_CKPT)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -208,41 +196,6 @@ def test_onnx_predictor_errors(export_dir, onnx_predictors, cases):
         (old / name).symlink_to(export_dir / name)
     with pytest.raises(ValueError, match="older mobilesam"):
         OnnxPredictor(old)
-
-
-def test_degenerate_embedding_guard(reference):
-    check_embedding(np.random.default_rng(0).normal(size=(1, 8, 4, 4)), "ok")
-    for bad in (np.full((1, 8, 4, 4), 3.0), np.zeros((1, 8, 4, 4))):
-        with pytest.raises(DegenerateEmbeddingError, match="constant"):
-            check_embedding(bad, "test")
-    nan = np.random.default_rng(0).normal(size=(1, 8, 4, 4))
-    nan[0, 0, 0, 0] = np.nan
-    with pytest.raises(DegenerateEmbeddingError, match="NaN"):
-        check_embedding(nan, "test")
-    # a collapsed encoder (its last neck layer zeroed) is caught at set_image
-    model = sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT)
-    with torch.no_grad():
-        model.image_encoder.neck[-1].weight.zero_()
-        model.image_encoder.neck[-1].bias.fill_(0.5)
-    with pytest.raises(DegenerateEmbeddingError):
-        SamPredictor(model).set_image(load_image(reference, "picture1.jpg"))
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_predictor(reference, embedded, cases, dtype):
-    model = sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT)
-    pred = SamPredictor(model, dtype=dtype)
-    assert next(model.parameters()).dtype == dtype
-    name = cases["images"][0]
-    pred.set_image(load_image(reference, name))
-    case = _case(cases, "img0/one_point_multimask")
-    kw = _prompt_kwargs(case)
-    masks, scores, low = pred.predict(**kw)
-    ref_masks, ref_scores, _ = embedded[name].predict(**kw)
-    assert scores.dtype == np.float32 and low.dtype == np.float32
-    assert np.mean([mask_iou(a, b) for a, b in zip(masks, ref_masks, strict=True)]) >= 0.98
-    with pytest.raises(ValueError, match="dtype"):
-        SamPredictor(model, dtype=torch.int8)
 
 
 @pytest.mark.parametrize(("src", "dst"), [((256, 256), (1024, 1024)), ((1024, 682), (1365, 2048))])

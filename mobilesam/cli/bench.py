@@ -10,7 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import CliError, add_model_args, example_image, load_model, read_rgb
+from .common import (
+    CliError,
+    add_model_args,
+    add_precision_arg,
+    example_image,
+    load_model,
+    read_rgb,
+)
 
 EXAMPLES = """examples:
   mobilesam bench --checkpoint mobile_sam.pt
@@ -23,6 +30,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..precision import precision_name
     from ..predictor import SamPredictor
     from ..timing import matmul_peak, time_fn
 
@@ -39,10 +47,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     image = read_rgb(Path(args.image) if args.image else example_image())
     model, ckpt = load_model(args)
     peak = matmul_peak(runs=5)["best_gflops"]
-    x = torch.randn(1, 3, model.img_size, model.img_size)
+    pred = SamPredictor(model, precision=args.precision)
+    x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
     with torch.no_grad():
         enc = median_s(lambda: model.image_encoder(x), args.repeats)
-    pred = SamPredictor(model)
     set_img = median_s(lambda: pred.set_image(image), args.repeats)
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
@@ -51,13 +59,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "checkpoint": str(ckpt),
         "image_size": [h, w],
         "threads": torch.get_num_threads(),
+        "precision": precision_name(pred.dtype),
         "matmul_peak_gflops": round(peak, 1),
         "encoder_s": round(enc, 4),
         "set_image_s": round(set_img, 4),
         "predict_ms": round(1000 * predict, 2),
     }
     if args.everything:
-        gen = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side)
+        gen = SamAutomaticMaskGenerator(
+            model, points_per_side=args.points_per_side, precision=args.precision
+        )
         start = time.perf_counter()
         masks = gen.generate(image)
         result["everything_s"] = round(time.perf_counter() - start, 2)
@@ -80,6 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", nargs="?", help="photo (default: the bundled example)")
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--everything", action="store_true", help="also time segment-everything")

@@ -53,6 +53,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="image encoder precision: fp32 (default, reproducible), bf16, or auto (bf16 "
+        "where the CPU has bf16 units and it is faster); the decoder runs in fp32",
+    )
+
+
 def load_model(args: argparse.Namespace):  # noqa: ANN201 (Sam, imported lazily)
     """The model named by ``--checkpoint`` or ``--model``, and the checkpoint path."""
     from ..build import build_sam

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import add_precision_arg
+
 EXAMPLES = """examples:
   mobilesam eval miou --model run/student.pt --reference mobile_sam.pt --data photos/
   mobilesam eval miou --model mobile_sam.pt --reference sam_vit_h_4b8939.pth --data val/ \\
@@ -26,7 +28,7 @@ def cmd_miou(args: argparse.Namespace) -> int:
         refs = refs[: args.max_images]
     if not refs:
         raise ValueError(f"no images in {' '.join(args.data)}")
-    model = SamPredictor(build_sam(resolve_checkpoint(args.model)))
+    model = SamPredictor(build_sam(resolve_checkpoint(args.model)), precision=args.precision)
     reference = SamPredictor(build_sam(resolve_checkpoint(args.reference)))
     reader, total, scored = ImageReader(), Scores(), 0
     bar = progress_bar(len(refs), "eval", unit="img", enabled=not args.quiet)
@@ -99,4 +101,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default="mobilesam_eval")
     m.add_argument("--quiet", action="store_true")
+    add_precision_arg(m)
     m.set_defaults(func=cmd_miou)

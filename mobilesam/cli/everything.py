@@ -26,6 +26,7 @@ from ..training.data import IMAGE_SUFFIXES
 from .common import (
     CliError,
     add_model_args,
+    add_precision_arg,
     distinct_colors,
     read_rgb,
 )
@@ -153,6 +154,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..build import build_sam
     from ..hub import resolve_checkpoint, sha256_file
+    from ..precision import precision_name, resolve_precision
 
     out = Path(args.out)
     images = collect_images(args.inputs, exclude=out)
@@ -160,6 +162,8 @@ def cmd_everything(args: argparse.Namespace) -> int:
         raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {' '.join(args.inputs)}")
     ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
     settings = {k: getattr(args, k) for k in SETTINGS}
+    # the precision decided (auto resolves here), so reruns compare what was actually used
+    settings["precision"] = precision_name(resolve_precision(args.precision))
     meta = {"model": {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt)}, "settings": settings}
     todo, stale = [], 0
     for f, rel in images:
@@ -226,4 +230,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_precision_arg(p)
     p.set_defaults(func=cmd_everything)

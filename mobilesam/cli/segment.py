@@ -13,6 +13,7 @@ from PIL import Image
 from .common import (
     CliError,
     add_model_args,
+    add_precision_arg,
     example_image,
     load_model,
     overlay,
@@ -41,7 +42,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         h, w = image.shape[:2]
         points = [[w / 2, h / 2, 1]]
     model, ckpt = load_model(args)
-    predictor = SamPredictor(model)
+    predictor = SamPredictor(model, precision=args.precision)
     t0 = time.perf_counter()
     predictor.set_image(image)
     t1 = time.perf_counter()
@@ -95,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     seg.add_argument("image", nargs="?", help="photo to segment (default: the bundled example)")
     add_model_args(seg)
+    add_precision_arg(seg)
     seg.add_argument(
         "--point",
         action="append",

@@ -7,7 +7,7 @@ import argparse
 import ipaddress
 import sys
 
-from .common import CliError, add_model_args, load_model
+from .common import CliError, add_model_args, add_precision_arg, load_model
 
 EXAMPLES = """examples:
   mobilesam serve --checkpoint mobile_sam.pt     # page: http://127.0.0.1:8000/  API: /docs
@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         cache_images=args.cache_images,
+        precision=args.precision,
     )
     if not _is_loopback(args.host):
         print(
@@ -74,4 +75,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--cache-images", type=int, default=16, help="embeddings kept (LRU)")
+    add_precision_arg(p)
     p.set_defaults(func=cmd_serve)

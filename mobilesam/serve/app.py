@@ -43,6 +43,7 @@ class ServerSettings:
     cache_images: int = 16
     cache_masks: int = 256
     max_points_per_side: int = 64
+    precision: str = "fp32"  # the image encoder's: "fp32", "bf16" or "auto"
 
 
 class LRU:
@@ -153,7 +154,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         version="1",
         description="Promptable segmentation with MobileSAM. The page is at `/`.",
     )
-    predictor = SamPredictor(model)
+    predictor = SamPredictor(model, precision=settings.precision)
     model_lock = threading.Lock()
     images = LRU(settings.cache_images)
     low_res = LRU(settings.cache_masks)
