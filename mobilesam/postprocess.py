@@ -70,11 +70,12 @@ def upscale_masks(
 #: more closely, larger ones batch better).
 BLOCK = 32
 
-#: Margin, relative to the largest magnitude in a block's support, by which all of a block's
-#: low-res values must clear a threshold for the block to be decided without upsampling. A
-#: full-resolution value is a convex combination of at most 4×4 of them computed in float32,
-#: whose rounding error is below ~32·2⁻²⁴ of that magnitude; 2⁻¹⁴ leaves a 30× safety factor.
-MARGIN = 2.0**-14
+#: Margin, in units of the dtype's epsilon times the largest magnitude in a block's support,
+#: by which all of a block's low-res values must clear a threshold for the block to be
+#: decided without upsampling. A full-resolution value is a convex combination of at most 4×4
+#: of them, whose rounding error is below ~32 half-epsilons of that magnitude; 1024 leaves a
+#: 64× safety factor (float32: δ ≈ 1.2e-4 × magnitude).
+MARGIN_EPS = 1024
 
 
 class AxisBlocks(NamedTuple):
@@ -300,16 +301,16 @@ def threshold_blocks(
     upsampling only the blocks whose low-res support straddles one of them.
 
     A block whose low-res support lies entirely above ``t + δ`` (or below ``t - δ``), with
-    ``δ`` = :data:`MARGIN` × the support's largest magnitude, is decided: every pixel is a
-    convex combination of that support, so no rounding can carry it across ``t``. The other
-    blocks are computed with :meth:`BlockGrid.values`, the same arithmetic as the plain
-    upsampling, so every comparison equals that of the upsampled logits.
+    ``δ`` = :data:`MARGIN_EPS` × epsilon × the support's largest magnitude, is decided: every
+    pixel is a convex combination of that support, so no rounding can carry it across ``t``.
+    The other blocks are computed with :meth:`BlockGrid.values`, the same arithmetic as the
+    plain upsampling, so every comparison equals that of the upsampled logits.
     """
     lo, hi = grid.support_range(x)
-    scale = torch.maximum(lo.abs(), hi.abs())
+    scale, info = torch.maximum(lo.abs(), hi.abs()), torch.finfo(x.dtype)
     above, decided, undecided = [], [], None
     for t in thresholds:
-        margin = torch.clamp(scale, min=abs(t)).mul_(MARGIN).add_(torch.finfo(x.dtype).tiny)
+        margin = torch.clamp(scale, min=abs(t)).mul_(MARGIN_EPS * info.eps).add_(info.tiny)
         up, down = lo > margin.add(t), hi < margin.neg_().add_(t)
         above.append(up)
         decided.append(up | down)

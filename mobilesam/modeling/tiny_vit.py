@@ -90,16 +90,24 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
             return self.bn(self.c(x))
         return self.fused(x)
 
-    def fused(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> torch.Tensor:
+    def fused(
+        self,
+        x: torch.Tensor,
+        padding: tuple[int, int] | None = None,
+        gelu: nn.GELU | None = None,
+    ) -> torch.Tensor:
         """The convolution with the BatchNorm (running statistics) folded in, optionally with
-        another ``padding`` (rows, columns) than the layer's own."""
+        another ``padding`` (rows, columns) than the layer's own, and followed by ``gelu``
+        in place (inference only). (oneDNN's fused convolution + GELU was measured too: in
+        these bands it was slower than the two steps.)"""
         conv: nn.Conv2d = self.c
         bn: nn.BatchNorm2d = self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale[:, None, None, None]
         bias = bn.bias - bn.running_mean * scale
         pad = conv.padding if padding is None else padding
-        return F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
+        y = F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
+        return y if gelu is None else _gelu_(y, gelu)
 
 
 class DropPath(nn.Module):
@@ -131,10 +139,11 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 BAND_TOKENS = 8192
 
 
-def banded(x: torch.Tensor) -> bool:
-    """Whether blocks run band by band: eager inference (no autograd graph to keep, and no
-    trace, which wants one whole-map graph)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+def banded(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether ``module`` runs band by band: eager inference in eval mode (no autograd graph
+    to keep, no batch statistics or stochastic depth, which bands would change, and no trace,
+    which wants one whole-map graph)."""
+    if module.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and x.requires_grad)
 
@@ -159,26 +168,26 @@ def _gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
 
 def _inverted_bottleneck(
     x: torch.Tensor,
-    conv1: nn.Module,
-    act1: nn.Module,
+    conv1: Conv2d_BN,
+    act1: nn.GELU,
     conv2: Conv2d_BN,
-    act2: nn.Module,
-    conv3: nn.Module,
+    act2: nn.GELU,
+    conv3: Conv2d_BN,
 ) -> torch.Tensor:
     """``conv3(act2(conv2(act1(conv1(x)))))`` on ``(B, H, W, C)``, where ``conv1``/``conv3``
     are pointwise and ``conv2`` a 3×3 (depthwise) convolution with padding 1 and stride
     ``s``: ``(B, H/s, W/s, C')``. Inference runs in bands of output rows, each computing
     ``conv1`` on its input rows plus a one-row halo and zero-padding only at the map's own
     top and bottom edges, so every output value is the same arithmetic as the full map's."""
-    if not banded(x):
+    if not banded(x, conv2):
         return _nhwc(conv3(act2(conv2(act1(conv1(_nchw(x)))))))
     h = x.shape[1]
 
     def expanded(a: int, z: int) -> torch.Tensor:  # rows a:z of act1(conv1(x)), NCHW
-        return _gelu_(conv1(_nchw(x[:, a:z])), act1)
+        return conv1.fused(_nchw(x[:, a:z]), gelu=act1)
 
     def band(o0: int, o1: int) -> torch.Tensor:
-        return conv3(_gelu_(_conv3x3_rows(conv2, expanded, h, o0, o1), act2))
+        return conv3(_conv3x3_rows(conv2, expanded, h, o0, o1, gelu=act2))
 
     b, _, w, _ = x.shape
     return _banded_rows(band, b, _conv_out(h, conv2), _conv_out(w, conv2))
@@ -190,17 +199,27 @@ def _conv_out(size: int, conv: Conv2d_BN) -> int:
 
 
 def _conv3x3_rows(
-    conv: Conv2d_BN, rows: Callable[[int, int], torch.Tensor], height: int, o0: int, o1: int
+    conv: Conv2d_BN,
+    rows: Callable[[int, int], torch.Tensor],
+    height: int,
+    o0: int,
+    o1: int,
+    gelu: nn.GELU | None = None,
 ) -> torch.Tensor:
     """Output rows ``o0:o1`` of ``conv`` (3×3, padding 1, stride ``s``, BatchNorm folded) on
     a map of ``height`` rows, whose input rows ``a:z`` come from ``rows(a, z)`` (NCHW). Only
     the needed input rows plus a one-row halo are computed; the zero padding is added only at
-    the map's own top and bottom, so each output value is the full map's arithmetic."""
+    the map's own top and bottom, so each output value is the full map's arithmetic. A
+    ``gelu`` follows (see :meth:`Conv2d_BN.fused`)."""
     s = conv.c.stride[0]
     lo, hi = s * o0 - 1, s * (o1 - 1) + 2
     y = rows(max(lo, 0), min(hi, height))
-    y = F.pad(y, (0, 0, max(-lo, 0), max(hi - height, 0)))
-    return conv.fused(y, padding=(0, conv.c.padding[1]))
+    top, bottom = max(-lo, 0), max(hi - height, 0)
+    if top and bottom:  # the whole map: the layer's own padding
+        return conv.fused(y, gelu=gelu)
+    if top or bottom:
+        y = F.pad(y, (0, 0, top, bottom))
+    return conv.fused(y, padding=(0, conv.c.padding[1]), gelu=gelu)
 
 
 def _banded_rows(
@@ -232,14 +251,14 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        if not banded(x):
+        if not banded(x, self):
             return _nhwc(self.seq(x))
         conv1, act, conv2 = self.seq
         h = x.shape[2]
         mid_h = _conv_out(h, conv1)
 
         def mid(a: int, z: int) -> torch.Tensor:  # rows a:z of GELU(conv1(x)), NCHW
-            return _gelu_(_conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z), act)
+            return _conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z, gelu=act)
 
         def band(o0: int, o1: int) -> torch.Tensor:
             return _conv3x3_rows(conv2, mid, mid_h, o0, o1)
@@ -264,7 +283,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _inverted_bottleneck(x, self.conv1, self.act1, self.conv2, self.act2, self.conv3)
-        if banded(x):  # y is a fresh buffer: finish in place
+        if banded(x, self):  # y is a fresh buffer: finish in place
             return _gelu_(y.add_(x), self.act3)
         return self.act3(x + self.drop_path(y))
 
@@ -415,7 +434,7 @@ class TinyViTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not banded(x):
+        if not banded(x, self):
             x = x + self.drop_path(self._window_attention(x))
             x = _nhwc(self.local_conv(_nchw(x)))
             return x + self.drop_path(self.mlp(x))
