@@ -202,3 +202,15 @@ def test_banded_inference_matches_whole_map(fixture_model, monkeypatch, side):
         banded = enc(x)
     # the same per-pixel arithmetic; kernels chosen per shape may round differently
     assert (banded - whole).abs().max() <= 1e-5 * whole.abs().max()
+
+
+def test_train_mode_never_runs_in_bands():
+    """In train mode BatchNorm uses the batch's statistics, which bands would change: the
+    whole-map path runs even without autograd. (A fresh model: train mode also updates the
+    running statistics.)"""
+    enc = TinyViT().train()
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        no_grad = enc(x)
+    graph = enc(x.clone().requires_grad_()).detach()
+    assert torch.allclose(no_grad, graph, rtol=0, atol=1e-5 * float(graph.abs().max()))
