@@ -104,10 +104,11 @@ def live_server(fixture_model):
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory, fixture_model, reference):
-    """The fixture model exported to ONNX, with int8 variants (needs onnxruntime)."""
+    """The fixture model exported to ONNX, with int8 and fp16-encoder variants (needs
+    onnxruntime)."""
     pytest.importorskip("onnxruntime")
     from mobilesam.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
-    export_onnx(fixture_model, out, quantize="int8", checkpoint=FIXTURE_CKPT)
+    export_onnx(fixture_model, out, quantize="int8", fp16=True, checkpoint=FIXTURE_CKPT)
     return out
