@@ -171,7 +171,7 @@ def test_fp16_export_leaves_the_model_alone(tmp_path, fixture_model):
     assert {p.dtype for p in fixture_model.parameters()} == {torch.float32}
 
 
-def test_onnx_predictor_errors(export_dir, onnx_predictors, cases):
+def test_onnx_predictor_errors(tmp_path, export_dir, onnx_predictors, cases):
     from mobilesam.onnx import OnnxPredictor
 
     p = OnnxPredictor(export_dir, encoder="int8", decoder="int8")
@@ -182,8 +182,15 @@ def test_onnx_predictor_errors(export_dir, onnx_predictors, cases):
         pred.predict(np.array([[10, 10]]), np.array([1, 1]))
     with pytest.raises(ValueError, match="mask_input"):
         pred.predict(np.array([[10, 10]]), np.array([1]), mask_input=np.zeros((256, 256)))
+    partial = tmp_path / "no_fp16"  # an export without the fp16 encoder
+    partial.mkdir()
+    meta = json.loads((export_dir / "model.json").read_text())
+    del meta["files"]["encoder_fp16"]
+    (partial / "model.json").write_text(json.dumps(meta))
+    for name in meta["files"].values():
+        (partial / name).symlink_to(export_dir / name)
     with pytest.raises(FileNotFoundError, match="fp16"):
-        OnnxPredictor(export_dir, encoder="fp16")
+        OnnxPredictor(partial, encoder="fp16")
     with pytest.raises(FileNotFoundError, match="model.json"):
         OnnxPredictor(export_dir / "missing")
     # an export directory from before the low-res token decoder is named as such
