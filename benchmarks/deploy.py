@@ -36,6 +36,7 @@ from common import (  # noqa: E402
 from mobilesam import SamPredictor, build_sam  # noqa: E402
 from mobilesam.evaluation.miou import mask_iou  # noqa: E402
 from mobilesam.onnx import OnnxPredictor, export_onnx  # noqa: E402
+from mobilesam.precision import cpu_has_bf16_units  # noqa: E402
 
 CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
 
@@ -119,7 +120,10 @@ def main() -> None:
             result[label] = {"encoder": summary(enc), "predict": summary(dec), "miou": agree}
 
         torch_path("torch fp32", torch.float32)
-        torch_path("torch bf16", torch.bfloat16)
+        if cpu_has_bf16_units():
+            torch_path("torch bf16", torch.bfloat16)
+        else:
+            print("this CPU reports no bf16 units (avx512_bf16, amx_bf16): bf16 not measured")
         torch_path("torch fp16", torch.float16)
         ort_path("ORT fp32", "fp32", "fp32")
         ort_path("ORT int8 (encoder + decoder)", "int8", "int8")

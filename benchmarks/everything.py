@@ -90,6 +90,7 @@ def worker(args: argparse.Namespace) -> None:
             build_sam(args.checkpoint),
             points_per_side=args.points_per_side,
             output_mode="uncompressed_rle",
+            precision=args.precision,
         )
     start = time.perf_counter()
     out = gen.generate(image)
@@ -123,6 +124,8 @@ def run_worker(impl: str, image: str, args: argparse.Namespace, dump: Path) -> d
         str(args.threads),
         "--points-per-side",
         str(args.points_per_side),
+        "--precision",
+        args.precision,
         "--checkpoint",
         args.checkpoint,
         "--dump",
@@ -165,6 +168,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="this project's encoder precision (the official code runs fp32)",
+    )
     ap.add_argument(
         "--checkpoint", default=str(REFERENCE / "checkpoints" / "mobile_sam_fixture.pt")
     )
@@ -227,7 +236,10 @@ def main() -> None:
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
     print()
-    print(describe_machine(args.threads, peak) + f"; points_per_side={args.points_per_side}")
+    print(
+        describe_machine(args.threads, peak)
+        + f"; points_per_side={args.points_per_side}; mobilesam precision={args.precision}"
+    )
     print_table(rows, ("image", "impl", "median s", *STAGES, "masks", "peak RSS MiB"))
     for image, entry in results.items():
         if "speedup" in entry:
@@ -242,6 +254,7 @@ def main() -> None:
         "machine": machine_info(),
         "threads": args.threads,
         "points_per_side": args.points_per_side,
+        "precision": args.precision,
         "official": args.official if "official" in impls else None,
         "matmul_peak_gflops": peak,
         "matmul": peaks,
