@@ -24,7 +24,7 @@ def client(fixture_model):
     app = create_app(
         fixture_model, ServerSettings(max_upload_bytes=2_000_000, max_pixels=2_000_000)
     )
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1:8000")
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,64 @@ def test_load_real_server(live_server, photo, tmp_path):
     }
     (tmp_path / "load.json").write_text(json.dumps(report))
     print(f"load test: p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms")
+
+
+def _png_bytes(size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 80, 40)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_only_loopback_hosts_are_answered(client):
+    """DNS rebinding: a page at attacker.example resolving to 127.0.0.1 sends its own Host."""
+    assert client.get("/healthz").status_code == 200
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200
+    for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example"):
+        res = client.get("/healthz", headers={"Host": host})
+        assert res.status_code == 403 and "does not answer to host" in res.json()["detail"]
+        res = client.post(
+            "/v1/images", files={"file": ("a.png", _png_bytes())}, headers={"Host": host}
+        )
+        assert res.status_code == 403
+
+
+def test_cross_origin_state_changes_are_refused(client):
+    """CSRF: a page on another origin (another site, or another port of localhost) cannot
+    upload or segment; the page itself (same origin) and non-browser clients can."""
+    files = {"file": ("a.png", _png_bytes())}
+    ok = client.post("/v1/images", files=files, headers={"Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 200
+    same = {"Origin": "http://127.0.0.1:8000"}
+    assert client.post("/v1/images", files=files, headers=same).status_code == 200
+    assert client.post("/v1/images", files=files).status_code == 200  # curl, scripts
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://attacker.example"},
+        {"Origin": "http://127.0.0.1:3000"},
+        {"Origin": "null"},
+    ):
+        res = client.post("/v1/images", files=files, headers=headers)
+        assert res.status_code == 403 and "cross-origin POST refused" in res.json()["detail"]
+    image_id = ok.json()["id"]
+    res = client.post(
+        f"/v1/images/{image_id}/segment",
+        json={"points": [[10, 10]], "labels": [1]},
+        headers={"Origin": "http://attacker.example"},
+    )
+    assert res.status_code == 403
+    # reading is allowed from anywhere the Host rule allows (the page loads its own assets)
+    assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_allowed_hosts_for_a_lan_set_up(fixture_model):
+    from mobilesam.cli.serve import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", []) == ("localhost", "127.0.0.1", "::1")
+    assert "192.168.1.5" in allowed_hosts("192.168.1.5", [])
+    assert "0.0.0.0" not in allowed_hosts("0.0.0.0", [])
+    assert allowed_hosts("0.0.0.0", ["Box.lan:8000", "*"])[-2:] == ("box.lan", "*")
+    app = create_app(fixture_model, ServerSettings(allowed_hosts=("*",)))
+    lan = TestClient(app, base_url="http://box.lan:8000")
+    assert lan.get("/healthz").status_code == 200

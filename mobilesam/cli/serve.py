@@ -35,6 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         cache_images=args.cache_images,
         precision=args.precision,
+        allowed_hosts=allowed_hosts(args.host, args.allow_host),
     )
     if not _is_loopback(args.host):
         print(
@@ -50,6 +51,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(create_app(model, settings), host=args.host, port=args.port)
     return 0
+
+
+def allowed_hosts(bind: str, extra: list[str]) -> tuple[str, ...]:
+    """Host names the server answers to: the loopback names, the bound address unless it is
+    a wildcard, and ``--allow-host`` values (``*`` for any)."""
+    from ..serve.app import LOOPBACK_HOSTS, host_name
+
+    hosts = list(LOOPBACK_HOSTS)
+    if bind not in ("0.0.0.0", "::", ""):
+        hosts.append(host_name(bind))
+    hosts += [host_name(h) if h != "*" else "*" for h in extra]
+    return tuple(dict.fromkeys(hosts))
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,4 +89,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--cache-images", type=int, default=16, help="embeddings kept (LRU)")
     add_precision_arg(p)
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to this host name (repeatable; '*' for any), "
+        "for a deliberate LAN set-up; by default only loopback names are answered, which "
+        "keeps web pages from reaching the server through DNS rebinding",
+    )
     p.set_defaults(func=cmd_serve)

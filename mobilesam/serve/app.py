@@ -9,10 +9,13 @@
 - ``GET /healthz``.
 - ``GET /``: the click-to-segment page (``static/``: plain HTML, CSS and JS, no build step).
 
-Safe by default: bind to 127.0.0.1 (see the CLI), upload and pixel limits, no filesystem
-paths from clients, 404 for unknown ids, 422 with the reason for malformed prompts, 400 for
-undecodable images. Model calls are serialised by one lock (the model and predictor are not
-thread-safe); everything else runs concurrently.
+Safe by default: bind to 127.0.0.1 (see the CLI) and answer only requests addressed to a
+loopback name (``Host``), so a web page cannot reach the server through DNS rebinding; refuse
+cross-origin state-changing requests (``Sec-Fetch-Site``, ``Origin``), so a page the user
+visits cannot drive it; upload and pixel limits, no filesystem paths from clients, 404 for
+unknown ids, 422 with the reason for malformed prompts, 400 for undecodable images. Model
+calls are serialised by one lock (the model and predictor are not thread-safe); everything
+else runs concurrently.
 
 (No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at
 runtime, and the request models are local to :func:`create_app`.)
@@ -35,9 +38,18 @@ from ..image_io import read_rgb
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
 
+#: Host names a local server answers to (any port).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """Limits and access rules of :func:`create_app`.
+
+    ``allowed_hosts``: the host names (without port) a request's ``Host`` header may name;
+    ``("*",)`` accepts any (for a deliberate LAN set-up: ``mobilesam serve --allow-host``)."""
+
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     cache_images: int = 16
@@ -99,6 +111,60 @@ def mask_png_base64(mask: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def host_name(host_header: str) -> str:
+    """The host name of a ``Host`` header (or an ``Origin``'s netloc), without port or
+    brackets, lower case: ``"[::1]:8000"`` → ``"::1"``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host[1:]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+#: Methods that change state (a cross-origin page must not send them).
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _access_rules(allowed_hosts: tuple[str, ...]) -> Any:
+    """An HTTP middleware enforcing ``allowed_hosts`` and same-origin state changes: 403 with
+    the reason otherwise. Clients without browser headers (curl, scripts) pass the second
+    rule; browsers always send ``Sec-Fetch-Site`` or ``Origin`` on cross-origin requests."""
+    from urllib.parse import urlsplit
+
+    from fastapi.responses import JSONResponse
+
+    any_host = "*" in allowed_hosts
+
+    async def check(request: Any, call_next: Any) -> Any:
+        host_header = request.headers.get("host", "")
+        host = host_name(host_header)
+        if not any_host and host not in allowed_hosts:
+            return JSONResponse(
+                {
+                    "detail": f"this server does not answer to host {host!r} (allowed: "
+                    f"{', '.join(allowed_hosts)}; see ServerSettings.allowed_hosts or "
+                    "`mobilesam serve --allow-host`)"
+                },
+                status_code=403,
+            )
+        if request.method in UNSAFE_METHODS:
+            site = request.headers.get("sec-fetch-site")
+            origin = request.headers.get("origin")
+            if site in ("cross-site", "same-site"):
+                reason = f"Sec-Fetch-Site: {site}"
+            elif origin is not None and (
+                origin == "null" or urlsplit(origin).netloc.lower() != host_header.lower()
+            ):
+                reason = f"Origin {origin!r} is not this server ({host_header!r})"
+            else:
+                return await call_next(request)
+            return JSONResponse(
+                {"detail": f"cross-origin {request.method} refused ({reason})"}, status_code=403
+            )
+        return await call_next(request)
+
+    return check
+
+
 def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     """The FastAPI application for ``model``."""
     import torch
@@ -154,6 +220,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         version="1",
         description="Promptable segmentation with MobileSAM. The page is at `/`.",
     )
+    app.middleware("http")(_access_rules(settings.allowed_hosts))
     predictor = SamPredictor(model, precision=settings.precision)
     model_lock = threading.Lock()
     images = LRU(settings.cache_images)
