@@ -269,3 +269,40 @@ def test_allowed_hosts_for_a_lan_set_up(fixture_model):
     app = create_app(fixture_model, ServerSettings(allowed_hosts=("*",)))
     lan = TestClient(app, base_url="http://box.lan:8000")
     assert lan.get("/healthz").status_code == 200
+
+
+def test_upload_limit_while_streaming(client, live_server):
+    """An upload over the cap is refused from its Content-Length before anything is read,
+    and a chunked one (no length) is cut off at the cap: 413 either way, nothing spooled."""
+
+    limit = 2_000_000  # the client fixture's max_upload_bytes
+    big = b"x" * (limit + 200_000)
+    res = client.post("/v1/images", files={"file": ("a.png", big)})
+    assert res.status_code == 413 and "upload limit" in res.json()["detail"]
+
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 65536
+
+    res = client.post(
+        "/v1/images",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=abc"},
+    )
+    assert res.status_code == 413
+    # a real server (default 20 MiB cap): a 64 MiB declared length is answered at once,
+    # after 1 KiB has been sent
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(live_server)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        head = (
+            f"POST /v1/images HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: multipart/form-data; boundary=abc\r\n"
+            f"Content-Length: {64 * 2**20}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"z" * 1024)
+        reply = sock.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert client.get("/healthz").status_code == 200  # the server carries on

@@ -23,6 +23,7 @@ runtime, and the request models are local to :func:`create_app`.)
 
 import base64
 import io
+import json
 import threading
 import time
 import uuid
@@ -165,6 +166,65 @@ def _access_rules(allowed_hosts: tuple[str, ...]) -> Any:
     return check
 
 
+#: Bytes a multipart request may carry beyond its file: boundaries, part headers, file name.
+MULTIPART_SLACK = 64 * 2**10
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``limit`` bytes get 413. A ``Content-Length``
+    over the limit is refused before reading; a body without one (chunked) is counted as it
+    arrives and cut off at the limit, so nothing larger is ever buffered or spooled."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    @property
+    def detail(self) -> str:
+        return f"request body over the {self.limit - MULTIPART_SLACK}-byte upload limit"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send)
+        seen, over, refused = 0, False, False
+
+        async def counted() -> dict:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True  # the app fails to read the body; its reply becomes a 413
+                    raise _TooLarge
+            return message
+
+        async def reply(message: dict) -> None:
+            nonlocal refused
+            if not over:
+                return await send(message)
+            if message["type"] == "http.response.start" and not refused:
+                refused = True
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, counted, reply)
+        except _TooLarge:
+            if not refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": self.detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    """A request body passed :class:`BodyLimit`'s limit while streaming."""
+
+
 def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     """The FastAPI application for ``model``."""
     import torch
@@ -221,6 +281,8 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         description="Promptable segmentation with MobileSAM. The page is at `/`.",
     )
     app.middleware("http")(_access_rules(settings.allowed_hosts))
+    # outermost: an oversized body is refused before any of it is parsed or spooled to disk
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     predictor = SamPredictor(model, precision=settings.precision)
     model_lock = threading.Lock()
     images = LRU(settings.cache_images)
