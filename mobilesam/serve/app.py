@@ -56,6 +56,7 @@ class ServerSettings:
     cache_images: int = 16
     cache_masks: int = 256
     max_points_per_side: int = 64
+    max_points: int = 64  # prompt points per segment request
     precision: str = "fp32"  # the image encoder's: "fp32", "bf16" or "auto"
 
 
@@ -119,6 +120,37 @@ def host_name(host_header: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host[1:]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _validation_errors(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors with JSON-safe fields only: ``loc`` (the JSON field path), ``msg``
+    and ``type`` (the rejected input is left out: it may be NaN or huge)."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in errors
+    ]
+
+
+#: How far outside the image a prompt may lie, in image sizes (SAM accepts points outside).
+PROMPT_REACH = 10
+
+
+def _check_in_reach(
+    points: list[tuple[float, float]] | None,
+    box: tuple[float, float, float, float] | None,
+    hw: tuple[int, int],
+) -> None:
+    """422 naming the field when a prompt coordinate lies beyond :data:`PROMPT_REACH` image
+    sizes (such values only produce NaN scores)."""
+    from fastapi import HTTPException
+
+    h, w = hw
+    reach = PROMPT_REACH * max(h, w)
+    for name, values in (("points", [c for p in points or [] for c in p]), ("box", box or [])):
+        if any(abs(v) > reach for v in values):
+            raise HTTPException(
+                422, f"{name}: coordinates must lie within ±{reach} pixels of the image"
+            )
 
 
 #: Methods that change state (a cross-origin page must not send them).
@@ -229,22 +261,30 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     """The FastAPI application for ``model``."""
     import torch
     from fastapi import FastAPI, File, HTTPException, Response, UploadFile
-    from pydantic import BaseModel, Field
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..masks import coco_encode_rle, mask_to_rle
 
     class SegmentRequest(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
         points: list[tuple[float, float]] | None = Field(
-            None, description="(x, y) pixels in the original image"
+            None,
+            max_length=settings.max_points,
+            description="(x, y) pixels in the original image, within 10× its size",
         )
-        labels: list[int] | None = Field(None, description="1 foreground, 0 background")
+        labels: list[Literal[0, 1]] | None = Field(
+            None, max_length=settings.max_points, description="1 foreground, 0 background"
+        )
         box: tuple[float, float, float, float] | None = Field(None, description="XYXY pixels")
         mask_input: str | None = Field(None, description="low_res_handle of a previous call")
-        multimask: bool = True
+        multimask: StrictBool = True
         format: Literal["png", "rle"] = "png"
 
     class EverythingRequest(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
         points_per_side: int = Field(32, ge=1, le=settings.max_points_per_side)
         pred_iou_thresh: float = Field(0.88, ge=0, le=1)
         stability_score_thresh: float = Field(0.95, ge=0, le=1)
@@ -280,6 +320,12 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         version="1",
         description="Promptable segmentation with MobileSAM. The page is at `/`.",
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: RequestValidationError) -> Any:
+        # the default handler echoes each bad input, which fails to render when it is NaN
+        return JSONResponse({"detail": _validation_errors(exc.errors())}, status_code=422)
+
     app.middleware("http")(_access_rules(settings.allowed_hosts))
     # outermost: an oversized body is refused before any of it is parsed or spooled to disk
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
@@ -339,6 +385,11 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
                 raise HTTPException(404, f"unknown mask_input handle {req.mask_input!r}")
         if req.points is None and req.box is None:
             raise HTTPException(422, "give points (with labels) and/or a box")
+        if (req.points is None) != (req.labels is None) or (
+            req.points is not None and len(req.points) != len(req.labels)
+        ):
+            raise HTTPException(422, "points and labels: give one label (1 or 0) per point")
+        _check_in_reach(req.points, req.box, rec["image"].shape[:2])
         try:
             with model_lock:
                 predictor.set_embedding(rec["features"], rec["image"].shape[:2])
