@@ -15,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from .transforms import to_rgb_uint8
+
 
 def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``source`` (a path, the file's bytes, or a binary file object).
@@ -26,7 +28,10 @@ def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = Non
             Pillow's own limit.
 
     Returns:
-        ``H×W×3`` uint8 RGB in display orientation.
+        ``H×W×3`` uint8 RGB in display orientation. High-bit-depth images are scaled as the
+        array path (:func:`~mobilesam.transforms.to_rgb_uint8`) scales them: 16-bit
+        (``I;16``, or ``I`` holding 0-65535) by 255/65535, floats (``F``) from [0, 1];
+        palette, grey+alpha and CMYK images are converted to RGB.
 
     Raises:
         ValueError: undecodable data, or over ``max_pixels``; the message says which.
@@ -38,6 +43,23 @@ def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = Non
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")
-            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
+            return _to_rgb(ImageOps.exif_transpose(im))
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot decode the image: {exc}") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """``im`` as ``H×W×3`` uint8 RGB, without clipping high-bit-depth modes."""
+    if im.mode.startswith("I;16"):
+        return to_rgb_uint8(np.array(im).astype(np.uint16))
+    if im.mode == "I":  # 32-bit integers: 16-bit PNGs decode to this
+        values = np.array(im)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"32-bit integer image with values {values.min()}..{values.max()}; "
+                "expected 0..65535"
+            )
+        return to_rgb_uint8(values.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8))
+    if im.mode == "F":
+        return to_rgb_uint8(np.array(im))
+    return np.array(im.convert("RGB"))

@@ -98,9 +98,10 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """``(h, w)`` after the resize, each rounded half-up."""
+        """``(h, w)`` after the resize, each rounded half-up and at least 1 (SAM's rule gives
+        0 for a side under half a pixel, e.g. a 1×5000 strip)."""
         scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """``H×W×3`` uint8 → ``h×w×3`` uint8 with PIL bilinear (antialiased) resampling."""

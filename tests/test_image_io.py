@@ -51,3 +51,44 @@ def test_limits_and_errors():
         read_rgb(b"definitely not an image")
     with pytest.raises(ValueError, match="cannot decode"):
         read_rgb(data[:40])
+
+
+def _encoded(im: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 64 * 16).astype(np.uint16).reshape(16, 64)
+    as_png = _encoded(Image.fromarray(ramp))  # 16-bit grayscale PNG
+    as_tiff = _encoded(Image.fromarray(ramp.astype(np.int32), mode="I"), "TIFF")  # 32-bit
+    for data in (as_png, as_tiff):
+        out = read_rgb(data)
+        expected = np.round(ramp * (255.0 / 65535.0)).astype(np.uint8)
+        assert out.shape == (16, 64, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[..., 0], expected)  # 0..255, not 2 levels
+    floats = Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), mode="F")
+    out = read_rgb(_encoded(floats, "TIFF"))
+    assert out.min() == 0 and out.max() == 255
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        read_rgb(_encoded(Image.fromarray(np.full((4, 4), 7.5, np.float32), mode="F"), "TIFF"))
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "CMYK", "L", "RGBA", "1"])
+def test_other_modes_become_rgb(mode):
+    im = Image.new("RGB", (9, 6), (200, 120, 40)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = read_rgb(_encoded(im, fmt))
+    assert out.shape == (6, 9, 3) and out.dtype == np.uint8
+
+
+def test_any_image_of_at_least_one_pixel_is_segmentable(fixture_model):
+    """A 1×5000 strip (SAM's resize would make a side of 0) and a 1×1 image."""
+    from mobilesam import SamPredictor
+
+    pred = SamPredictor(fixture_model)
+    for shape in ((1, 5000, 3), (5000, 1, 3), (1, 1, 3)):
+        pred.set_image(np.full(shape, 90, np.uint8))
+        masks, scores, _ = pred.predict(np.array([[0, 0]]), np.array([1]))
+        assert masks.shape[1:] == shape[:2] and np.isfinite(scores).all()
