@@ -265,3 +265,32 @@ def test_everything_inputs_dedupe_exclude_output_and_never_collide(tmp_path):
         "d3/c.jpg",
     ]
     assert stems == ["a", "a_png", "b", "c", "c_jpg", "c_jpg_2"]
+
+
+def test_version_out_checks_and_interrupt(tmp_path, reference):
+    from mobilesam import __version__
+
+    res = _run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"mobilesam {__version__}"
+    ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out in ("/dev/null/x", str(blocker), str(blocker / "below")):
+        res = _run("segment", "--checkpoint", ckpt, "--out", out)
+        assert res.returncode == 2, res.stderr
+        assert "is not a writable folder" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    # Ctrl-C: exit 130, one line
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobilesam", "bench", "--checkpoint", ckpt, "--repeats", "50"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "mobilesam: interrupted" and "Traceback" not in err
