@@ -159,6 +159,16 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"crop_n_layers must be an int >= 0, got {crop_n_layers!r}")
         if decoder_batch_size is not None:
             _check_positive_int("decoder_batch_size", decoder_batch_size)
+        for name, value, lo, hi in (
+            ("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0),
+            ("stability_score_thresh", stability_score_thresh, 0.0, 1.0),
+            ("box_nms_thresh", box_nms_thresh, 0.0, 1.0),
+            ("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0),
+            ("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0),
+            ("stability_score_offset", stability_score_offset, 0.0, float("inf")),
+            ("min_mask_region_area", min_mask_region_area, 0.0, float("inf")),
+        ):
+            _check_number(name, value, lo, hi)
         if points_per_side is not None:
             _check_positive_int("points_per_side", points_per_side)
             grids = build_all_layer_point_grids(
@@ -486,6 +496,17 @@ def _xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
     out = boxes.clone()
     out[:, 2:] = boxes[:, 2:] - boxes[:, :2]
     return out
+
+
+def _check_number(name: str, value: object, lo: float, hi: float) -> None:
+    """``value`` a real number in ``[lo, hi]`` (finite unless ``hi`` is inf), else a
+    ValueError naming the argument."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not (lo <= float(value) <= hi) or float(value) != float(value):
+        bound = f"in [{lo:g}, {hi:g}]" if hi != float("inf") else f">= {lo:g}"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -322,6 +322,9 @@ class SamPredictor:
         )
         if tuple(features.shape) != expected:
             raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        for name, size in (("original_size", original_size), ("input_size", input_size)):
+            if size is not None and (len(size) != 2 or min(int(v) for v in size) < 1):
+                raise ValueError(f"{name} must be (height, width) of at least 1 pixel, got {size}")
         if input_size is None:
             t = self.transform
             input_size = t.get_preprocess_shape(original_size[0], original_size[1], t.target_length)
@@ -384,7 +387,8 @@ def _check_points(
         raise ValueError("point_coords contains NaN or inf")
     if not np.isin(labels, VALID_LABELS).all():
         raise ValueError(
-            f"point_labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}"
+            "point_labels must be 1 (foreground), 0 (background), -1 (padding) or 2/3 (box "
+            f"corners); got {np.unique(labels).tolist()}"
         )
     return coords, labels.astype(np.int64)
 

@@ -141,3 +141,33 @@ def test_bgr_and_gray_inputs_give_consistent_embeddings(fixture_model):
     assert p.original_size == (48, 64)
     p.reset_image()
     assert not p.is_image_set
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("pred_iou_thresh", float("nan")),
+        ("stability_score_thresh", -0.1),
+        ("box_nms_thresh", 2),
+        ("crop_nms_thresh", float("inf")),
+        ("crop_overlap_ratio", 5),
+        ("stability_score_offset", float("nan")),
+        ("min_mask_region_area", -1),
+        ("pred_iou_thresh", "0.5"),
+    ],
+)
+def test_generator_arguments_are_checked(fixture_model, name, value):
+    from mobilesam import SamAutomaticMaskGenerator
+
+    with pytest.raises(ValueError, match=name):
+        SamAutomaticMaskGenerator(fixture_model, **{name: value})
+
+
+def test_set_embedding_sizes_are_checked(fixture_model):
+    pred = SamPredictor(fixture_model)
+    features = torch.zeros(1, 256, 64, 64)
+    for size in ((0, 0), (5, 0), (3,)):
+        with pytest.raises(ValueError, match="original_size"):
+            pred.set_embedding(features, size)
+    with pytest.raises(ValueError, match="input_size"):
+        pred.set_embedding(features, (10, 10), (0, 4))
