@@ -41,8 +41,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not reason or reason.isdigit() or len(reason) < 8:  # e.g. a bare byte value
+            reason = f"{type(exc).__name__} ({reason or 'no detail'}): not a PyTorch file?"
         raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint with weights_only=True: {exc}"
+            f"could not read {path} as a PyTorch checkpoint with weights_only=True: {reason}"
         ) from exc
     return normalize_state_dict(obj, source=str(path))
 

@@ -9,6 +9,7 @@ in a frame the user never sees.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,8 +45,13 @@ def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = Non
             if max_pixels is not None and w * h > max_pixels:
                 raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")
             return _to_rgb(ImageOps.exif_transpose(im))
+    except Image.UnidentifiedImageError:
+        raise ValueError(
+            "cannot decode the image: not a recognised image format (PNG, JPEG, WebP, TIFF, ...)"
+        ) from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode the image: {exc}") from None
+        reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the data", str(exc))
+        raise ValueError(f"cannot decode the image: {reason}") from None
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

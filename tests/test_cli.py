@@ -294,3 +294,13 @@ def test_version_out_checks_and_interrupt(tmp_path, reference):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "mobilesam: interrupted" and "Traceback" not in err
+
+
+def test_error_texts_for_wrong_kinds_of_file(tmp_path, reference):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    res = _run("segment", "--checkpoint", str(text))
+    assert res.returncode == 1 and "not a PyTorch file?" in res.stderr
+    ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
+    res = _run("segment", str(tmp_path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "it is a folder" in res.stderr

@@ -92,3 +92,11 @@ def test_any_image_of_at_least_one_pixel_is_segmentable(fixture_model):
         pred.set_image(np.full(shape, 90, np.uint8))
         masks, scores, _ = pred.predict(np.array([[0, 0]]), np.array([1]))
         assert masks.shape[1:] == shape[:2] and np.isfinite(scores).all()
+
+
+def test_error_texts_name_no_object_reprs(tmp_path):
+    """Messages say what is wrong in the user's terms: no ``<_io.BytesIO object at 0x…>``."""
+    for data in (b"definitely not an image", io.BytesIO(b"GIF89a garbage")):
+        with pytest.raises(ValueError) as info:
+            read_rgb(data)
+        assert "object at 0x" not in str(info.value) and "cannot decode" in str(info.value)

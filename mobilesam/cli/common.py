@@ -35,6 +35,8 @@ def read_rgb(path: Path) -> np.ndarray:
     the file if it cannot be read."""
     from ..image_io import read_rgb as decode
 
+    if Path(path).is_dir():
+        raise CliError(f"cannot read image {path}: it is a folder (give a photo)")
     if not Path(path).is_file():
         raise CliError(f"cannot read image {path}: no such file")
     try:
