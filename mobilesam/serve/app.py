@@ -14,8 +14,9 @@ loopback name (``Host``), so a web page cannot reach the server through DNS rebi
 cross-origin state-changing requests (``Sec-Fetch-Site``, ``Origin``), so a page the user
 visits cannot drive it; upload and pixel limits, no filesystem paths from clients, 404 for
 unknown ids, 422 with the reason for malformed prompts, 400 for undecodable images. Model
-calls are serialised by one lock (the model and predictor are not thread-safe); everything
-else runs concurrently.
+calls are serialised (the model and predictors are not thread-safe) by a gate that serves
+interactive requests first: segment-everything gives way between batches of points
+(:mod:`~mobilesam.serve.gate`); everything else runs concurrently.
 
 (No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at
 runtime, and the request models are local to :func:`create_app`.)
@@ -38,6 +39,7 @@ from PIL import Image
 from ..image_io import read_rgb
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
+from .gate import ModelGate
 
 #: Host names a local server answers to (any port).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -330,7 +332,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     # outermost: an oversized body is refused before any of it is parsed or spooled to disk
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     predictor = SamPredictor(model, precision=settings.precision)
-    model_lock = threading.Lock()
+    gate = ModelGate()  # interactive requests first; everything yields between batches
     images = LRU(settings.cache_images)
     low_res = LRU(settings.cache_masks)
 
@@ -365,7 +367,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             image = read_rgb(data, settings.max_pixels)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        with model_lock:
+        with gate.interactive():
             start = time.perf_counter()
             predictor.set_image(image)
             record = {"features": predictor.get_image_embedding(), "image": image}
@@ -391,7 +393,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             raise HTTPException(422, "points and labels: give one label (1 or 0) per point")
         _check_in_reach(req.points, req.box, rec["image"].shape[:2])
         try:
-            with model_lock:
+            with gate.interactive():
                 predictor.set_embedding(rec["features"], rec["image"].shape[:2])
                 masks, scores, logits = predictor.predict(
                     point_coords=np.array(req.points) if req.points is not None else None,
@@ -429,8 +431,12 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             output_mode="coco_rle",
         )
         start = time.perf_counter()
-        with model_lock:
-            anns = gen.generate(rec["image"], image_embedding=rec["features"])
+        with gate.background() as yield_point:
+            anns = gen.generate(
+                rec["image"],
+                image_embedding=rec["features"],
+                progress=lambda done, total: yield_point(),
+            )
         return Everything(
             annotations=[{"id": i + 1, **a} for i, a in enumerate(anns)],
             seconds=round(time.perf_counter() - start, 3),
