@@ -429,6 +429,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             pred_iou_thresh=req.pred_iou_thresh,
             stability_score_thresh=req.stability_score_thresh,
             output_mode="coco_rle",
+            points_per_batch=16,  # a yield point every ~16 prompts; the masks are the same
         )
         start = time.perf_counter()
         with gate.background() as yield_point:
