@@ -16,22 +16,28 @@ from contextlib import contextmanager
 
 
 class ModelGate:
-    """Exclusive use of the model; interactive requests go before background slices."""
+    """Exclusive use of the model; interactive requests go before background slices, and
+    among themselves in arrival order (tickets), so none starves under load."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._busy = False
         self._waiting = 0  # interactive requests waiting for the model
+        self._next_ticket = 0
+        self._now_serving = 0
 
     @contextmanager
     def interactive(self) -> Iterator[None]:
         """Hold the model for one short request."""
         with self._cv:
+            ticket = self._next_ticket
+            self._next_ticket += 1
             self._waiting += 1
             try:
-                self._cv.wait_for(lambda: not self._busy)
+                self._cv.wait_for(lambda: not self._busy and self._now_serving == ticket)
             finally:
                 self._waiting -= 1
+                self._now_serving += 1
             self._busy = True
         try:
             yield
