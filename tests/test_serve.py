@@ -377,3 +377,19 @@ def test_clicks_are_served_while_everything_runs(live_server, photo):
     assert done["status"] == 200
     print(f"fairness: a click took {click:.2f} s during everything ({done['seconds']:.1f} s)")
     assert click < 6.0 and click < done["seconds"] / 2, (click, done)
+
+
+def test_image_cache_keeps_embeddings_only_within_a_byte_budget(fixture_model):
+    """Each cached image costs its 4 MiB embedding, not its pixels, and the cache is bounded
+    in bytes as well as in entries."""
+    app = create_app(fixture_model, ServerSettings(cache_images=16, cache_bytes=9 * 2**20))
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    ids = []
+    for size in ((3000, 2000), (40, 30), (50, 60), (70, 20)):
+        res = c.post("/v1/images", files={"file": ("a.png", _png_bytes(size))})
+        assert res.status_code == 200
+        ids.append(res.json()["id"])
+    assert c.get("/healthz").json()["cached_images"] == 2  # 2 × 4 MiB fit in 9 MiB
+    assert c.post(f"/v1/images/{ids[0]}/segment", json={"box": [0, 0, 5, 5]}).status_code == 404
+    res = c.post(f"/v1/images/{ids[-1]}/everything", json={"points_per_side": 2})
+    assert res.status_code == 200

@@ -86,7 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument(
+        "--max-pixels", type=int, default=16_000_000, help="decoded pixels per image (16 MP)"
+    )
     p.add_argument("--cache-images", type=int, default=16, help="embeddings kept (LRU)")
     add_precision_arg(p)
     p.add_argument(

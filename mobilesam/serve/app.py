@@ -54,8 +54,9 @@ class ServerSettings:
 
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000
+    max_pixels: int = 16_000_000
     cache_images: int = 16
+    cache_bytes: int = 256 * 2**20  # embeddings kept (4 MiB each for MobileSAM)
     cache_masks: int = 256
     max_points_per_side: int = 64
     max_points: int = 64  # prompt points per segment request
@@ -63,19 +64,26 @@ class ServerSettings:
 
 
 class LRU:
-    """A small thread-safe LRU map."""
+    """A small thread-safe LRU map, bounded in entries and, optionally, in bytes."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
+        self.size, self.max_bytes = size, max_bytes
         self._data: OrderedDict[str, Any] = OrderedDict()
+        self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, nbytes: int = 0) -> None:
         with self._lock:
             self._data[key] = value
+            self._bytes[key] = nbytes
             self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            while len(self._data) > self.size or (
+                self.max_bytes is not None
+                and len(self._data) > 1
+                and sum(self._bytes.values()) > self.max_bytes
+            ):
+                old, _ = self._data.popitem(last=False)
+                del self._bytes[old]
 
     def get(self, key: str) -> Any | None:
         with self._lock:
@@ -333,7 +341,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     predictor = SamPredictor(model, precision=settings.precision)
     gate = ModelGate()  # interactive requests first; everything yields between batches
-    images = LRU(settings.cache_images)
+    images = LRU(settings.cache_images, settings.cache_bytes)
     low_res = LRU(settings.cache_masks)
 
     def entry(image_id: str) -> dict[str, Any]:
@@ -370,11 +378,13 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         with gate.interactive():
             start = time.perf_counter()
             predictor.set_image(image)
-            record = {"features": predictor.get_image_embedding(), "image": image}
+            features = predictor.get_image_embedding()
+            # the embedding and the size are all later calls need: the pixels are not kept
+            record = {"features": features, "size": image.shape[:2]}
             encode_ms = 1000 * (time.perf_counter() - start)
         image_id = uuid.uuid4().hex
-        images.put(image_id, record)
-        h, w = image.shape[:2]
+        images.put(image_id, record, features.numel() * features.element_size())
+        h, w = record["size"]
         return Uploaded(id=image_id, width=w, height=h, encode_ms=round(encode_ms, 1))
 
     @app.post("/v1/images/{image_id}/segment")
@@ -391,10 +401,10 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             req.points is not None and len(req.points) != len(req.labels)
         ):
             raise HTTPException(422, "points and labels: give one label (1 or 0) per point")
-        _check_in_reach(req.points, req.box, rec["image"].shape[:2])
+        _check_in_reach(req.points, req.box, rec["size"])
         try:
             with gate.interactive():
-                predictor.set_embedding(rec["features"], rec["image"].shape[:2])
+                predictor.set_embedding(rec["features"], rec["size"])
                 masks, scores, logits = predictor.predict(
                     point_coords=np.array(req.points) if req.points is not None else None,
                     point_labels=np.array(req.labels) if req.labels is not None else None,
@@ -434,7 +444,9 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
         start = time.perf_counter()
         with gate.background() as yield_point:
             anns = gen.generate(
-                rec["image"],
+                # with the embedding given, the generator reads only the image's size: zeros
+                # that are never touched cost no memory
+                np.zeros((*rec["size"], 3), np.uint8),
                 image_embedding=rec["features"],
                 progress=lambda done, total: yield_point(),
             )
