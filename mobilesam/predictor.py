@@ -188,11 +188,14 @@ class SamPredictor:
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None or point_labels is not None:
             coords, labels = _check_points(point_coords, point_labels)
+            _check_reach("point_coords", coords, self.original_size)
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            b = self.transform.apply_boxes(_check_box(box), self.original_size)
+            checked = _check_box(box)
+            _check_reach("box", checked, self.original_size)
+            b = self.transform.apply_boxes(checked, self.original_size)
             box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
         if mask_input is not None:
             mask_t = torch.as_tensor(
@@ -391,6 +394,21 @@ def _check_points(
             f"corners); got {np.unique(labels).tolist()}"
         )
     return coords, labels.astype(np.int64)
+
+
+#: How far outside the image a prompt may lie, in image sizes. SAM accepts any coordinate,
+#: but far beyond the image the positional encoding's sin/cos lose all precision and the
+#: scores become NaN.
+PROMPT_REACH = 10
+
+
+def _check_reach(name: str, coords: np.ndarray, original_size: tuple[int, int]) -> None:
+    reach = PROMPT_REACH * max(original_size)
+    if np.abs(coords).max(initial=0.0) > reach:
+        raise ValueError(
+            f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
+            f"got {np.abs(coords).max():.3g}"
+        )
 
 
 def _check_box(box: np.ndarray) -> np.ndarray:

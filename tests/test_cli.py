@@ -304,3 +304,10 @@ def test_error_texts_for_wrong_kinds_of_file(tmp_path, reference):
     ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
     res = _run("segment", str(tmp_path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "it is a folder" in res.stderr
+
+
+def test_far_prompts_are_a_usage_error_and_no_json_holds_nan(tmp_path, reference):
+    ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
+    res = _run("segment", "--checkpoint", ckpt, "--point", "1e300,1e300", "--out", str(tmp_path))
+    assert res.returncode == 2 and "--point coordinates must lie within" in res.stderr
+    assert not list(tmp_path.glob("*.json"))

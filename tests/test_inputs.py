@@ -171,3 +171,18 @@ def test_set_embedding_sizes_are_checked(fixture_model):
             pred.set_embedding(features, size)
     with pytest.raises(ValueError, match="input_size"):
         pred.set_embedding(features, (10, 10), (0, 4))
+
+
+def test_prompts_far_outside_the_image_are_refused(pred):
+    """Far beyond the image the positional encoding loses all precision and scores would be
+    NaN: prompts must lie within 10 image sizes."""
+    h, w = pred.original_size
+    ok = pred.predict(np.array([[-9 * w, 9 * h]]), np.array([1]))[1]
+    assert np.isfinite(ok).all()
+    for kw in (
+        {"point_coords": np.array([[1e300, 1e300]]), "point_labels": np.array([1])},
+        {"point_coords": np.array([[0, 11 * max(h, w)]]), "point_labels": np.array([1])},
+        {"box": np.array([0, 0, 1e30, 10])},
+    ):
+        with pytest.raises(ValueError, match="within"):
+            pred.predict(**kw)

@@ -131,7 +131,7 @@ def process_image(
         "seconds": round(seconds, 3),
         "annotations": [{"id": i + 1, **a} for i, a in enumerate(anns)],
     }
-    text = json.dumps(record)
+    text = json.dumps(record, allow_nan=False)
     atomic_write(out_stem.with_name(out_stem.name + ".json"), lambda tmp: tmp.write_text(text))
     return len(anns), seconds
 

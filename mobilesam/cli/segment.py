@@ -29,7 +29,7 @@ EXAMPLES = """examples:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..predictor import SamPredictor
+    from ..predictor import PROMPT_REACH, SamPredictor
 
     image_path = Path(args.image) if args.image else example_image()
     image = read_rgb(image_path)
@@ -41,6 +41,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not points and box is None:
         h, w = image.shape[:2]
         points = [[w / 2, h / 2, 1]]
+    h, w = image.shape[:2]
+    reach = PROMPT_REACH * max(h, w)
+    for flag, values in (("--point", [v for p in points for v in p[:2]]), ("--box", box or [])):
+        if any(abs(v) > reach for v in values):
+            raise CliError(f"{flag} coordinates must lie within ±{reach} pixels of the image")
     model, ckpt = load_model(args)
     predictor = SamPredictor(model, precision=args.precision)
     t0 = time.perf_counter()
@@ -78,7 +83,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "encode_s": round(t1 - t0, 4),
         "predict_s": round(t2 - t1, 4),
     }
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     print(
         f"wrote {', '.join(names)} to {out} (scores {', '.join(f'{s:.3f}' for s in scores)}; "
         f"encode {t1 - t0:.2f} s, predict {1000 * (t2 - t1):.0f} ms)"

@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..image_io import read_rgb
 from ..modeling.sam import Sam
-from ..predictor import SamPredictor
+from ..predictor import PROMPT_REACH, SamPredictor
 from .gate import ModelGate
 
 #: Host names a local server answers to (any port).
@@ -139,10 +139,6 @@ def _validation_errors(errors: list[dict]) -> list[dict]:
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
         for e in errors
     ]
-
-
-#: How far outside the image a prompt may lie, in image sizes (SAM accepts points outside).
-PROMPT_REACH = 10
 
 
 def _check_in_reach(
