@@ -311,3 +311,22 @@ def test_far_prompts_are_a_usage_error_and_no_json_holds_nan(tmp_path, reference
     res = _run("segment", "--checkpoint", ckpt, "--point", "1e300,1e300", "--out", str(tmp_path))
     assert res.returncode == 2 and "--point coordinates must lie within" in res.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_missing_extras_are_reported_before_any_work(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from mobilesam.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("onnx", "matplotlib") else real(name, *a),
+    )
+    missing_ckpt = str(tmp_path / "never_read.pt")  # would fail if any work started
+    assert main(["export", "--checkpoint", missing_ckpt, "--out", str(tmp_path / "o")]) == 2
+    assert 'pip install "mobilesam[onnx]"' in capsys.readouterr().err
+    args = ["eval", "miou", "--model", missing_ckpt, "--reference", missing_ckpt]
+    assert main([*args, "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert 'pip install "mobilesam[eval]"' in capsys.readouterr().err

@@ -45,6 +45,15 @@ def read_rgb(path: Path) -> np.ndarray:
         raise CliError(f"cannot read image {path}: {exc}") from None
 
 
+def require_extra(extra: str, *modules: str) -> None:
+    """Stop before any work when an optional dependency is missing, with the install line."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f'this command needs {", ".join(missing)}: pip install "mobilesam[{extra}]"')
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="path to an official-format checkpoint")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_precision_arg
+from .common import add_precision_arg, require_extra
 
 EXAMPLES = """examples:
   mobilesam eval miou --model run/student.pt --reference mobile_sam.pt --data photos/
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
 
 
 def cmd_miou(args: argparse.Namespace) -> int:
+    require_extra("eval", "matplotlib")
     from ..build import build_sam
     from ..evaluation.miou import Scores, markdown_table, plot_summary, score_image
     from ..hub import resolve_checkpoint

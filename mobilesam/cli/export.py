@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..onnx.export import QUANTIZE_PARTS
-from .common import CliError, add_model_args, load_model
+from .common import CliError, add_model_args, load_model, require_extra
 
 EXAMPLES = """examples:
   mobilesam export --checkpoint mobile_sam.pt --out onnx/
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    require_extra("onnx", "onnx", "onnxruntime")
     from ..onnx.export import export_onnx
 
     if args.quantize_parts is not None and args.quantize is None:
