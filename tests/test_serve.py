@@ -393,3 +393,22 @@ def test_image_cache_keeps_embeddings_only_within_a_byte_budget(fixture_model):
     assert c.post(f"/v1/images/{ids[0]}/segment", json={"box": [0, 0, 5, 5]}).status_code == 404
     res = c.post(f"/v1/images/{ids[-1]}/everything", json={"points_per_side": 2})
     assert res.status_code == 200
+
+
+def test_odd_images_through_the_api(client):
+    """A 1×5000 strip (SAM's resize would give a side of 0: was a 500) and a 16-bit grayscale
+    PNG (was clipped to 2 grey levels) upload and segment."""
+    strip = io.BytesIO()
+    Image.new("RGB", (5000, 1), (90, 90, 90)).save(strip, "PNG")
+    ramp = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)
+    sixteen = io.BytesIO()
+    Image.fromarray(ramp).save(sixteen, "PNG")
+    for data, (w, h) in ((strip.getvalue(), (5000, 1)), (sixteen.getvalue(), (64, 48))):
+        res = client.post("/v1/images", files={"file": ("x.png", data)})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert (body["width"], body["height"]) == (w, h)
+        seg = client.post(
+            f"/v1/images/{body['id']}/segment", json={"points": [[w / 2, 0]], "labels": [1]}
+        )
+        assert seg.status_code == 200 and all(np.isfinite(seg.json()["scores"]))
