@@ -75,9 +75,10 @@ class OnnxPredictor:
         dec_key = "decoder_multimask" + ("" if decoder == "fp32" else "_int8")
         for key, what in ((enc_key, encoder), (dec_key, decoder)):
             if key not in files:
+                option = "quantize='int8'" if what == "int8" else "fp16=True"
                 raise FileNotFoundError(
-                    f"no {what} {key.split('_')[0]} in {root}: export with "
-                    f"{'--quantize int8' if what == 'int8' else '--fp16'}"
+                    f"no {what} {key.split('_')[0]} in {root}: export it with export_onnx(..., "
+                    f"{option}) or `mobilesam export`"
                 )
         self.encoder_variant, self.decoder_variant = encoder, decoder
         self._encoder = _session(root / files[enc_key], threads)
