@@ -261,7 +261,7 @@ def _manual_hint(url: str, dest: Path) -> str:
     return (
         f"To install it by hand, download\n    {url}\n"
         f"and save it as\n    {dest}\n"
-        "(or pass --checkpoint PATH to use a checkpoint file you already have)."
+        "(or build the model from a checkpoint file you already have: build_sam(path))."
     )
 
 
@@ -395,7 +395,7 @@ def download_weights(
                 "The corrupt download was deleted. Retry later, or fetch the file yourself, "
                 "check its sha256, and place it at\n"
                 f"    {dest}\n"
-                "(or pass --checkpoint PATH to use a checkpoint file you already have)."
+                "(or build the model from a checkpoint file you already have: build_sam(path))."
             )
         if entry.size_bytes is not None and received != entry.size_bytes:
             raise ChecksumError(
@@ -406,13 +406,13 @@ def download_weights(
                 "The bad download was deleted. Retry later, or fetch the file yourself and "
                 "place it at\n"
                 f"    {dest}\n"
-                "(or pass --checkpoint PATH to use a checkpoint file you already have)."
+                "(or build the model from a checkpoint file you already have: build_sam(path))."
             )
         if entry.sha256 is None and entry.size_bytes is None and received == 0:
             raise ChecksumError(
                 f"Download of {entry.filename} from {src} is empty (expected a checkpoint; "
                 f"actual sha256 {actual_sha}). Place a good copy at\n    {dest}\n"
-                "(or pass --checkpoint PATH)."
+                "(or build the model from a checkpoint file: build_sam(path))."
             )
 
         os.replace(part, dest)

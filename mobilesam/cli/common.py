@@ -77,9 +77,13 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace):  # noqa: ANN201 (Sam, imported lazily)
     """The model named by ``--checkpoint`` or ``--model``, and the checkpoint path."""
     from ..build import build_sam
-    from ..hub import resolve_checkpoint
+    from ..hub import DownloadError, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
+    except DownloadError as exc:  # the library's hint, in the command's terms
+        message = str(exc).replace("build the model from", "pass --checkpoint PATH with")
+        raise DownloadError(message.replace(": build_sam(path)", "")) from None
     return build_sam(ckpt), ckpt
 
 
