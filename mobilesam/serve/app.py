@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from .._heap import HeapTrimmer
 from ..image_io import read_rgb
 from ..modeling.sam import Sam
 from ..predictor import PROMPT_REACH, SamPredictor
@@ -338,6 +339,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
     predictor = SamPredictor(model, precision=settings.precision)
     gate = ModelGate()  # interactive requests first; everything yields between batches
     images = LRU(settings.cache_images, settings.cache_bytes)
+    heap = HeapTrimmer()
     low_res = LRU(settings.cache_masks)
 
     def entry(image_id: str) -> dict[str, Any]:
@@ -380,6 +382,7 @@ def create_app(model: Sam, settings: ServerSettings = ServerSettings()) -> Any:
             encode_ms = 1000 * (time.perf_counter() - start)
         image_id = uuid.uuid4().hex
         images.put(image_id, record, features.numel() * features.element_size())
+        heap.trim_if_grown()  # give evicted embeddings and decode buffers back to the OS
         h, w = record["size"]
         return Uploaded(id=image_id, width=w, height=h, encode_ms=round(encode_ms, 1))
 
