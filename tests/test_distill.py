@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,3 +433,30 @@ def test_cli_train_flags_cover_train_config(tmp_path):
     config.write_text("[train]\nmin_lr_ratio = 0.1\nfinetune_decoder = 3\nnum-workers = 4\n")
     args = apply_config(build_parser(), [*base, "--config", str(config), "--num-workers", "1"])
     assert (args.min_lr_ratio, args.finetune_decoder_steps, args.num_workers) == (0.1, 3, 1)
+
+
+class _Planted:
+    """Unpickling this runs code: what a shared run folder's last.pt could hold."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_refuses_a_planted_checkpoint(tmp_path, cache_dir, teacher_ckpt):
+    """last.pt loads with weights_only=True: a file that would run code is refused with a
+    message naming it, and nothing runs."""
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "student": _Planted(str(marker))}, out / "last.pt")
+    with pytest.raises(RuntimeError, match=r"refusing to resume from .*last\.pt"):
+        train(_cfg(cache_dir, out, teacher_ckpt), resume=True, progress=False)
+    assert not marker.exists()
+    # what training writes loads under weights_only=True
+    part = _cfg(cache_dir, tmp_path / "ok", teacher_ckpt)
+    train(part, progress=False, stop_after=1)
+    state = torch.load(tmp_path / "ok" / "last.pt", weights_only=True)
+    assert set(state) >= {"student", "optimizer", "scheduler", "step", "rng", "config"}

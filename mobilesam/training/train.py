@@ -158,20 +158,49 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors, numbers and plain containers only, so that ``last.pt``
+    loads with ``weights_only=True``."""
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {
+            "version": version,
+            "keys": torch.tensor(keys, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["keys"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """``last.pt`` loaded with ``weights_only=True``: tensors, numbers and plain containers
+    only, so a planted file cannot run code. Anything else is refused, naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refusals come in several types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(
+            f"refusing to resume from {path}: it is not a plain training checkpoint (tensors, "
+            f"numbers and containers only; loaded with weights_only=True): {reason}"
+        ) from None
 
 
 def export_student(
@@ -268,7 +297,7 @@ def train(
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_resume_state(last)
         _check_resume_config(state.get("config"), cfg, last)
     elif last.is_file():
         raise FileExistsError(
