@@ -460,3 +460,10 @@ def test_resume_refuses_a_planted_checkpoint(tmp_path, cache_dir, teacher_ckpt):
     train(part, progress=False, stop_after=1)
     state = torch.load(tmp_path / "ok" / "last.pt", weights_only=True)
     assert set(state) >= {"student", "optimizer", "scheduler", "step", "rng", "config"}
+
+
+def test_unreadable_manifest_is_one_line_naming_it(tmp_path):
+    for text in ("{not json", '{"shards": 3}', "[]"):
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(ValueError, match=r"manifest\.json is not a readable cache manifest"):
+            CacheReader(tmp_path)

@@ -211,7 +211,15 @@ class CacheReader:
         path = self.root / "manifest.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `mobilesam distill cache` first")
-        self.manifest = json.loads(path.read_text())
+        try:
+            self.manifest = json.loads(path.read_text())
+            shards = self.manifest["shards"]
+            _ = [len(shard["entries"]) for shard in shards]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path} is not a readable cache manifest ({type(exc).__name__}: {exc}); "
+                "rebuild the cache with `mobilesam distill cache`"
+            ) from None
         self.index: list[tuple[int, int]] = [
             (s, j)
             for s, shard in enumerate(self.manifest["shards"])
