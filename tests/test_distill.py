@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -467,3 +468,40 @@ def test_unreadable_manifest_is_one_line_naming_it(tmp_path):
         (tmp_path / "manifest.json").write_text(text)
         with pytest.raises(ValueError, match=r"manifest\.json is not a readable cache manifest"):
             CacheReader(tmp_path)
+
+
+def test_cache_is_content_addressed_and_works_from_anywhere(
+    tmp_path, teacher, sources, teacher_ckpt, monkeypatch
+):
+    """An image edited after caching: the rerun recomputes its shard only, and training on a
+    cache whose sources changed is refused unless allowed. Sources are stored as absolute
+    paths, so the cache reads from another working directory."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (photos / name).write_bytes((Path(sources[0]) / name).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    refs = collect_images(["photos"])  # relative paths, as a user would give them
+    cfg = CacheConfig(shard_size=1)
+    manifest = build_cache(teacher, refs, tmp_path / "cache", cfg, progress=False)
+    assert all(Path(e["path"]).is_absolute() for s in manifest["shards"] for e in s["entries"])
+    shard_of = {s["entries"][0]["path"]: s["file"] for s in manifest["shards"]}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")}
+
+    edited = photos / "a.jpg"
+    Image.fromarray(np.full((50, 70, 3), 200, np.uint8)).save(edited)
+    monkeypatch.chdir(tmp_path / "photos")  # another working directory
+    reader = CacheReader(tmp_path / "cache")
+    assert reader.stale_sources() == [str(edited.resolve())]
+    reader.entry(0)  # still readable from here
+    run = _cfg(tmp_path / "cache", tmp_path / "run", teacher_ckpt, batch_size=1, max_steps=1)
+    with pytest.raises(ValueError, match=r"stale: .*a\.jpg changed"):
+        train(run, progress=False)
+    train(replace(run, allow_stale_cache=True), progress=False)
+
+    monkeypatch.chdir(tmp_path)
+    build_cache(teacher, refs, tmp_path / "cache", cfg, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")}
+    redone = {name for name in after if after[name] != stamps[name]}
+    assert redone == {shard_of[str(edited.resolve())]}
+    assert CacheReader(tmp_path / "cache").stale_sources() == []

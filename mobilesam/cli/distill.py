@@ -165,6 +165,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="optional second stage: fine-tune the mask decoder for STEPS steps on the frozen "
         "student (default 0: off)",
     )
+    t.add_argument(
+        "--allow-stale-cache",
+        action="store_true",
+        default=d.allow_stale_cache,
+        help="train even if images changed since they were cached (by default refused)",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     t.add_argument("--lr", type=float, default=d.lr)

@@ -53,6 +53,19 @@ def to_model_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
     return normalize_and_pad(x, mean, std, img_size)[0]
 
 
+def source_stamp(ref: ImageRef) -> dict[str, Any]:
+    """What the cache records of an image's source file (the tar file for a member): its
+    absolute path, size, modification time (ns) and sha256. A changed file changes the
+    stamp, so its entries are recomputed; a missing one stamps as ``None``."""
+    path = Path(ref.path).resolve()
+    try:
+        st = path.stat()
+        digest = sha256_file(path)
+    except OSError:
+        return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
 def _fingerprint(teacher_sha: str | None, cfg: CacheConfig, keys: list[str]) -> str:
     blob = json.dumps([teacher_sha, asdict(cfg), keys])
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -99,14 +112,19 @@ def build_cache(
     teacher.eval()
     bar = progress_bar(len(mine), f"cache (rank {rank})", unit="shard", enabled=progress)
     done = skipped = 0
+    stamps: dict[str, dict[str, Any]] = {}  # source path → stamp, hashed once per build
     for i in mine:
         shard_path = out / f"shard_{i:05d}.pt"
-        keys = [f"{ref.key}#{v}" for ref, v in shards[i]]
+        for ref, _ in shards[i]:
+            if ref.path not in stamps:
+                stamps[ref.path] = source_stamp(ref)
+        # the sources' content is part of the key: an edited photo invalidates its shard
+        keys = [f"{ref.key}#{v}#{stamps[ref.path]['sha256']}" for ref, v in shards[i]]
         fp = _fingerprint(teacher_sha256, cfg, keys)
         if _shard_ok(shard_path, fp):
             skipped += 1
         else:
-            _compute_shard(teacher, shards[i], shard_path, fp, cfg, reader)
+            _compute_shard(teacher, shards[i], shard_path, fp, cfg, reader, stamps)
             done += 1
         bar.update(1)
     bar.close()
@@ -127,6 +145,7 @@ def _compute_shard(
     fingerprint: str,
     cfg: CacheConfig,
     reader: ImageReader,
+    stamps: dict[str, dict[str, Any]],
 ) -> None:
     embs, views, records, unreadable = [], [], [], []
     image, image_key = None, None
@@ -140,7 +159,11 @@ def _compute_shard(
         x = to_model_input(view.apply(image), teacher.img_size).to(teacher.device)
         embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
         views.append(view.to_json())
-        records.append({"key": ref.key, "path": ref.path, "member": ref.member, "view": v})
+        stamp = dict(stamps[ref.path])  # an absolute path: usable from any directory
+        records.append(
+            {"key": ref.key, "path": stamp.pop("path"), "member": ref.member, "view": v}
+            | {"source": stamp}
+        )
     # keys and views live in the sidecar (and the manifest) only
     data = {"embeddings": torch.stack(embs) if embs else torch.zeros(0)}
     atomic_write(path, lambda tmp: torch.save(data, tmp))
@@ -260,6 +283,31 @@ class CacheReader:
             path = self.root / self.manifest["shards"][s]["file"]
             self._loaded[s] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return self._loaded[s]
+
+    def stale_sources(self, limit: int = 5) -> list[str]:
+        """Source files whose size, modification time or content no longer match what the
+        cache recorded (up to ``limit``; the sha256 is computed only when size or time
+        differ)."""
+        stale: list[str] = []
+        seen: set[str] = set()
+        for shard in self.manifest["shards"]:
+            for rec in shard["entries"]:
+                src, path = rec.get("source"), rec["path"]
+                if src is None or path in seen:
+                    continue
+                seen.add(path)
+                try:
+                    st = Path(path).stat()
+                    same = (st.st_size, st.st_mtime_ns) == (src["size"], src["mtime_ns"])
+                    if not same and sha256_file(Path(path)) == src["sha256"]:
+                        same = True
+                except OSError:
+                    same = False
+                if not same:
+                    stale.append(path)
+                    if len(stale) >= limit:
+                        return stale
+        return stale
 
     def entry(self, i: int) -> tuple[ImageRef, View, torch.Tensor]:
         s, j = self.index[i]

@@ -52,7 +52,7 @@ MODES = ("decoupled", "semi-coupled")
 #: shapes the data order, the LR schedule (``epochs`` and ``max_steps`` set its length) or the
 #: model, and must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset(
-    {"out", "device", "num_workers", "save_every", "finetune_decoder_steps"}
+    {"out", "device", "num_workers", "save_every", "finetune_decoder_steps", "allow_stale_cache"}
 )
 
 
@@ -79,6 +79,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke tests)
     mask_points: int = 4  # semi-coupled: point prompts per image (plus their boxes)
     finetune_decoder_steps: int = 0  # optional second stage (see finetune_decoder)
+    allow_stale_cache: bool = False  # train even if cached images changed since caching
 
 
 class CacheDataset(torch.utils.data.Dataset):
@@ -309,6 +310,12 @@ def train(
     enc_cfg = STUDENT_PRESETS[cfg.student]
     student = build_image_encoder(enc_cfg).to(device)
     cache = CacheReader(cfg.cache)
+    stale = [] if cfg.allow_stale_cache else cache.stale_sources()
+    if stale:
+        raise ValueError(
+            f"the cache {cfg.cache} is stale: {', '.join(stale)} changed since it was built "
+            "(rebuild the cache, or allow_stale_cache=True / --allow-stale-cache)"
+        )
     emb_shape = cache.manifest["embedding_shape"]
     if emb_shape[0] != enc_cfg.out_chans:
         raise ValueError(f"student outputs {enc_cfg.out_chans} channels, cache has {emb_shape}")
