@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -475,7 +476,8 @@ def test_cache_is_content_addressed_and_works_from_anywhere(
 ):
     """An image edited after caching: the rerun recomputes its shard only, and training on a
     cache whose sources changed is refused unless allowed. Sources are stored as absolute
-    paths, so the cache reads from another working directory."""
+    paths relative to the cache folder, so the cache reads from another working directory
+    and moves with its data."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("a.jpg", "b.png"):
@@ -484,8 +486,12 @@ def test_cache_is_content_addressed_and_works_from_anywhere(
     refs = collect_images(["photos"])  # relative paths, as a user would give them
     cfg = CacheConfig(shard_size=1)
     manifest = build_cache(teacher, refs, tmp_path / "cache", cfg, progress=False)
-    assert all(Path(e["path"]).is_absolute() for s in manifest["shards"] for e in s["entries"])
-    shard_of = {s["entries"][0]["path"]: s["file"] for s in manifest["shards"]}
+    recorded = [e["path"] for s in manifest["shards"] for e in s["entries"]]
+    assert not any(Path(p).is_absolute() for p in recorded)  # relative to the cache folder
+    cache = tmp_path / "cache"
+    shard_of = {
+        str((cache / s["entries"][0]["path"]).resolve()): s["file"] for s in manifest["shards"]
+    }
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")}
 
     edited = photos / "a.jpg"
@@ -498,6 +504,14 @@ def test_cache_is_content_addressed_and_works_from_anywhere(
     with pytest.raises(ValueError, match=r"stale: .*a\.jpg changed"):
         train(run, progress=False)
     train(replace(run, allow_stale_cache=True), progress=False)
+
+    moved = tmp_path / "moved"  # the cache and its data moved together
+    moved.mkdir()
+    shutil.copytree(tmp_path / "cache", moved / "cache")
+    shutil.copytree(photos, moved / "photos")
+    stale = CacheReader(moved / "cache").stale_sources()
+    assert stale == [str((moved / "photos" / "a.jpg").resolve())]
+    CacheReader(moved / "cache").entry(1)
 
     monkeypatch.chdir(tmp_path)
     build_cache(teacher, refs, tmp_path / "cache", cfg, progress=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,15 @@ def source_stamp(ref: ImageRef) -> dict[str, Any]:
     except OSError:
         return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def _relative_to(source: str, cache_dir: Path) -> str:
+    """``source`` relative to the cache folder (so a cache moved with its data, or read from
+    another working directory, still finds it); absolute where no relative path exists."""
+    try:
+        return os.path.relpath(source, cache_dir.resolve())
+    except ValueError:  # another drive
+        return source
 
 
 def _fingerprint(teacher_sha: str | None, cfg: CacheConfig, keys: list[str]) -> str:
@@ -159,10 +169,10 @@ def _compute_shard(
         x = to_model_input(view.apply(image), teacher.img_size).to(teacher.device)
         embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
         views.append(view.to_json())
-        stamp = dict(stamps[ref.path])  # an absolute path: usable from any directory
+        stamp = dict(stamps[ref.path])
+        where = _relative_to(stamp.pop("path"), path.parent)  # relative to the cache folder
         records.append(
-            {"key": ref.key, "path": stamp.pop("path"), "member": ref.member, "view": v}
-            | {"source": stamp}
+            {"key": ref.key, "path": where, "member": ref.member, "view": v} | {"source": stamp}
         )
     # keys and views live in the sidecar (and the manifest) only
     data = {"embeddings": torch.stack(embs) if embs else torch.zeros(0)}
@@ -292,7 +302,7 @@ class CacheReader:
         seen: set[str] = set()
         for shard in self.manifest["shards"]:
             for rec in shard["entries"]:
-                src, path = rec.get("source"), rec["path"]
+                src, path = rec.get("source"), str(self.source_path(rec["path"]))
                 if src is None or path in seen:
                     continue
                 seen.add(path)
@@ -309,8 +319,13 @@ class CacheReader:
                         return stale
         return stale
 
+    def source_path(self, recorded: str) -> Path:
+        """A recorded source path: relative ones are relative to the cache folder."""
+        path = Path(recorded)
+        return path if path.is_absolute() else (self.root / path).resolve()
+
     def entry(self, i: int) -> tuple[ImageRef, View, torch.Tensor]:
         s, j = self.index[i]
         rec = self.manifest["shards"][s]["entries"][j]
-        ref = ImageRef(rec["key"], rec["path"], rec["member"])
+        ref = ImageRef(rec["key"], str(self.source_path(rec["path"])), rec["member"])
         return ref, View.from_json(rec["view_params"]), self._shard(s)["embeddings"][j]
