@@ -499,14 +499,14 @@ def _xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _check_number(name: str, value: object, lo: float, hi: float) -> None:
-    """``value`` a real number in ``[lo, hi]`` (finite unless ``hi`` is inf), else a
-    ValueError naming the argument."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not (lo <= float(value) <= hi) or float(value) != float(value):
-        bound = f"in [{lo:g}, {hi:g}]" if hi != float("inf") else f">= {lo:g}"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
-    if not np.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+    """``value`` a finite real number in ``[lo, hi]``, else a ValueError naming the
+    argument."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+    if not (number and np.isfinite(float(value)) and lo <= float(value) <= hi):
+        bound = f"in [{lo:g}, {hi:g}]" if np.isfinite(hi) else f">= {lo:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -310,8 +310,8 @@ def threshold_blocks(
     scale, info = torch.maximum(lo.abs(), hi.abs()), torch.finfo(x.dtype)
     above, decided, undecided = [], [], None
     for t in thresholds:
-        margin = torch.clamp(scale, min=abs(t)).mul_(MARGIN_EPS * info.eps).add_(info.tiny)
-        up, down = lo > margin.add(t), hi < margin.neg_().add_(t)
+        margin = torch.clamp(scale, min=abs(t)) * (MARGIN_EPS * info.eps) + info.tiny
+        up, down = lo > t + margin, hi < t - margin
         above.append(up)
         decided.append(up | down)
         undecided = ~decided[-1] if undecided is None else undecided | ~decided[-1]

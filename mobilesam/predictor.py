@@ -100,7 +100,8 @@ class SamPredictor:
         if dtype is None and precision is None:  # leave the encoder as it is
             chosen = next(sam_model.image_encoder.parameters()).dtype
         else:
-            chosen = resolve_precision(dtype if precision is None else precision, "cpu")
+            device = sam_model.pixel_mean.device  # "auto" decides for the model's device
+            chosen = resolve_precision(dtype if precision is None else precision, device)
             sam_model.image_encoder.to(chosen)
         self.model = sam_model
         #: The image encoder's dtype; everything else runs in float32.
@@ -188,13 +189,13 @@ class SamPredictor:
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None or point_labels is not None:
             coords, labels = _check_points(point_coords, point_labels)
-            _check_reach("point_coords", coords, self.original_size)
+            check_prompt_reach("point_coords", coords, self.original_size)
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
             checked = _check_box(box)
-            _check_reach("box", checked, self.original_size)
+            check_prompt_reach("box", checked, self.original_size)
             b = self.transform.apply_boxes(checked, self.original_size)
             box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
         if mask_input is not None:
@@ -402,12 +403,16 @@ def _check_points(
 PROMPT_REACH = 10
 
 
-def _check_reach(name: str, coords: np.ndarray, original_size: tuple[int, int]) -> None:
+def check_prompt_reach(name: str, coords: object, original_size: tuple[int, int]) -> None:
+    """ValueError naming ``name`` (the caller's term for the prompt) when a coordinate lies
+    more than :data:`PROMPT_REACH` image sizes from the image (``original_size`` ``(H, W)``).
+    Front ends call it with their own field or flag names."""
+    values = np.abs(np.asarray(coords, dtype=np.float64))
     reach = PROMPT_REACH * max(original_size)
-    if np.abs(coords).max(initial=0.0) > reach:
+    if values.max(initial=0.0) > reach:
         raise ValueError(
             f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
-            f"got {np.abs(coords).max():.3g}"
+            f"got {values.max():.3g}"
         )
 
 

@@ -29,7 +29,7 @@ EXAMPLES = """examples:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..predictor import PROMPT_REACH, SamPredictor
+    from ..predictor import SamPredictor, check_prompt_reach
 
     image_path = Path(args.image) if args.image else example_image()
     image = read_rgb(image_path)
@@ -41,11 +41,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not points and box is None:
         h, w = image.shape[:2]
         points = [[w / 2, h / 2, 1]]
-    h, w = image.shape[:2]
-    reach = PROMPT_REACH * max(h, w)
-    for flag, values in (("--point", [v for p in points for v in p[:2]]), ("--box", box or [])):
-        if any(abs(v) > reach for v in values):
-            raise CliError(f"{flag} coordinates must lie within ±{reach} pixels of the image")
+    for flag, values in (("--point", [p[:2] for p in points]), ("--box", box or [])):
+        try:
+            check_prompt_reach(f"{flag} coordinates", values, image.shape[:2])
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     model, ckpt = load_model(args)
     predictor = SamPredictor(model, precision=args.precision)
     t0 = time.perf_counter()

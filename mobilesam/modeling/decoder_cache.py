@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_transpose_weight
+from .common import conv_transpose_matrix
 from .transformer import Attention
 
 
@@ -136,15 +136,16 @@ class DecoderWeights:
     def of(cls, decoder: nn.Module) -> DecoderWeights:
         mlps = decoder.output_hypernetworks_mlps
         depth = len(mlps[0].layers)
-        up1, up2 = decoder.output_upscaling[0], decoder.output_upscaling[3]
+        up1_w, up1_b = conv_transpose_matrix(decoder.output_upscaling[0])
+        up2_w, up2_b = conv_transpose_matrix(decoder.output_upscaling[3])
         return cls(
             tokens=torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]),
             hyper_w=[torch.stack([m.layers[i].weight.t() for m in mlps]) for i in range(depth)],
             hyper_b=[torch.stack([m.layers[i].bias[None] for m in mlps]) for i in range(depth)],
-            up1_w=conv_transpose_weight(up1),
-            up1_b=up1.bias.repeat(4),
-            up2_w=conv_transpose_weight(up2),
-            up2_b=up2.bias.repeat(4),
+            up1_w=up1_w,
+            up1_b=up1_b,
+            up2_w=up2_w,
+            up2_b=up2_b,
         )
 
     def hypernetworks(self, tokens: torch.Tensor, which: range) -> torch.Tensor:
@@ -295,14 +296,15 @@ def prepare_image_cache(
         g = g * gamma
     xg = x * g
     fa = tf.final_attn_token_to_image
+    weights = DecoderWeights.of(decoder)
     return ImageCache(
         key=key,
         layers=layers,
         final_k=_attn_side(fa, fa.k_proj, xg, pe),
         final_v=_attn_side(fa, fa.v_proj, xg, None),
-        upscale=xg @ conv_transpose_weight(decoder.output_upscaling[0]),
+        upscale=xg @ weights.up1_w,
         size=(h, w),
-        weights=DecoderWeights.of(decoder),
+        weights=weights,
     )
 
 

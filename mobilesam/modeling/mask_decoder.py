@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d, conv_transpose_weight
+from .common import MLP, LayerNorm2d, conv_transpose_matrix
 from .decoder_cache import (
     DecodedTokens,
     ImageCache,
@@ -102,8 +102,7 @@ class MaskDecoder(nn.Module):
         Returns:
             ``(B, T, 4h, 4w)`` mask logits.
         """
-        up1 = self.output_upscaling[0]
-        w1, bias = conv_transpose_weight(up1), up1.bias.repeat(4)
+        w1, bias = conv_transpose_matrix(self.output_upscaling[0])
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -145,13 +144,13 @@ class MaskDecoder(nn.Module):
         arithmetic is the same either way.
         """
         _, norm, act1, up2, act2 = self.output_upscaling
-        w2, bias2 = second or (conv_transpose_weight(up2), up2.bias.repeat(4))
+        w2, bias2 = second or conv_transpose_matrix(up2)
         c4, t = norm.weight.shape[0], hyper_in.shape[1]
         one_pass = hyper_in.device.type != "cpu" or torch.jit.is_tracing()
         rows_per_chunk = h if one_pass else max(1, self.UPSCALE_CHUNK_TOKENS // w)
         groups = [slice(None)] if one_pass else [slice(i, i + 1) for i in range(batch)]
         inplace = not torch.is_grad_enabled()
-        masks = hyper_in.new_empty(batch, t, 4 * h, 4 * w)
+        masks = None if one_pass else hyper_in.new_empty(batch, t, 4 * h, 4 * w)
         # eager inference reuses one set of buffers for every chunk and prompt: fresh
         # allocations of this size cost page faults on every call
         ws = Workspace() if inplace and not one_pass else None
@@ -172,7 +171,7 @@ class MaskDecoder(nn.Module):
                 if one_pass:
                     # (b, T, i, j, a, b, c, d) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
                     x = x.view(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-                    return x.reshape(masks.shape)
+                    return x.reshape(b, t, 4 * h, 4 * w)
                 dst = masks[rows, :, 4 * r0 : 4 * r1]
                 if not inplace:  # autograd: the same rearrangement on floats
                     x = x.view(b, t, r1 - r0, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
@@ -296,8 +295,8 @@ def _conv_transpose_2x2(
     """A kernel-2, stride-2 transposed convolution on pixels in rows: ``(B, P, C)`` →
     ``(B, 4P, O)``, where output row ``4p + 2a + b`` is sub-pixel ``(a, b)`` (row, column)
     of input pixel ``p``. Each input pixel owns its 2×2 output patch, so the layer is one
-    matrix product with the :func:`~mobilesam.modeling.common.conv_transpose_weight`
-    matrix; ``bias`` is ``(4·O,)`` (the layer's bias repeated per sub-pixel)."""
+    matrix product with the :func:`~mobilesam.modeling.common.conv_transpose_matrix`
+    weight and bias."""
     b, p, c = x.shape
     x = x.reshape(b * p, c)
     out = None if ws is None else ws.get("second", (b * p, weight.shape[1]), x)

@@ -9,14 +9,14 @@ beyond float rounding:
 - in ``eval()`` each ``Conv2d_BN`` folds its BatchNorm into the convolution on every call
   (nothing is cached, so a later ``load_state_dict`` or ``.to(dtype)`` is always honoured);
 - attention is an explicit ``bmm`` softmax with the learned relative-position bias gathered
-  on every call (the official code caches it in ``train(False)``, which goes
-  stale when weights are loaded afterwards);
-- without autograd (inference), every block runs in bands of rows (:func:`row_bands`): the
-  convolutional blocks with a one-row halo for their 3×3 depthwise convolution, attention a
-  band of whole windows at a time, the MLP a band of tokens at a time. Each pixel's
-  arithmetic is the same; only the wide intermediates (4× expanded channels) stay a few MB,
-  so they stay in cache and are not freshly paged in by the OS on every call, which on a VM
-  costs as much as the arithmetic;
+  on every call (the official code caches it in ``train(False)``, which goes stale when
+  weights are loaded afterwards);
+- in eval mode without autograd (inference; :func:`banded`), every block runs in bands of
+  rows (:func:`row_bands`): the convolutional blocks with a one-row halo for their 3×3
+  depthwise convolution, attention a band of whole windows at a time, the MLP a band of
+  tokens at a time. Each pixel's arithmetic is the same; only the wide intermediates (4×
+  expanded channels) stay a few MB, so they stay in cache and are not freshly paged in by the
+  OS on every call, which on a VM costs as much as the arithmetic;
 - the token grid is derived from the input instead of being hard-coded to 64×64, and the
   unused ImageNet classifier head is not built.
 """

@@ -39,7 +39,7 @@ from PIL import Image
 from .._heap import HeapTrimmer
 from ..image_io import read_rgb
 from ..modeling.sam import Sam
-from ..predictor import PROMPT_REACH, SamPredictor
+from ..predictor import SamPredictor, check_prompt_reach
 from .gate import ModelGate
 
 #: Host names a local server answers to (any port).
@@ -147,17 +147,15 @@ def _check_in_reach(
     box: tuple[float, float, float, float] | None,
     hw: tuple[int, int],
 ) -> None:
-    """422 naming the field when a prompt coordinate lies beyond :data:`PROMPT_REACH` image
-    sizes (such values only produce NaN scores)."""
+    """422 naming the JSON field when a prompt lies too far from the image (the library's
+    rule, :func:`~mobilesam.predictor.check_prompt_reach`)."""
     from fastapi import HTTPException
 
-    h, w = hw
-    reach = PROMPT_REACH * max(h, w)
-    for name, values in (("points", [c for p in points or [] for c in p]), ("box", box or [])):
-        if any(abs(v) > reach for v in values):
-            raise HTTPException(
-                422, f"{name}: coordinates must lie within ±{reach} pixels of the image"
-            )
+    for name, values in (("points", points or []), ("box", box or [])):
+        try:
+            check_prompt_reach(name, values, hw)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
 
 
 #: Methods that change state (a cross-origin page must not send them).
