@@ -18,6 +18,17 @@ from PIL import Image, ImageOps
 
 from .transforms import to_rgb_uint8
 
+#: File suffixes (lower case) read as photos when a folder is listed.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """The photos under ``folder``, recursively: files whose suffix is in
+    :data:`IMAGE_SUFFIXES` (any case), sorted by path so every listing is the same."""
+    return sorted(
+        f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    )
+
 
 def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``source`` (a path, the file's bytes, or a binary file object).

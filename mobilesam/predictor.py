@@ -14,10 +14,8 @@ from .modeling.decoder_cache import ImageCache, weights_key
 from .modeling.mask_decoder import select_outputs
 from .modeling.sam import Sam
 from .precision import PrecisionLike, precision_name, resolve_precision
-from .transforms import ResizeLongestSide, to_rgb_uint8
-
-VALID_LABELS = (-1, 0, 1, 2, 3)
-
+from .prompts import check_box, check_mask_input, check_points, check_prompt_reach
+from .transforms import ResizeLongestSide, resize_to_input, to_rgb_uint8
 
 #: A real image embedding varies over the image: the median over channels of its spatial
 #: standard deviation, relative to its RMS, was 0.37-0.74 on 19 inputs (the reference photos,
@@ -133,9 +131,7 @@ class SamPredictor:
         rgb = to_rgb_uint8(image, image_format)
         if self.model.image_format == "BGR":
             rgb = rgb[..., ::-1]
-        resized = self.transform.apply_image(rgb)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
-        self.set_torch_image(tensor[None], rgb.shape[:2])
+        self.set_torch_image(resize_to_input(rgb, self.model.img_size), rgb.shape[:2])
 
     @torch.no_grad()
     def set_torch_image(
@@ -188,13 +184,13 @@ class SamPredictor:
         self._require_image()
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None or point_labels is not None:
-            coords, labels = _check_points(point_coords, point_labels)
+            coords, labels = check_points(point_coords, point_labels)
             check_prompt_reach("point_coords", coords, self.original_size)
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            checked = _check_box(box)
+            checked = check_box(box)
             check_prompt_reach("box", checked, self.original_size)
             b = self.transform.apply_boxes(checked, self.original_size)
             box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
@@ -358,71 +354,3 @@ def require_image(is_image_set: bool) -> None:
     """Raise :class:`ImageNotSetError` unless an image has been set."""
     if not is_image_set:
         raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
-
-
-def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
-    """``mask_input`` as float32 of shape ``expected`` (``(1, 256, 256)``), or ValueError."""
-    m = np.asarray(mask_input, dtype=np.float32)
-    if m.shape != expected:
-        raise ValueError(
-            f"mask_input must have shape {expected} (the low-res logits of one mask from a "
-            f"previous predict call, e.g. low_res[best][None]); got {m.shape}"
-        )
-    if not np.isfinite(m).all():
-        raise ValueError("mask_input contains NaN or inf")
-    return m
-
-
-def _check_points(
-    point_coords: np.ndarray | None, point_labels: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    if point_coords is None or point_labels is None:
-        raise ValueError("point_coords and point_labels must be given together")
-    coords = np.asarray(point_coords, dtype=np.float64)
-    labels = np.asarray(point_labels)
-    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-        raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
-    if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
-        raise ValueError(
-            f"point_labels must have shape (N,) matching point_coords' N={coords.shape[0]}, "
-            f"got {labels.shape}"
-        )
-    if not np.isfinite(coords).all():
-        raise ValueError("point_coords contains NaN or inf")
-    if not np.isin(labels, VALID_LABELS).all():
-        raise ValueError(
-            "point_labels must be 1 (foreground), 0 (background), -1 (padding) or 2/3 (box "
-            f"corners); got {np.unique(labels).tolist()}"
-        )
-    return coords, labels.astype(np.int64)
-
-
-#: How far outside the image a prompt may lie, in image sizes. SAM accepts any coordinate,
-#: but far beyond the image the positional encoding's sin/cos lose all precision and the
-#: scores become NaN.
-PROMPT_REACH = 10
-
-
-def check_prompt_reach(name: str, coords: object, original_size: tuple[int, int]) -> None:
-    """ValueError naming ``name`` (the caller's term for the prompt) when a coordinate lies
-    more than :data:`PROMPT_REACH` image sizes from the image (``original_size`` ``(H, W)``).
-    Front ends call it with their own field or flag names."""
-    values = np.abs(np.asarray(coords, dtype=np.float64))
-    reach = PROMPT_REACH * max(original_size)
-    if values.max(initial=0.0) > reach:
-        raise ValueError(
-            f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
-            f"got {values.max():.3g}"
-        )
-
-
-def _check_box(box: np.ndarray) -> np.ndarray:
-    b = np.asarray(box, dtype=np.float64)
-    if b.shape not in ((4,), (1, 4)):
-        raise ValueError(f"box must have shape (4,) or (1, 4) as XYXY, got {b.shape}")
-    b = b.reshape(1, 4)
-    if not np.isfinite(b).all():
-        raise ValueError("box contains NaN or inf")
-    if b[0, 2] < b[0, 0] or b[0, 3] < b[0, 1]:
-        raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {b[0].tolist()}")
-    return b

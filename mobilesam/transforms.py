@@ -81,6 +81,51 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {dt}; expected uint8")
 
 
+#: SAM's per-channel normalisation of 0-255 RGB (ImageNet statistics).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def normalize_and_pad(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int
+) -> torch.Tensor:
+    """``(B, 3, h, w)`` 0-255 RGB → ``(B, 3, size, size)``: ``(x - mean) / std`` per channel
+    (``mean``/``std`` shaped ``(3, 1, 1)``), then zeros at the bottom and right."""
+    x = (x - mean) / std
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, size - w, 0, size - h))
+
+
+def resize_to_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
+    """``H×W×3`` uint8 RGB → ``(1, 3, h, w)`` float32 0-255, resized so that ``max(h, w) ==
+    img_size`` (:meth:`ResizeLongestSide.apply_image`): what ``set_torch_image`` takes."""
+    resized = ResizeLongestSide(img_size).apply_image(rgb)
+    return torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+
+
+def prepare_image(
+    rgb: np.ndarray,
+    img_size: int,
+    pixel_mean: tuple[float, ...] = PIXEL_MEAN,
+    pixel_std: tuple[float, ...] = PIXEL_STD,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The encoder's input for a photo, exactly as ``SamPredictor.set_image`` makes it.
+
+    Args:
+        rgb: ``H×W×3`` uint8 RGB.
+        img_size: side of the square encoder input in pixels (1024).
+        pixel_mean, pixel_std: per-channel normalisation of 0-255 values.
+
+    Returns:
+        ``(1, 3, img_size, img_size)`` float32 (resized, normalised, zero-padded at the
+        bottom and right), and the resized ``(h, w)`` before padding (the input frame).
+    """
+    x = resize_to_input(rgb, img_size)
+    mean = torch.tensor(pixel_mean).view(-1, 1, 1)
+    std = torch.tensor(pixel_std).view(-1, 1, 1)
+    return normalize_and_pad(x, mean, std, img_size), (int(x.shape[2]), int(x.shape[3]))
+
+
 def resize_longest_size(size: torch.Tensor, long_side_length: int) -> torch.Tensor:
     """Traceable :meth:`ResizeLongestSide.get_preprocess_shape`: ``(2,)`` ``(H, W)`` (any
     numeric dtype) → int64 ``(h, w)`` after the resize, rounded half-up in float64 exactly as

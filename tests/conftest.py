@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from mobilesam.evaluation.miou import mask_iou  # noqa: F401 (re-exported for the tests)
-
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-FIXTURE_CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
+from .helpers import FIXTURE_CKPT, REFERENCE, load_image
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,10 +38,6 @@ def golden(reference: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def cases(reference: Path) -> dict:
     return json.loads((reference / "golden" / "cases.json").read_text())
-
-
-def load_image(reference: Path, name: str) -> np.ndarray:
-    return np.array(Image.open(reference / "images" / name).convert("RGB"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from mobilesam import SamAutomaticMaskGenerator
 from mobilesam.masks import batched_mask_to_box, rle_to_mask
 
-from .conftest import load_image
+from .helpers import load_image
 
 
 def _coco(rles: list[dict]) -> list[dict]:

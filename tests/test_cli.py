@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import mask_iou
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mobilesam", *args], capture_output=True, text=True, timeout=300
-    )
+from .helpers import mask_iou
+from .helpers import run_cli
 
 
 def test_segment_point_matches_library(tmp_path, reference, embedded, cases):
     ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
     image = reference / "images" / cases["images"][0]
-    res = _run(
+    res = run_cli(
         "segment",
         str(image),
         "--checkpoint",
@@ -50,14 +45,14 @@ def test_segment_point_matches_library(tmp_path, reference, embedded, cases):
 
 def test_segment_bad_arguments(tmp_path, reference):
     ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
-    res = _run("segment", "--checkpoint", ckpt, "--point", "1,2,3,4", "--out", str(tmp_path))
+    res = run_cli("segment", "--checkpoint", ckpt, "--point", "1,2,3,4", "--out", str(tmp_path))
     assert res.returncode != 0 and "--point takes 2 or 3 numbers" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    res = _run("segment", str(tmp_path / "nope.jpg"), "--checkpoint", ckpt)
+    res = run_cli("segment", str(tmp_path / "nope.jpg"), "--checkpoint", ckpt)
     assert res.returncode != 0 and "cannot read image" in res.stderr
-    res = _run("segment", "--checkpoint", str(tmp_path / "missing.pt"))
+    res = run_cli("segment", "--checkpoint", str(tmp_path / "missing.pt"))
     assert res.returncode != 0 and "missing.pt" in res.stderr
-    res = _run("segment", "--checkpoint", ckpt, "--point", "10,10,0.7")
+    res = run_cli("segment", "--checkpoint", ckpt, "--point", "10,10,0.7")
     assert res.returncode == 2 and "label must be 1 (foreground) or 0" in res.stderr
 
 
@@ -69,7 +64,7 @@ def test_export_and_bench_bad_arguments(reference):
         (("bench", "--checkpoint", "x.pt", "--repeats", "0"), "--repeats must be >= 1"),
         (("bench", "--checkpoint", "x.pt", "--threads", "0"), "--threads must be >= 1"),
     ):
-        res = _run(*args)
+        res = run_cli(*args)
         assert res.returncode == 2 and message in res.stderr, res.stderr
 
 
@@ -85,7 +80,7 @@ def test_everything_writes_json_and_overlay_then_skips(tmp_path, reference):
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
     args = ("everything", str(photos), "--checkpoint", str(ckpt), "--out", str(out))
-    res = _run(*args, "--points-per-side", "4")
+    res = run_cli(*args, "--points-per-side", "4")
     assert res.returncode == 1, res.stderr  # one unreadable image
     assert "broken.jpg" in res.stderr and "skipping" in res.stderr
     for stem in ("a", "sub/b"):
@@ -102,57 +97,57 @@ def test_everything_writes_json_and_overlay_then_skips(tmp_path, reference):
     assert not (out / "broken.json").exists()
     # a rerun skips finished images and retries only the broken one
     before = (out / "a.json").stat().st_mtime_ns
-    res = _run(*args, "--points-per-side", "4", "--quiet")
+    res = run_cli(*args, "--points-per-side", "4", "--quiet")
     assert "skipping 2 image(s) already done" in res.stdout
     assert (out / "a.json").stat().st_mtime_ns == before
     record = json.loads((out / "a.json").read_text())
     assert len(record["model"]["sha256"]) == 64
     # other settings (or another checkpoint): the results are redone, never reused
-    res = _run(*args, "--points-per-side", "3", "--quiet")
+    res = run_cli(*args, "--points-per-side", "3", "--quiet")
     assert "redoing 2 image(s) made with other settings or another checkpoint" in res.stdout
     record = json.loads((out / "a.json").read_text())
     assert record["settings"]["points_per_side"] == 3
     record["model"]["sha256"] = "0" * 64  # as if made with another checkpoint
     (out / "a.json").write_text(json.dumps(record))
-    res = _run(*args, "--points-per-side", "3", "--quiet")
+    res = run_cli(*args, "--points-per-side", "3", "--quiet")
     assert "redoing 1 image(s)" in res.stdout
 
 
 def test_everything_bad_input(tmp_path):
-    res = _run("everything", str(tmp_path / "missing.jpg"), "--out", str(tmp_path))
+    res = run_cli("everything", str(tmp_path / "missing.jpg"), "--out", str(tmp_path))
     assert res.returncode == 2
     assert "no such file or directory" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = _run("everything", str(empty))
+    res = run_cli("everything", str(empty))
     assert res.returncode == 2 and "no images" in res.stderr
 
 
 def test_help_lists_commands_with_examples():
-    res = _run("--help")
+    res = run_cli("--help")
     assert res.returncode == 0 and "segment" in res.stdout and "everything" in res.stdout
     for cmd in ("segment", "everything", "export", "distill", "eval", "bench", "serve"):
-        res = _run(cmd, "--help")
+        res = run_cli(cmd, "--help")
         assert res.returncode == 0 and "examples:" in res.stdout
 
 
 def test_export_writes_onnx_and_model_json(tmp_path, reference):
     ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
-    res = _run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--opset", "17")
+    res = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--opset", "17")
     assert res.returncode == 0, res.stderr
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["model"] == "mobile_sam_fixture"
     for name in ("encoder.onnx", "decoder.onnx", "decoder_multimask.onnx"):
         assert (tmp_path / name).stat().st_size > 1000
-    res = _run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--quantize", "fp4")
+    res = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--quantize", "fp4")
     assert res.returncode == 2 and "invalid choice" in res.stderr
 
 
 def test_bench_prints_and_writes_json(tmp_path, reference):
     ckpt = reference / "checkpoints" / "mobile_sam_fixture.pt"
     out = tmp_path / "bench.json"
-    res = _run(
+    res = run_cli(
         "bench",
         "--checkpoint",
         str(ckpt),
@@ -173,7 +168,7 @@ def test_bench_prints_and_writes_json(tmp_path, reference):
     assert data["encoder_s"] > 0 and data["predict_ms"] > 0 and data["threads"] == 2
     assert data["precision"] == "bf16" and isinstance(data["everything_masks"], int)
     assert "encoder_s" in res.stdout
-    res = _run("bench", "--checkpoint", str(ckpt), "--precision", "fp64")
+    res = run_cli("bench", "--checkpoint", str(ckpt), "--precision", "fp64")
     assert res.returncode == 2 and "--precision" in res.stderr
 
 
@@ -184,7 +179,7 @@ def test_serve_bad_arguments(tmp_path):
         (("--checkpoint", "x.pt", "--max-pixels", "-3"), 2, "--max-pixels must be positive"),
         (("--checkpoint", str(tmp_path / "missing.pt")), 1, "neither an existing file"),
     ):
-        res = _run("serve", *args)
+        res = run_cli("serve", *args)
         assert res.returncode == code and message in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
 
@@ -270,13 +265,13 @@ def test_everything_inputs_dedupe_exclude_output_and_never_collide(tmp_path):
 def test_version_out_checks_and_interrupt(tmp_path, reference):
     from mobilesam import __version__
 
-    res = _run("--version")
+    res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"mobilesam {__version__}"
     ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for out in ("/dev/null/x", str(blocker), str(blocker / "below")):
-        res = _run("segment", "--checkpoint", ckpt, "--out", out)
+        res = run_cli("segment", "--checkpoint", ckpt, "--out", out)
         assert res.returncode == 2, res.stderr
         assert "is not a writable folder" in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
@@ -299,16 +294,16 @@ def test_version_out_checks_and_interrupt(tmp_path, reference):
 def test_error_texts_for_wrong_kinds_of_file(tmp_path, reference):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    res = _run("segment", "--checkpoint", str(text))
+    res = run_cli("segment", "--checkpoint", str(text))
     assert res.returncode == 1 and "not a PyTorch file?" in res.stderr
     ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
-    res = _run("segment", str(tmp_path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"))
+    res = run_cli("segment", str(tmp_path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "it is a folder" in res.stderr
 
 
 def test_far_prompts_are_a_usage_error_and_no_json_holds_nan(tmp_path, reference):
     ckpt = str(reference / "checkpoints" / "mobile_sam_fixture.pt")
-    res = _run("segment", "--checkpoint", ckpt, "--point", "1e300,1e300", "--out", str(tmp_path))
+    res = run_cli("segment", "--checkpoint", ckpt, "--point", "1e300,1e300", "--out", str(tmp_path))
     assert res.returncode == 2 and "--point coordinates must lie within" in res.stderr
     assert not list(tmp_path.glob("*.json"))
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mobilesam import SamPredictor, build_sam
 
-from .conftest import FIXTURE_CKPT, load_image
+from .helpers import FIXTURE_CKPT, load_image
 
 pytest.importorskip("pycocotools")
 

@@ -19,7 +19,7 @@ import torch
 
 from mobilesam import SamPredictor, build_sam
 
-from .conftest import FIXTURE_CKPT, REFERENCE
+from .helpers import FIXTURE_CKPT, REFERENCE
 
 OFFICIAL = REFERENCE.parent / "official"
 

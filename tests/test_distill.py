@@ -21,15 +21,8 @@ from mobilesam.training.cache import CacheConfig, CacheReader, build_cache
 from mobilesam.training.data import ImageReader, collect_images, select
 from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, export_student, train
 
-from .conftest import load_image
-
-
-def _run(*args: str, module: str = "mobilesam"):
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+from .helpers import load_image
+from .helpers import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -300,7 +293,7 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
     """The commands as a user runs them: cache from a folder, then two gloo ranks under
     torchrun; rank 0 alone writes the metrics and the checkpoint."""
     cache, run = tmp_path / "cache", tmp_path / "run"
-    res = _run(
+    res = run_cli(
         "distill",
         "cache",
         "--checkpoint",
@@ -322,7 +315,7 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
         f'student = "vit_t_small"\nbatch_size = 1\nmax_steps = 2\nnum_workers = 0\n'
     )
     train_args = ("distill", "train", "--config", str(config), "--out", str(run))
-    res = _run(
+    res = run_cli(
         "--nproc_per_node",
         "2",
         "--master_port",
@@ -341,7 +334,7 @@ def test_cli_cache_then_torchrun_ddp_train(tmp_path, sources, teacher_ckpt):
     assert (run / "student.pt").is_file() and (run / "last.pt").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["ranks_in_sync"] is True
-    bad = _run(*train_args, "--student", "vit_q")
+    bad = run_cli(*train_args, "--student", "vit_q")
     assert bad.returncode != 0 and "student must be one of" in bad.stderr
 
 
@@ -349,7 +342,7 @@ def test_eval_miou_identical_and_different(tmp_path, sources, teacher_ckpt, refe
     fixture = reference / "checkpoints" / "mobile_sam_fixture.pt"
 
     def run(model, out):
-        res = _run(
+        res = run_cli(
             "eval",
             "miou",
             "--model",

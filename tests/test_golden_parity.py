@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import mask_iou
+from .helpers import mask_iou
 
 EMB_TOL = 2e-3
 LOGIT_TOL = 5e-3
@@ -128,7 +128,7 @@ def test_return_logits_matches_masks(embedded, golden, cases, img):
 
 def test_sam_forward_batched_api(fixture_model, embedded, golden, cases, reference):
     """``Sam.forward`` (the batched dict API) agrees with the predictor."""
-    from .conftest import load_image
+    from .helpers import load_image
 
     case = _case(cases, "img0/three_points_pos_neg")
     pred = embedded[case["image"]]

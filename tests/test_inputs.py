@@ -10,7 +10,7 @@ from PIL import Image
 from mobilesam import ImageNotSetError, SamPredictor
 from mobilesam.transforms import ResizeLongestSide, to_rgb_uint8
 
-from .conftest import load_image
+from .helpers import load_image
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mobilesam.checkpoint import DROP_PREFIXES, detect_model_type, read_state_di
 from mobilesam.modeling.image_encoder import ImageEncoderViT, ViTConfig
 from mobilesam.modeling.tiny_vit import TinyViT
 
-from .conftest import load_image
+from .helpers import load_image
 
 
 @pytest.fixture(scope="session")

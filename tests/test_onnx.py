@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import FIXTURE_CKPT, load_image, mask_iou
+from .helpers import FIXTURE_CKPT, load_image, mask_iou
 from .test_golden_parity import PROMPT_CASES, _case, _prompt_kwargs
 
 ort = pytest.importorskip("onnxruntime")
@@ -90,7 +90,7 @@ def test_decoder_reproduces_golden_onnx_semantics(export_dir, golden, cases, img
 def load_image_size(name: str) -> tuple[int, int]:
     from PIL import Image
 
-    from .conftest import REFERENCE
+    from .helpers import REFERENCE
 
     with Image.open(REFERENCE / "images" / name) as im:
         return im.height, im.width

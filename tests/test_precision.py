@@ -18,7 +18,7 @@ from mobilesam.predictor import (
     check_embedding,
 )
 
-from .conftest import FIXTURE_CKPT, load_image, mask_iou
+from .helpers import FIXTURE_CKPT, load_image, mask_iou
 from .test_golden_parity import PROMPT_CASES, _case, _prompt_kwargs
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import load_image, mask_iou
+from .helpers import load_image, mask_iou
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

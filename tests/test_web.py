@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import mask_iou
+from .helpers import mask_iou
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

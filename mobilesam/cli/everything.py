@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import atomic_write
+from ..image_io import IMAGE_SUFFIXES, find_images
 from ..progress import progress_bar
-from ..training.data import IMAGE_SUFFIXES
 from .common import (
     CliError,
     add_model_args,
@@ -62,10 +62,7 @@ def collect_images(inputs: list[str], exclude: Path | None = None) -> list[tuple
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(
-                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            found += [(f, f.relative_to(path).with_suffix("")) for f in files]
+            found += [(f, f.relative_to(path).with_suffix("")) for f in find_images(path)]
         elif path.is_file():
             found.append((path, Path(path.stem)))
         else:

@@ -29,7 +29,8 @@ EXAMPLES = """examples:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..predictor import SamPredictor, check_prompt_reach
+    from ..predictor import SamPredictor
+    from ..prompts import check_prompt_reach
 
     image_path = Path(args.image) if args.image else example_image()
     image = read_rgb(image_path)

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from ..prompts import point_sequence
 from .common import LayerNorm2d
 
 
@@ -114,12 +115,6 @@ class PromptEncoder(nn.Module):
             out = out + emb.weight * (labels == i).to(out.dtype)
         return out
 
-    def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """``(B, 4)`` XYXY boxes in the input frame → ``(B, 2, embed_dim)`` corner embeddings."""
-        corners = boxes.reshape(-1, 2, 2)
-        labels = torch.tensor([2, 3], device=boxes.device).expand(corners.shape[0], 2)
-        return self.embed_points(corners, labels)
-
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """``(B, 1, 4h, 4w)`` low-res mask logits → ``(B, embed_dim, h, w)``."""
         return self.mask_downscaling(masks)
@@ -163,15 +158,9 @@ class PromptEncoder(nn.Module):
             bs = masks.shape[0]
         else:
             bs = 1
-        weight = self.no_mask_embed.weight
-        sparse = [weight.new_empty((bs, 0, self.embed_dim))]
-        if points is not None:
-            coords, labels = points
-            if boxes is None:
-                coords = torch.cat([coords, coords.new_zeros((bs, 1, 2))], dim=1)
-                labels = torch.cat([labels, -labels.new_ones((bs, 1))], dim=1)
-            sparse.append(self.embed_points(coords, labels))
-        if boxes is not None:
-            sparse.append(self.embed_boxes(boxes))
+        if points is None and boxes is None:
+            sparse = self.no_mask_embed.weight.new_empty((bs, 0, self.embed_dim))
+        else:
+            sparse = self.embed_points(*point_sequence(points, boxes, bs))
         dense = self.embed_masks(masks) if masks is not None else self.no_mask_dense(bs)
-        return torch.cat(sparse, dim=1), dense
+        return sparse, dense

@@ -5,25 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..postprocess import upscale_masks
+from ..transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def normalize_and_pad(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int
-) -> torch.Tensor:
-    """``(B, 3, h, w)`` 0-255 RGB → ``(B, 3, size, size)``: ``(x - mean) / std`` per channel
-    (``mean``/``std`` shaped ``(3, 1, 1)``), then zeros at the bottom and right."""
-    x = (x - mean) / std
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, size - w, 0, size - h))
+__all__ = ["PIXEL_MEAN", "PIXEL_STD", "Sam"]
 
 
 class Sam(nn.Module):

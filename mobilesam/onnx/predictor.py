@@ -17,16 +17,10 @@ import numpy as np
 import torch
 
 from ..modeling.mask_decoder import select_outputs
-from ..modeling.sam import normalize_and_pad
 from ..postprocess import upscale_masks
-from ..predictor import (
-    _check_box,
-    _check_points,
-    check_embedding,
-    check_mask_input,
-    require_image,
-)
-from ..transforms import ResizeLongestSide, to_rgb_uint8
+from ..predictor import check_embedding, require_image
+from ..prompts import check_box, check_mask_input, check_points, check_prompt_reach, point_sequence
+from ..transforms import ResizeLongestSide, prepare_image, to_rgb_uint8
 
 VARIANTS = ("fp32", "int8", "fp16")
 
@@ -92,8 +86,8 @@ class OnnxPredictor:
         pre = self.meta["preprocessing"]
         self.img_size = int(pre["img_size"])
         self.mask_threshold = float(pre["mask_threshold"])
-        self._mean = torch.tensor(pre["pixel_mean"]).view(-1, 1, 1)
-        self._std = torch.tensor(pre["pixel_std"]).view(-1, 1, 1)
+        self._mean = tuple(float(v) for v in pre["pixel_mean"])
+        self._std = tuple(float(v) for v in pre["pixel_std"])
         self.transform = ResizeLongestSide(self.img_size)
         self.reset_image()
 
@@ -106,15 +100,13 @@ class OnnxPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an image (same inputs and conversions as ``SamPredictor.set_image``)."""
         rgb = to_rgb_uint8(image, image_format)
-        resized = self.transform.apply_image(rgb)
-        x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
-        x = normalize_and_pad(x, self._mean, self._std, self.img_size)
+        x, input_size = prepare_image(rgb, self.img_size, self._mean, self._std)
         (features,) = self._encoder.run(None, {"image": x.numpy()})
         check_embedding(features, f"OnnxPredictor ({self.encoder_variant} encoder)")
         self.reset_image()
         self.features = features
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        self.input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        self.input_size = input_size
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -134,19 +126,17 @@ class OnnxPredictor:
         """Same arguments and outputs as ``SamPredictor.predict``."""
         self._require_image()
         assert self.original_size is not None and self.input_size is not None
-        coords = np.zeros((0, 2))
-        labels = np.zeros((0,))
+        points = boxes = None
         if point_coords is not None or point_labels is not None:
-            c, lab = _check_points(point_coords, point_labels)
-            coords = self.transform.apply_coords(c, self.original_size)
-            labels = lab.astype(np.float64)
+            c, lab = check_points(point_coords, point_labels)
+            check_prompt_reach("point_coords", c, self.original_size)
+            c = self.transform.apply_coords(c, self.original_size)
+            points = (torch.from_numpy(c)[None], torch.from_numpy(lab)[None])
         if box is not None:
-            corners = self.transform.apply_boxes(_check_box(box), self.original_size)
-            coords = np.concatenate([coords, corners.reshape(2, 2)])
-            labels = np.concatenate([labels, [2.0, 3.0]])
-        elif len(labels):  # SAM's prompt encoder pads points without a box with (0, 0, -1)
-            coords = np.concatenate([coords, np.zeros((1, 2))])
-            labels = np.concatenate([labels, [-1.0]])
+            b = check_box(box)
+            check_prompt_reach("box", b, self.original_size)
+            boxes = torch.from_numpy(self.transform.apply_boxes(b, self.original_size))
+        coords, labels = point_sequence(points, boxes, batch=1)
         if mask_input is not None:
             mask = check_mask_input(mask_input, (1, 256, 256))[None]
             has_mask = np.ones(1, np.float32)
@@ -157,8 +147,8 @@ class OnnxPredictor:
             None,
             {
                 "image_embeddings": self.features,
-                "point_coords": coords[None].astype(np.float32),
-                "point_labels": labels[None].astype(np.float32),
+                "point_coords": coords.numpy().astype(np.float32),
+                "point_labels": labels.numpy().astype(np.float32),
                 "mask_input": mask.astype(np.float32),
                 "has_mask_input": has_mask,
             },

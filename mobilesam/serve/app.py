@@ -39,7 +39,8 @@ from PIL import Image
 from .._heap import HeapTrimmer
 from ..image_io import read_rgb
 from ..modeling.sam import Sam
-from ..predictor import SamPredictor, check_prompt_reach
+from ..predictor import SamPredictor
+from ..prompts import check_prompt_reach
 from .gate import ModelGate
 
 #: Host names a local server answers to (any port).
@@ -148,7 +149,7 @@ def _check_in_reach(
     hw: tuple[int, int],
 ) -> None:
     """422 naming the JSON field when a prompt lies too far from the image (the library's
-    rule, :func:`~mobilesam.predictor.check_prompt_reach`)."""
+    rule, :func:`~mobilesam.prompts.check_prompt_reach`)."""
     from fastapi import HTTPException
 
     for name, values in (("points", points or []), ("box", box or [])):

@@ -24,9 +24,9 @@ import torch
 
 from .._atomic import atomic_write
 from ..hub import sha256_file
-from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam, normalize_and_pad
+from ..modeling.sam import Sam
 from ..progress import progress_bar
-from ..transforms import ResizeLongestSide
+from ..transforms import PIXEL_MEAN, PIXEL_STD, prepare_image
 from .data import ImageReader, ImageRef, View, augment_views
 
 log = logging.getLogger("mobilesam.training")
@@ -46,12 +46,8 @@ class CacheConfig:
 
 def to_model_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
     """``H×W×3`` uint8 → ``(3, S, S)`` float32 on the CPU, exactly as
-    ``SamPredictor.set_image`` prepares it (PIL resize of the longest side, normalise, pad)."""
-    resized = ResizeLongestSide(img_size).apply_image(rgb)
-    x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
-    mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
-    return normalize_and_pad(x, mean, std, img_size)[0]
+    ``SamPredictor.set_image`` prepares it (:func:`~mobilesam.transforms.prepare_image`)."""
+    return prepare_image(rgb, img_size)[0][0]
 
 
 def source_stamp(ref: ImageRef) -> dict[str, Any]:

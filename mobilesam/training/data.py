@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image_io import read_rgb
+from ..image_io import IMAGE_SUFFIXES, find_images, read_rgb
 
 log = logging.getLogger("mobilesam.training")
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -62,10 +60,10 @@ def collect_images(sources: list[str]) -> list[ImageRef]:
     for src in sources:
         path = Path(src)
         if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    refs.append(ImageRef(f"{path.name}/{f.relative_to(path).as_posix()}", str(f)))
-                elif f.is_file() and f.suffix == ".tar":
+            for f in find_images(path):
+                refs.append(ImageRef(f"{path.name}/{f.relative_to(path).as_posix()}", str(f)))
+            for f in sorted(path.rglob("*.tar")):
+                if f.is_file():
                     refs += _tar_members(f)
         elif path.is_file() and path.suffix == ".tar":
             refs += _tar_members(path)

@@ -1,0 +1,119 @@
+"""Prompts: checking what users pass, and SAM's layout of points and boxes.
+
+Shared by :class:`~mobilesam.SamPredictor`, the ONNX Runtime predictor, the HTTP API and the
+CLI, so every front door accepts and rejects the same prompts. Coordinates are (x, y) pixels;
+boxes are XYXY. Labels: 1 foreground, 0 background, -1 padding (not a point), 2 and 3 a box's
+top-left and bottom-right corners.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+VALID_LABELS = (-1, 0, 1, 2, 3)
+
+#: How far outside the image a prompt may lie, in image sizes. SAM accepts any coordinate,
+#: but far beyond the image the positional encoding's sin/cos lose all precision and the
+#: scores become NaN.
+PROMPT_REACH = 10
+
+
+def check_points(
+    point_coords: np.ndarray | None, point_labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 2)`` float64 (x, y) and ``(N,)`` int64 labels, or ValueError saying what is wrong
+    (only one of the two given, shapes, NaN/inf, labels outside :data:`VALID_LABELS`)."""
+    if point_coords is None or point_labels is None:
+        raise ValueError("point_coords and point_labels must be given together")
+    coords = np.asarray(point_coords, dtype=np.float64)
+    labels = np.asarray(point_labels)
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
+    if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
+        raise ValueError(
+            f"point_labels must have shape (N,) matching point_coords' N={coords.shape[0]}, "
+            f"got {labels.shape}"
+        )
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contains NaN or inf")
+    if not np.isin(labels, VALID_LABELS).all():
+        raise ValueError(
+            "point_labels must be 1 (foreground), 0 (background), -1 (padding) or 2/3 (box "
+            f"corners); got {np.unique(labels).tolist()}"
+        )
+    return coords, labels.astype(np.int64)
+
+
+def check_box(box: np.ndarray) -> np.ndarray:
+    """``(4,)`` or ``(1, 4)`` XYXY → ``(1, 4)`` float64, or ValueError (shape, NaN/inf,
+    corners out of order)."""
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape not in ((4,), (1, 4)):
+        raise ValueError(f"box must have shape (4,) or (1, 4) as XYXY, got {b.shape}")
+    b = b.reshape(1, 4)
+    if not np.isfinite(b).all():
+        raise ValueError("box contains NaN or inf")
+    if b[0, 2] < b[0, 0] or b[0, 3] < b[0, 1]:
+        raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {b[0].tolist()}")
+    return b
+
+
+def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+    """``mask_input`` as float32 of shape ``expected`` (``(1, 256, 256)``), or ValueError."""
+    m = np.asarray(mask_input, dtype=np.float32)
+    if m.shape != expected:
+        raise ValueError(
+            f"mask_input must have shape {expected} (the low-res logits of one mask from a "
+            f"previous predict call, e.g. low_res[best][None]); got {m.shape}"
+        )
+    if not np.isfinite(m).all():
+        raise ValueError("mask_input contains NaN or inf")
+    return m
+
+
+def check_prompt_reach(name: str, coords: object, original_size: tuple[int, int]) -> None:
+    """ValueError naming ``name`` (the caller's term for the prompt) when a coordinate lies
+    more than :data:`PROMPT_REACH` image sizes from the image (``original_size`` ``(H, W)``).
+    Front ends call it with their own field or flag names."""
+    values = np.abs(np.asarray(coords, dtype=np.float64))
+    reach = PROMPT_REACH * max(original_size)
+    if values.max(initial=0.0) > reach:
+        raise ValueError(
+            f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
+            f"got {values.max():.3g}"
+        )
+
+
+def point_sequence(
+    points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's sparse prompt layout: the points, then each box as two corner points labelled 2
+    and 3; points without a box get one padding point ``(0, 0)`` labelled -1.
+
+    Args:
+        points: ``(coords (B, N, 2) float, labels (B, N) int)`` or None.
+        boxes: ``(B, 4)`` XYXY or None.
+        batch: ``B``, used when both are None.
+
+    Returns:
+        ``(B, M, 2)`` float coordinates and ``(B, M)`` labels (``M`` may be 0), in the frame
+        of the inputs. This is the ``point_coords``/``point_labels`` pair of SAM's ONNX decoder.
+    """
+    if points is None and boxes is None:
+        return torch.zeros(batch, 0, 2), torch.zeros(batch, 0, dtype=torch.int64)
+    coords: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    if points is not None:
+        coords.append(points[0])
+        labels.append(points[1])
+    if boxes is not None:
+        corners = boxes.reshape(-1, 2, 2)
+        coords.append(corners.to(coords[0].dtype) if coords else corners)
+        corner_labels = torch.tensor([2, 3], device=boxes.device).expand(corners.shape[0], 2)
+        labels.append(corner_labels.to(labels[0].dtype) if labels else corner_labels)
+    else:
+        pad = coords[0].new_zeros((coords[0].shape[0], 1, 2))
+        coords.append(pad)
+        labels.append(-labels[0].new_ones((labels[0].shape[0], 1)))
+    return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
