@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import mask_iou
-from .helpers import run_cli
+from .helpers import mask_iou, run_cli
 
 
 def test_segment_point_matches_library(tmp_path, reference, embedded, cases):

@@ -21,8 +21,7 @@ from mobilesam.training.cache import CacheConfig, CacheReader, build_cache
 from mobilesam.training.data import ImageReader, collect_images, select
 from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, export_student, train
 
-from .helpers import load_image
-from .helpers import run_cli
+from .helpers import load_image, run_cli
 
 
 @pytest.fixture(scope="session")
