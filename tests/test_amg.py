@@ -253,20 +253,6 @@ def test_explicit_point_grid_and_bad_image(fixture_model, small_image):
         gen.generate(np.zeros((10, 10, 5), dtype=np.uint8))
 
 
-def test_heap_trimmer():
-    from mobilesam._heap import HeapTrimmer, resident_bytes
-
-    trimmer = HeapTrimmer(budget_bytes=0)
-    rss = resident_bytes()
-    if rss is None or trimmer._trim is None:
-        pytest.skip("no /proc or glibc here")
-    assert rss > 0
-    blob = bytearray(64 * 2**20)  # grow, then free
-    del blob
-    assert isinstance(trimmer.trim_if_grown(), bool)
-    assert HeapTrimmer(budget_bytes=2**62).trim_if_grown() is False
-
-
 def test_points_rejected_by_predicted_iou_are_never_upscaled(fixture_model, picture1, monkeypatch):
     """Predicted IoUs come from the IoU token, before upscaling: a point none of whose three
     masks passes ``pred_iou_thresh`` skips the transposed convolutions entirely."""

@@ -82,31 +82,6 @@ def test_sources_and_split(sources):
         select(refs, fraction=0)
 
 
-def test_image_reader_applies_exif_orientation(tmp_path):
-    from mobilesam.training.data import ImageRef
-
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways: displayed rotated by 90°
-    Image.new("RGB", (40, 20)).save(tmp_path / "side.jpg", exif=exif)
-    image = ImageReader().read(ImageRef("side.jpg", str(tmp_path / "side.jpg")))
-    assert image.shape == (40, 20, 3)
-
-
-def test_atomic_write(tmp_path):
-    from mobilesam._atomic import atomic_write
-
-    target = tmp_path / "f.txt"
-    atomic_write(target, lambda tmp: tmp.write_text("old"))
-
-    def fail(tmp):
-        tmp.write_text("half")
-        raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, fail)
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, teacher, sources, teacher_ckpt):
     from mobilesam.hub import sha256_file

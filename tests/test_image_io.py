@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mobilesam.image_io import read_rgb
+from mobilesam.training.data import ImageReader, ImageRef
 
 
 def _png(array: np.ndarray, orientation: int | None = None) -> bytes:
@@ -100,3 +101,11 @@ def test_error_texts_name_no_object_reprs(tmp_path):
         with pytest.raises(ValueError) as info:
             read_rgb(data)
         assert "object at 0x" not in str(info.value) and "cannot decode" in str(info.value)
+
+
+def test_image_reader_applies_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed rotated by 90°
+    Image.new("RGB", (40, 20)).save(tmp_path / "side.jpg", exif=exif)
+    image = ImageReader().read(ImageRef("side.jpg", str(tmp_path / "side.jpg")))
+    assert image.shape == (40, 20, 3)
