@@ -81,8 +81,9 @@ def detect_model_type(sd: Mapping[str, torch.Tensor]) -> str:
     """Name the architecture of a normalised state dict.
 
     Returns:
-        ``"vit_t"`` for TinyViT, a ``VIT_PRESETS`` key for SAM's ViTs, or ``"vit_custom"``
-        for a ViT of another size.
+        ``"vit_t"`` for MobileSAM's TinyViT-5M, ``"tiny_vit_custom"`` for a TinyViT of other
+        dimensions, a ``VIT_PRESETS`` key for SAM's ViTs, or ``"vit_custom"`` for a ViT of
+        another size.
 
     Raises:
         CheckpointError: not a SAM-family checkpoint.

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_write
 from ..modeling.sam import Sam
+from ..transforms import PIXEL_MEAN, PIXEL_STD
 from .wrapper import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -138,10 +140,6 @@ def export_onnx(
             most of it).
         checkpoint: the weights file, for its sha256 in ``model.json``.
     """
-    from .. import __version__
-    from ..hub import sha256_file
-    from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
-
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if quantize_parts not in QUANTIZE_PARTS:
@@ -150,6 +148,16 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     if model.training or model.pixel_mean.dtype != torch.float32:
         model = copy.deepcopy(model).float().eval()  # export fp32; the caller's model is kept
+    files = _export_files(model, out, opset, quantize, quantize_parts, fp16)
+    record = _model_record(model, files, opset, checkpoint, model_name)
+    atomic_write(out / "model.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    return record
+
+
+def _export_files(
+    model: Sam, out: Path, opset: int, quantize: str | None, quantize_parts: str, fp16: bool
+) -> dict[str, str]:
+    """Write the ONNX files into ``out``; returns ``{part: file name}`` for ``model.json``."""
     files = {
         "encoder": "encoder.onnx",
         "decoder": "decoder.onnx",
@@ -159,11 +167,11 @@ def export_onnx(
     export_decoder(model, out / files["decoder"], opset, return_single_mask=True)
     export_decoder(model, out / files["decoder_multimask"], opset, tokens=True)
     if quantize == "int8":
-        parts = ["encoder", "decoder", "decoder_multimask"]
-        if quantize_parts == "encoder":
-            parts = ["encoder"]
-        elif quantize_parts == "decoder":
-            parts = ["decoder", "decoder_multimask"]
+        parts = {
+            "encoder": ["encoder"],
+            "decoder": ["decoder", "decoder_multimask"],
+            "both": ["encoder", "decoder", "decoder_multimask"],
+        }[quantize_parts]
         for part in parts:
             name = files[part].replace(".onnx", ".int8.onnx")
             quantize_int8(out / files[part], out / name)
@@ -171,7 +179,21 @@ def export_onnx(
     if fp16:
         export_encoder(model, out / "encoder.fp16.onnx", opset, torch.float16)
         files["encoder_fp16"] = "encoder.fp16.onnx"
-    record = {
+    return files
+
+
+def _model_record(
+    model: Sam,
+    files: dict[str, str],
+    opset: int,
+    checkpoint: str | Path | None,
+    model_name: str,
+) -> dict[str, Any]:
+    """The ``model.json`` record: files, provenance, and the preprocessing contract."""
+    from .. import __version__
+    from ..hub import sha256_file
+
+    return {
         "model": model_name,
         "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "mobilesam_version": __version__,
@@ -189,5 +211,3 @@ def export_onnx(
         "decoder_outputs": list(OUTPUT_NAMES),
         "decoder_multimask_outputs": list(TOKEN_OUTPUT_NAMES),
     }
-    (out / "model.json").write_text(json.dumps(record, indent=2))
-    return record
