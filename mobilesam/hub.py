@@ -1,10 +1,13 @@
 """Model zoo and checksum-verified download cache for SAM / MobileSAM checkpoints.
 
 The zoo lists the official checkpoints (MobileSAM ``vit_t`` and SAM ``vit_b`` /
-``vit_l`` / ``vit_h``) with their download URL, SHA-256 and byte size. Downloads use
-only the standard library (``urllib``), stream into ``<file>.part`` inside the cache
-directory, are verified, and are then moved into place with :func:`os.replace`, so
-the final path never holds a partial or unverified file.
+``vit_l`` / ``vit_h``) with their download URL, SHA-256 and byte size. The transfer is
+:func:`torch.hub.download_url_to_file` (streams to a temporary file with a progress bar on
+stderr); this module adds the zoo, a connect/read timeout, full SHA-256 and size checks,
+and errors that say where to put a copy downloaded by hand. The file is fetched into
+``<file>.part`` in the cache directory, verified, then moved into place by
+:func:`mobilesam._atomic.atomic_write`, so the final path never holds a partial or
+unverified file.
 
 The cache directory is ``$MOBILESAM_CACHE`` if set, else
 ``$XDG_CACHE_HOME/mobilesam``, else ``~/.cache/mobilesam``.
@@ -16,14 +19,18 @@ import contextlib
 import hashlib
 import http.client
 import os
+import socket
 import sys
+import threading
 import urllib.error
-import urllib.request
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .progress import progress_bar
+from torch.hub import download_url_to_file
+
+from ._atomic import atomic_write
 
 __all__ = [
     "MODEL_ZOO",
@@ -39,7 +46,6 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-_USER_AGENT = "mobilesam-hub/0.1 (+python urllib)"
 
 
 class ChecksumError(RuntimeError):
@@ -76,9 +82,28 @@ class ZooEntry:
     note: str
 
 
+def _sam_entry(size: str, md5: str, sha256: str, size_bytes: int, sources: str) -> ZooEntry:
+    """The official SAM ViT-``size`` checkpoint; its file name holds the start of its MD5."""
+    filename = f"sam_vit_{size}_{md5[:6]}.pth"
+    return ZooEntry(
+        name=f"sam_vit_{size}",
+        model_type=f"vit_{size}",
+        url=f"https://dl.fbaipublicfiles.com/segment_anything/{filename}",
+        filename=filename,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        note=(
+            f"Official SAM ViT-{size.upper()} checkpoint. The '{md5[:6]}' in the file name is "
+            f"the start of the file's MD5 ({md5}), not of its SHA-256. SHA-256 and size from "
+            f"third-party projects ({sources})."
+        ),
+    )
+
+
 # Checksums and sizes below were gathered from public third-party sources; neither the
 # MobileSAM nor the segment-anything repository publishes a SHA-256 itself. Each value
-# was cross-checked against at least two independent projects.
+# was cross-checked against at least two independent projects. The SAM MD5s come from
+# IOPaint (iopaint/plugins/interactive_seg.py).
 MODEL_ZOO: dict[str, ZooEntry] = {
     # sha256: micro-sam (micro_sam/util.py, pooch registry key "vit_t") and the
     # open-edge-platform/model_api MobileSAM model list (issue "Enable MOBILE_SAM model"),
@@ -103,56 +128,35 @@ MODEL_ZOO: dict[str, ZooEntry] = {
     # scripts/manifests (a model-download manager listing url+size+sha256, several setup
     # scripts running `sha256sum -c`). size: dafne-imaging/dafne
     # (src/dafne/utils/sam_mask_refine.py) and Fooocus-derived model size lists.
-    # md5 01ec64d29a2fca3f0661936605ae66f8: IOPaint (iopaint/plugins/interactive_seg.py).
-    "sam_vit_b": ZooEntry(
-        name="sam_vit_b",
-        model_type="vit_b",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        filename="sam_vit_b_01ec64.pth",
+    "sam_vit_b": _sam_entry(
+        "b",
+        md5="01ec64d29a2fca3f0661936605ae66f8",
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         size_bytes=375_042_383,
-        note=(
-            "Official SAM ViT-B checkpoint. The '01ec64' in the file name is the start of "
-            "the file's MD5 (01ec64d29a2fca3f0661936605ae66f8), not of its SHA-256. SHA-256 "
-            "and size from third-party projects (micro-sam, dafne, download manifests)."
-        ),
+        sources="micro-sam, dafne, download manifests",
     ),
     # sha256: micro-sam (micro_sam/util.py, registry key "vit_l") and independent
     # manifests (a model-download manager listing url+size+sha256, a PowerShell
     # installer with Size+Sha256). size: dafne-imaging/dafne
     # (src/dafne/utils/sam_mask_refine.py), the same model-download manager, and
     # Fooocus-derived model size lists.
-    # md5 0b3195507c641ddb6910d2bb5adee89c: IOPaint (iopaint/plugins/interactive_seg.py).
-    "sam_vit_l": ZooEntry(
-        name="sam_vit_l",
-        model_type="vit_l",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        filename="sam_vit_l_0b3195.pth",
+    "sam_vit_l": _sam_entry(
+        "l",
+        md5="0b3195507c641ddb6910d2bb5adee89c",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         size_bytes=1_249_524_607,
-        note=(
-            "Official SAM ViT-L checkpoint. The '0b3195' in the file name is the start of "
-            "the file's MD5 (0b3195507c641ddb6910d2bb5adee89c), not of its SHA-256. SHA-256 "
-            "and size from third-party projects (micro-sam, dafne, download manifests)."
-        ),
+        sources="micro-sam, dafne, download manifests",
     ),
     # sha256: micro-sam (micro_sam/util.py, registry key "vit_h"), the
     # open-edge-platform/model_api SAM model list (issue "SAM Model enablement"), and
     # several Dockerfiles/setup scripts running `sha256sum -c`. size: dafne-imaging/dafne
     # (src/dafne/utils/sam_mask_refine.py) and a model-download manager (url+size+sha256).
-    # md5 4b8939a88964f0f4ff5f5b2642c598a6: IOPaint (iopaint/plugins/interactive_seg.py).
-    "sam_vit_h": ZooEntry(
-        name="sam_vit_h",
-        model_type="vit_h",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        filename="sam_vit_h_4b8939.pth",
+    "sam_vit_h": _sam_entry(
+        "h",
+        md5="4b8939a88964f0f4ff5f5b2642c598a6",
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         size_bytes=2_564_550_879,
-        note=(
-            "Official SAM ViT-H checkpoint. The '4b8939' in the file name is the start of "
-            "the file's MD5 (4b8939a88964f0f4ff5f5b2642c598a6), not of its SHA-256. SHA-256 "
-            "and size from third-party projects (micro-sam, model_api, dafne, manifests)."
-        ),
+        sources="micro-sam, model_api, dafne, manifests",
     ),
 }
 
@@ -225,44 +229,77 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mobilesam"
 
 
-# --------------------------------------------------------------------------- hashing
+# --------------------------------------------------------------------------- verification
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = _CHUNK) -> str:
     """Return the lowercase hex SHA-256 of a file, read in ``chunk``-byte blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
+        while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _verify_file(path: Path, entry: ZooEntry) -> str | None:
-    """Check a file on disk against ``entry``; return ``None`` if OK, else a reason."""
+@dataclass(frozen=True)
+class _Mismatch:
+    """How a file differs from its zoo entry: ``what`` ("size" or "sha256") and both values."""
+
+    what: str
+    expected: str
+    actual: str
+
+
+def _mismatch(path: Path, entry: ZooEntry) -> _Mismatch | None:
+    """Check a file on disk against ``entry``: its size, then its full SHA-256.
+
+    Returns ``None`` when the file matches; a file with neither a published size nor a
+    SHA-256 only has to be non-empty.
+    """
     size = path.stat().st_size
     if entry.size_bytes is not None and size != entry.size_bytes:
-        return f"size is {size} bytes, expected {entry.size_bytes}"
+        return _Mismatch("size", f"{entry.size_bytes} bytes", f"{size} bytes")
     if entry.sha256 is not None:
         actual = sha256_file(path)
         if actual != entry.sha256.lower():
-            return f"sha256 is {actual}, expected {entry.sha256.lower()}"
+            return _Mismatch("sha256", entry.sha256.lower(), actual)
     elif entry.size_bytes is None and size == 0:
-        return "file is empty"
+        return _Mismatch("size", "a non-empty file", "0 bytes")
     return None
 
 
 # --------------------------------------------------------------------------- download
 
+# mobilesam/cli/common.py rewrites "build the model from ...: build_sam(path)" into its own
+# option; keep the two phrases if you reword this.
+_LOCAL_COPY = "or build the model from a checkpoint file you already have: build_sam(path)"
 
-def _manual_hint(url: str, dest: Path) -> str:
-    return (
-        f"To install it by hand, download\n    {url}\n"
-        f"and save it as\n    {dest}\n"
-        "(or build the model from a checkpoint file you already have: build_sam(path))."
-    )
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    urllib.error.URLError,
+    TimeoutError,
+    ConnectionError,
+    http.client.HTTPException,
+)
+
+_DEFAULT_TIMEOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Give the sockets opened inside the block a ``seconds`` connect and per-read timeout.
+
+    ``torch.hub.download_url_to_file`` opens its connection without a timeout, so its socket
+    takes the process-wide default, which is set here for the block and restored after it.
+    The lock keeps two downloads in different threads from restoring each other's value
+    (they run one after the other).
+    """
+    with _DEFAULT_TIMEOUT_LOCK:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(seconds)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(previous)
 
 
 def _describe_network_error(exc: BaseException, timeout: float) -> str:
@@ -277,12 +314,40 @@ def _describe_network_error(exc: BaseException, timeout: float) -> str:
     return str(reason)
 
 
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    urllib.error.URLError,
-    TimeoutError,
-    ConnectionError,
-    http.client.HTTPException,
-)
+def _fetch(url: str, tmp: Path, entry: ZooEntry, timeout: float, progress: bool) -> None:
+    """Download ``url`` to ``tmp`` and check it against ``entry``; ``tmp`` is left to the
+    caller (:func:`atomic_write` moves it into place, or deletes it when this raises)."""
+    dest = tmp.with_name(entry.filename)
+    by_hand = f"To install it by hand, download\n    {url}\nand save it as\n    {dest}\n"
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with _socket_timeout(timeout):
+            download_url_to_file(url, os.fspath(tmp), progress=progress)
+    except _NETWORK_ERRORS as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()
+        raise DownloadError(
+            f"Downloading the {entry.name!r} weights failed: "
+            f"{_describe_network_error(exc, timeout)}.\n"
+            "This machine may be offline, or the host may be unreachable.\n"
+            f"{by_hand}({_LOCAL_COPY})."
+        ) from exc
+    except OSError as exc:  # the cache directory: not creatable, not writable, disk full
+        raise DownloadError(
+            f"Could not write the {entry.name!r} weights into {tmp.parent}: {exc}.\n"
+            f"Set MOBILESAM_CACHE or pass cache_dir to use another directory.\n"
+            f"{by_hand}({_LOCAL_COPY})."
+        ) from exc
+    bad = _mismatch(tmp, entry)
+    if bad is not None:
+        raise ChecksumError(
+            f"{entry.filename} downloaded from {url} does not match its published {bad.what} "
+            "(the transfer was cut short, or the file was changed):\n"
+            f"    expected {bad.what} {bad.expected}\n"
+            f"    actual   {bad.what} {bad.actual}\n"
+            "The bad download was deleted. Retry later, or download the file yourself, "
+            f"check its {bad.what}, and save it as\n    {dest}\n({_LOCAL_COPY})."
+        )
 
 
 def download_weights(
@@ -294,133 +359,46 @@ def download_weights(
 ) -> Path:
     """Return the local path of a zoo checkpoint, downloading and verifying it if needed.
 
-    If ``<cache_dir>/<entry.filename>`` already exists and verifies (SHA-256 when the
-    entry has one, otherwise its size), it is returned without touching the network.
-    Otherwise the file is streamed into ``<file>.part`` in the cache directory, verified,
-    and atomically moved into place with :func:`os.replace`; the final path never holds
-    a partial or unverified file.
+    If ``<cache_dir>/<entry.filename>`` already exists and verifies (size, and SHA-256
+    when the entry has one), it is returned without touching the network; a cached file
+    that fails is reported with a :class:`RuntimeWarning` and downloaded again. A download
+    goes to ``<file>.part``, is verified, then is moved into place; the final path never
+    holds a partial or unverified file, and a failed download leaves no file behind.
 
     Args:
         name: Zoo key, model_type alias (see :func:`resolve_entry`) or a :class:`ZooEntry`.
         cache_dir: Cache directory; defaults to :func:`default_cache_dir`.
-        progress: Show a progress bar on stderr (tqdm if installed, else a text bar).
+        progress: Show what is downloaded and a progress bar on stderr (tqdm if installed).
             With ``False`` nothing is printed.
         url: Download from this URL instead of the entry's (mirrors, tests).
-        timeout: Socket timeout in seconds for connecting and for each read.
+        timeout: Seconds allowed for connecting and for each read.
 
     Returns:
         Path to the verified checkpoint file.
 
     Raises:
         KeyError: ``name`` is not a zoo name.
-        ChecksumError: the downloaded bytes do not match the expected SHA-256 / size.
-        DownloadError: the download failed (offline, refused, timeout, HTTP error...).
+        ChecksumError: the downloaded bytes do not match the expected size / SHA-256.
+        DownloadError: the download failed (offline, refused, timeout, HTTP error, cache
+            directory not writable).
     """
     entry = resolve_entry(name)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache = cache.absolute()  # error messages must name an unambiguous destination
-    dest = cache / entry.filename
+    dest = cache.absolute() / entry.filename  # messages must name an unambiguous path
     src = url if url is not None else entry.url
-
     if dest.is_file():
-        problem = _verify_file(dest, entry)
-        if problem is None:
+        bad = _mismatch(dest, entry)
+        if bad is None:
             return dest
         warnings.warn(
-            f"cached checkpoint {dest} failed verification ({problem}); downloading it again",
+            f"cached checkpoint {dest} failed verification ({bad.what} is {bad.actual}, "
+            f"expected {bad.expected}); downloading it again",
             RuntimeWarning,
             stacklevel=2,
         )
-
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(
-            f"Could not create the cache directory {cache}: {exc}.\n" + _manual_hint(src, dest)
-        ) from exc
-
-    part = dest.with_name(dest.name + ".part")
     if progress:
         print(f"Downloading {entry.name} weights from {src}\n  to {dest}", file=sys.stderr)
-
-    digest = hashlib.sha256()
-    received = 0
-    total: int | None = None
-    finished = False
-    try:
-        request = urllib.request.Request(src, headers={"User-Agent": _USER_AGENT})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                bar = progress_bar(
-                    total or entry.size_bytes, entry.filename, unit="B", enabled=progress
-                )
-                try:
-                    with open(part, "wb") as fh:
-                        while True:
-                            block = response.read(_CHUNK)
-                            if not block:
-                                break
-                            fh.write(block)
-                            digest.update(block)
-                            received += len(block)
-                            bar.update(len(block))
-                finally:
-                    bar.close()
-        except _NETWORK_ERRORS as exc:
-            why = _describe_network_error(exc, timeout)
-            if isinstance(exc, urllib.error.HTTPError):
-                exc.close()
-            raise DownloadError(
-                f"Downloading the {entry.name!r} weights failed: {why}.\n"
-                "This machine may be offline, or the host may be unreachable.\n"
-                + _manual_hint(src, dest)
-            ) from exc
-
-        if total is not None and received != total:
-            raise DownloadError(
-                f"Downloading the {entry.name!r} weights failed: the connection closed after "
-                f"{received} of {total} bytes.\n"
-                "This machine may be offline, or the connection is unreliable.\n"
-                + _manual_hint(src, dest)
-            )
-
-        actual_sha = digest.hexdigest()
-        if entry.sha256 is not None and actual_sha != entry.sha256.lower():
-            raise ChecksumError(
-                f"Checksum mismatch for {entry.filename} downloaded from {src}:\n"
-                f"    expected sha256 {entry.sha256.lower()}\n"
-                f"    actual   sha256 {actual_sha}\n"
-                "The corrupt download was deleted. Retry later, or fetch the file yourself, "
-                "check its sha256, and place it at\n"
-                f"    {dest}\n"
-                "(or build the model from a checkpoint file you already have: build_sam(path))."
-            )
-        if entry.size_bytes is not None and received != entry.size_bytes:
-            raise ChecksumError(
-                f"Size mismatch for {entry.filename} downloaded from {src}:\n"
-                f"    expected {entry.size_bytes} bytes\n"
-                f"    actual   {received} bytes (sha256 {actual_sha})\n"
-                "No sha256 is published for this file, so its size is checked instead. "
-                "The bad download was deleted. Retry later, or fetch the file yourself and "
-                "place it at\n"
-                f"    {dest}\n"
-                "(or build the model from a checkpoint file you already have: build_sam(path))."
-            )
-        if entry.sha256 is None and entry.size_bytes is None and received == 0:
-            raise ChecksumError(
-                f"Download of {entry.filename} from {src} is empty (expected a checkpoint; "
-                f"actual sha256 {actual_sha}). Place a good copy at\n    {dest}\n"
-                "(or build the model from a checkpoint file: build_sam(path))."
-            )
-
-        os.replace(part, dest)
-        finished = True
-    finally:
-        if not finished:
-            with contextlib.suppress(OSError):
-                part.unlink(missing_ok=True)
+    atomic_write(dest, lambda tmp: _fetch(src, tmp, entry, timeout, progress))
     return dest
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from mobilesam import progress
 from mobilesam.hub import (
     MODEL_ZOO,
     ChecksumError,
@@ -71,7 +70,8 @@ def server(payload: bytes) -> Iterator[LocalServer]:
     """Serve ``payload`` on 127.0.0.1; count every request; stop in teardown.
 
     Routes: ``/ckpt/...`` -> the fixture bytes, ``/missing`` -> 404,
-    ``/stall`` -> headers and 1 KiB of body, then silence (to trigger read timeouts).
+    ``/stall`` -> headers and 1 KiB of body, then silence (to trigger read timeouts),
+    ``/truncated`` -> the full Content-Length but only half the body, then the connection closes.
     """
     stop = threading.Event()
     paths: list[str] = []
@@ -100,6 +100,11 @@ def server(payload: bytes) -> Iterator[LocalServer]:
                     self.wfile.write(payload[:1024])
                     self.wfile.flush()
                     stop.wait(5.0)
+                elif self.path == "/truncated":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload[: len(payload) // 2])
                 else:
                     self.send_error(404, "Not Found")
             except (ConnectionError, OSError):
@@ -310,6 +315,7 @@ def test_checksum_mismatch_raises_and_leaves_nothing(
     assert payload_sha256 in message
     assert server.url() in message
     assert str(cache / entry.filename) in message
+    assert "build_sam(path)" in message and "--" not in message
     assert not (cache / entry.filename).exists()
     assert not (cache / (entry.filename + ".part")).exists()
     assert _leftovers(cache) == []
@@ -360,6 +366,8 @@ def test_offline_raises_download_error_with_manual_instructions(cache: Path) -> 
     assert str(cache / "mobile_sam.pt") in message
     assert "offline" in message
     assert "build_sam(path)" in message and "--" not in message  # the library's terms
+    # mobilesam/cli/common.py rewrites these two phrases into its own option.
+    assert "build the model from" in message and ": build_sam(path)" in message
     assert _leftovers(cache) == []
 
 
@@ -384,6 +392,57 @@ def test_stalled_transfer_times_out_and_cleans_up(
     assert _leftovers(cache) == []
 
 
+def test_server_that_never_answers_times_out(entry: ZooEntry, cache: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # the kernel completes the handshake; nobody ever answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/mobile_sam_fixture.pt"
+        with pytest.raises(DownloadError, match=r"timed out after 0\.3 s") as info:
+            download_weights(entry, cache_dir=cache, progress=False, url=url, timeout=0.3)
+    assert url in str(info.value)
+    assert _leftovers(cache) == []
+
+
+def test_timeout_leaves_the_process_default_as_it_was(
+    entry: ZooEntry, server: LocalServer, cache: Path
+) -> None:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(7.0)
+    try:
+        download_weights(entry, cache_dir=cache, progress=False, timeout=5.0)
+        assert socket.getdefaulttimeout() == 7.0
+        with pytest.raises(DownloadError):
+            download_weights(
+                entry, cache_dir=cache / "b", progress=False, url=server.url("/stall"), timeout=0.2
+            )
+        assert socket.getdefaulttimeout() == 7.0
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def test_truncated_body_is_rejected(entry: ZooEntry, server: LocalServer, cache: Path) -> None:
+    # urllib returns a short body without complaint (ChecksumError: size); a Python that
+    # raises IncompleteRead instead gives DownloadError. Either way nothing is kept.
+    with pytest.raises((ChecksumError, DownloadError)) as info:
+        download_weights(entry, cache_dir=cache, progress=False, url=server.url("/truncated"))
+    assert str(cache / entry.filename) in str(info.value)
+    assert _leftovers(cache) == []
+
+
+def test_unwritable_cache_dir_raises_download_error(
+    entry: ZooEntry, server: LocalServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_bytes(b"a file where the cache directory should be")
+    with pytest.raises(DownloadError) as info:
+        download_weights(entry, cache_dir=blocker, progress=False)
+    message = str(info.value)
+    assert str(blocker) in message and "cache_dir" in message
+    assert str(blocker / entry.filename) in message
+    assert server.count == 0  # failed before touching the network
+    assert _leftovers(tmp_path) == ["not_a_dir"]
+
+
 # --------------------------------------------------------------------------- progress
 
 
@@ -396,20 +455,15 @@ def test_progress_false_prints_nothing(
     assert captured.err == ""
 
 
-def test_progress_true_builtin_bar_without_tqdm(
-    monkeypatch: pytest.MonkeyPatch,
-    entry: ZooEntry,
-    server: LocalServer,
-    cache: Path,
-    capsys: pytest.CaptureFixture[str],
+def test_progress_true_writes_a_bar_to_stderr(
+    entry: ZooEntry, server: LocalServer, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(progress, "_load_tqdm", lambda: None)
     download_weights(entry, cache_dir=cache, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert server.url() in captured.err
-    assert "100%" in captured.err
-    assert "MB" in captured.err
+    assert str(cache / entry.filename) in captured.err
+    assert re.search(r"100(\.0)?%", captured.err)  # torch.hub's bar: tqdm, or its own
 
 
 # --------------------------------------------------------------------------- resolve_checkpoint

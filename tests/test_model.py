@@ -191,13 +191,13 @@ def test_banded_inference_matches_whole_map(fixture_model, monkeypatch, side):
     """Inference runs TinyViT in bands of rows (halo rows for the 3×3 convolutions, whole
     window rows for attention); with tiny bands, so that every block crosses band edges and
     the last band is partial, it equals the whole-map path (autograd) to float32 rounding."""
-    import mobilesam.modeling.tiny_vit as tiny_vit
+    from mobilesam.modeling import banding
 
     enc: TinyViT = fixture_model.image_encoder
     x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     whole = enc(x.clone().requires_grad_()).detach()
-    monkeypatch.setattr(tiny_vit, "BAND_TOKENS", 3 * side // 4)
-    monkeypatch.setattr(tiny_vit, "ATTN_BAND_TOKENS", side)
+    monkeypatch.setattr(banding, "BAND_TOKENS", 3 * side // 4)
+    monkeypatch.setattr(banding, "ATTN_BAND_TOKENS", side)
     with torch.no_grad():
         banded = enc(x)
     # the same per-pixel arithmetic; kernels chosen per shape may round differently

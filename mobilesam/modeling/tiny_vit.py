@@ -24,13 +24,24 @@ beyond float rounding:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import banding
+from .banding import (
+    banded,
+    banded_rows,
+    conv3x3_rows,
+    conv_out,
+    gelu_,
+    inverted_bottleneck,
+    nchw,
+    nhwc,
+    row_bands,
+)
 from .common import LayerNorm2d, window_partition, window_unpartition
 
 
@@ -107,7 +118,7 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
         bias = bn.bias - bn.running_mean * scale
         pad = conv.padding if padding is None else padding
         y = F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
-        return y if gelu is None else _gelu_(y, gelu)
+        return y if gelu is None else gelu_(y, gelu)
 
 
 class DropPath(nn.Module):
@@ -125,119 +136,6 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W, C)`` → channels_last ``(B, C, H, W)`` view (no copy)."""
-    return x.permute(0, 3, 1, 2)
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` → ``(B, H, W, C)`` view (no copy for channels_last input)."""
-    return x.permute(0, 2, 3, 1)
-
-
-#: Tokens per band in the banded inference path (a cache-size tuning constant).
-BAND_TOKENS = 8192
-
-
-def banded(x: torch.Tensor, module: nn.Module) -> bool:
-    """Whether ``module`` runs band by band: eager inference in eval mode (no autograd graph
-    to keep, no batch statistics or stochastic depth, which bands would change, and no trace,
-    which wants one whole-map graph)."""
-    if module.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return not (torch.is_grad_enabled() and x.requires_grad)
-
-
-#: Tokens per band of window attention (its score maps grow with the window area).
-ATTN_BAND_TOKENS = 2048
-
-
-def row_bands(height: int, width: int, multiple: int = 1, tokens: int | None = None) -> range:
-    """Start rows of bands of about ``tokens`` (default :data:`BAND_TOKENS`) tokens, a
-    multiple of ``multiple`` rows each; band ``i`` covers ``[r[i], r[i] + step)`` clipped to
-    ``height``."""
-    tokens = BAND_TOKENS if tokens is None else tokens
-    rows = max(1, tokens // max(width, 1)) // multiple * multiple or multiple
-    return range(0, height, rows)
-
-
-def _gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
-    return torch.ops.aten.gelu_(x, approximate=act.approximate)
-
-
-def _inverted_bottleneck(
-    x: torch.Tensor,
-    conv1: Conv2d_BN,
-    act1: nn.GELU,
-    conv2: Conv2d_BN,
-    act2: nn.GELU,
-    conv3: Conv2d_BN,
-) -> torch.Tensor:
-    """``conv3(act2(conv2(act1(conv1(x)))))`` on ``(B, H, W, C)``, where ``conv1``/``conv3``
-    are pointwise and ``conv2`` a 3×3 (depthwise) convolution with padding 1 and stride
-    ``s``: ``(B, H/s, W/s, C')``. Inference runs in bands of output rows, each computing
-    ``conv1`` on its input rows plus a one-row halo and zero-padding only at the map's own
-    top and bottom edges, so every output value is the same arithmetic as the full map's."""
-    if not banded(x, conv2):
-        return _nhwc(conv3(act2(conv2(act1(conv1(_nchw(x)))))))
-    h = x.shape[1]
-
-    def expanded(a: int, z: int) -> torch.Tensor:  # rows a:z of act1(conv1(x)), NCHW
-        return conv1.fused(_nchw(x[:, a:z]), gelu=act1)
-
-    def band(o0: int, o1: int) -> torch.Tensor:
-        return conv3(_conv3x3_rows(conv2, expanded, h, o0, o1, gelu=act2))
-
-    b, _, w, _ = x.shape
-    return _banded_rows(band, b, _conv_out(h, conv2), _conv_out(w, conv2))
-
-
-def _conv_out(size: int, conv: Conv2d_BN) -> int:
-    """Output size of a 3×3, padding-1 convolution along one axis."""
-    return (size - 1) // conv.c.stride[0] + 1
-
-
-def _conv3x3_rows(
-    conv: Conv2d_BN,
-    rows: Callable[[int, int], torch.Tensor],
-    height: int,
-    o0: int,
-    o1: int,
-    gelu: nn.GELU | None = None,
-) -> torch.Tensor:
-    """Output rows ``o0:o1`` of ``conv`` (3×3, padding 1, stride ``s``, BatchNorm folded) on
-    a map of ``height`` rows, whose input rows ``a:z`` come from ``rows(a, z)`` (NCHW). Only
-    the needed input rows plus a one-row halo are computed; the zero padding is added only at
-    the map's own top and bottom, so each output value is the full map's arithmetic. A
-    ``gelu`` follows (see :meth:`Conv2d_BN.fused`)."""
-    s = conv.c.stride[0]
-    lo, hi = s * o0 - 1, s * (o1 - 1) + 2
-    y = rows(max(lo, 0), min(hi, height))
-    top, bottom = max(-lo, 0), max(hi - height, 0)
-    if top and bottom:  # the whole map: the layer's own padding
-        return conv.fused(y, gelu=gelu)
-    if top or bottom:
-        y = F.pad(y, (0, 0, top, bottom))
-    return conv.fused(y, padding=(0, conv.c.padding[1]), gelu=gelu)
-
-
-def _banded_rows(
-    band: Callable[[int, int], torch.Tensor], batch: int, out_h: int, out_w: int
-) -> torch.Tensor:
-    """Assemble a ``(B, H', W', C')`` map from ``band(o0, o1)``, its output rows ``o0:o1``
-    (NCHW), band by band."""
-    out = None
-    bands = row_bands(out_h, out_w)
-    for o0 in bands:
-        o1 = min(out_h, o0 + bands.step)
-        y = _nhwc(band(o0, o1))
-        if out is None:
-            out = y.new_empty(batch, out_h, out_w, y.shape[-1])
-        out[:, o0:o1] = y
-    return out
-
-
 class PatchEmbed(nn.Module):
     """Two stride-2 3×3 convolutions: ``(B, 3, S, S)`` → ``(B, S/4, S/4, C)``."""
 
@@ -252,19 +150,19 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         if not banded(x, self):
-            return _nhwc(self.seq(x))
+            return nhwc(self.seq(x))
         conv1, act, conv2 = self.seq
         h = x.shape[2]
-        mid_h = _conv_out(h, conv1)
+        mid_h = conv_out(h, conv1)
 
         def mid(a: int, z: int) -> torch.Tensor:  # rows a:z of GELU(conv1(x)), NCHW
-            return _conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z, gelu=act)
+            return conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z, gelu=act)
 
         def band(o0: int, o1: int) -> torch.Tensor:
-            return _conv3x3_rows(conv2, mid, mid_h, o0, o1)
+            return conv3x3_rows(conv2, mid, mid_h, o0, o1)
 
-        out_w = _conv_out(_conv_out(x.shape[3], conv1), conv2)
-        return _banded_rows(band, x.shape[0], _conv_out(mid_h, conv2), out_w)
+        out_w = conv_out(conv_out(x.shape[3], conv1), conv2)
+        return banded_rows(band, x.shape[0], conv_out(mid_h, conv2), out_w)
 
 
 class MBConv(nn.Module):
@@ -282,9 +180,9 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _inverted_bottleneck(x, self.conv1, self.act1, self.conv2, self.act2, self.conv3)
+        y = inverted_bottleneck(x, self.conv1, self.act1, self.conv2, self.act2, self.conv3)
         if banded(x, self):  # y is a fresh buffer: finish in place
-            return _gelu_(y.add_(x), self.act3)
+            return gelu_(y.add_(x), self.act3)
         return self.act3(x + self.drop_path(y))
 
 
@@ -299,7 +197,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _inverted_bottleneck(x, self.conv1, self.act, self.conv2, self.act, self.conv3)
+        return inverted_bottleneck(x, self.conv1, self.act, self.conv2, self.act, self.conv3)
 
 
 class ConvLayer(nn.Module):
@@ -350,7 +248,7 @@ class Mlp(nn.Module):
             n = band.shape[0] * band.shape[1] * w
             t = self.norm(band).reshape(n, c)
             hb = torch.addmm(self.fc1.bias, t, self.fc1.weight.t(), out=hidden[:n])
-            _gelu_(hb, self.act)
+            gelu_(hb, self.act)
             yb = torch.addmm(self.fc2.bias, hb, self.fc2.weight.t(), out=y[:n])
             torch.add(band, yb.view(band.shape), out=out[:, r0 : r0 + bands.step])
         return out
@@ -436,16 +334,16 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not banded(x, self):
             x = x + self.drop_path(self._window_attention(x))
-            x = _nhwc(self.local_conv(_nchw(x)))
+            x = nhwc(self.local_conv(nchw(x)))
             return x + self.drop_path(self.mlp(x))
         # inference: bands of whole window rows for attention, bands of tokens for the MLP
         h, w = x.shape[1], x.shape[2]
         y = torch.empty_like(x)
-        bands = row_bands(h, w, self.window_size, ATTN_BAND_TOKENS)
+        bands = row_bands(h, w, self.window_size, banding.ATTN_BAND_TOKENS)
         for r0 in bands:
             band = x[:, r0 : r0 + bands.step]
             torch.add(band, self._window_attention(band), out=y[:, r0 : r0 + bands.step])
-        return self.mlp.add_banded(_nhwc(self.local_conv(_nchw(y))))
+        return self.mlp.add_banded(nhwc(self.local_conv(nchw(y))))
 
     def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention within each window of ``(B, H, W, C)`` (zero-padded at the bottom and
@@ -534,7 +432,7 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(_nchw(x)).contiguous()
+        return self.neck(nchw(x)).contiguous()
 
 
 def _init_weights(m: nn.Module) -> None:
