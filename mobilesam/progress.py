@@ -1,7 +1,7 @@
 """Progress bars on stderr: tqdm when it is installed, else a small text bar.
 
-``progress_bar(total, desc, unit="B")`` counts bytes (shown in MB); any other unit counts
-items (``3/10 img``). Both expose ``update(n)`` and ``close()``.
+``progress_bar(total, desc, unit="img")`` counts items (``3/10 img``). Both expose
+``update(n)`` and ``close()``. (Downloads show torch.hub's own byte counter.)
 """
 
 from __future__ import annotations
@@ -36,12 +36,8 @@ class TextBar:
         self._last_pct = -1
         self._draw(force=True)
 
-    def _amount(self, n: float) -> str:
-        return f"{n / 1e6:.1f}" if self.unit == "B" else f"{int(n + 1e-6)}"  # fractional updates
-
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
-        unit = "MB" if self.unit == "B" else self.unit
         if self.total:
             pct = min(100, int(self.n * 100 / self.total))
             if not force and pct == self._last_pct and now - self._last_draw < 0.5:
@@ -49,19 +45,19 @@ class TextBar:
             self._last_pct = pct
             filled = 30 * pct // 100
             bar = "#" * filled + "-" * (30 - filled)
-            amount = f"{self._amount(self.n)}/{self._amount(self.total)} {unit}"
+            amount = f"{int(self.n + 1e-6)}/{self.total} {self.unit}"  # updates may be fractional
             line = f"\r{self.desc}: {pct:3d}% [{bar}] {amount}"
         else:
             if not force and now - self._last_draw < 0.5:
                 return
-            line = f"\r{self.desc}: {self._amount(self.n)} {unit}"
+            line = f"\r{self.desc}: {int(self.n + 1e-6)} {self.unit}"
         self._last_draw = now
         self.stream.write(line)
         self.stream.flush()
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        self._draw(force=self.unit != "B")
+        self._draw()
 
     def close(self) -> None:
         self._draw(force=True)
@@ -80,11 +76,10 @@ class NullBar:
 
 
 def progress_bar(total: int | None, desc: str, *, unit: str = "it", enabled: bool = True) -> Any:
-    """A progress bar over ``total`` units (bytes when ``unit="B"``), or a silent one."""
+    """A progress bar over ``total`` items of ``unit`` on stderr, or a silent one."""
     if not enabled:
         return NullBar()
     tqdm = _load_tqdm()
     if tqdm is not None:
-        scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True, **scale)
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True)
     return TextBar(total, desc, unit)
