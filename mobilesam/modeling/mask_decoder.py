@@ -143,9 +143,8 @@ class MaskDecoder(nn.Module):
         tokens, so the ``C/4``- and ``C/8``-channel intermediates stay in cache; per-pixel
         arithmetic is the same either way.
         """
-        _, norm, act1, up2, act2 = self.output_upscaling
-        w2, bias2 = second or conv_transpose_matrix(up2)
-        c4, t = norm.weight.shape[0], hyper_in.shape[1]
+        w2, bias2 = second or conv_transpose_matrix(self.output_upscaling[3])
+        t = hyper_in.shape[1]
         one_pass = hyper_in.device.type != "cpu" or torch.jit.is_tracing()
         rows_per_chunk = h if one_pass else max(1, self.UPSCALE_CHUNK_TOKENS // w)
         groups = [slice(None)] if one_pass else [slice(i, i + 1) for i in range(batch)]
@@ -155,34 +154,36 @@ class MaskDecoder(nn.Module):
         # allocations of this size cost page faults on every call
         ws = Workspace() if inplace and not one_pass else None
         for rows in groups:
-            hyper = hyper_in[rows]  # (b, T, C/8)
             for r0 in range(0, h, rows_per_chunk):
                 r1 = min(h, r0 + rows_per_chunk)
                 x = first_conv(rows, r0 * w, r1 * w, ws)  # (b, p, 4·C/4)
-                b = x.shape[0]
-                x = x.reshape(b, -1, c4)  # (b, 4p, C/4)
-                x = F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)
-                x = _gelu(x, act1, inplace)
-                x = _conv_transpose_2x2(x, w2, bias2, ws)  # (b, 16p, C/8)
-                x = _gelu(x, act2, inplace)
-                xt = x.transpose(1, 2)
-                out = None if ws is None else ws.get("hyper", (b, t, xt.shape[-1]), x)
-                x = torch.matmul(hyper, xt, out=out)  # (b, T, 16p)
+                x = self._tail(x, hyper_in[rows], (w2, bias2), ws, inplace)  # (b, T, 16p)
                 if one_pass:
-                    # (b, T, i, j, a, b, c, d) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
-                    x = x.view(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-                    return x.reshape(b, t, 4 * h, 4 * w)
-                dst = masks[rows, :, 4 * r0 : 4 * r1]
-                if not inplace:  # autograd: the same rearrangement on floats
-                    x = x.view(b, t, r1 - r0, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-                    dst.view(b, t, r1 - r0, 2, 2, w, 2, 2).copy_(x)
-                    continue
-                # moving each (d = 0, 1) pair as one integer is several times faster
-                pair = _PAIR_DTYPES[x.element_size()]
-                src = x.view(pair).view(b, t, r1 - r0, w, 2, 2, 2)  # (b, T, i, j, a, b, c)
-                dst = dst.view(pair).view(b, t, r1 - r0, 2, 2, w, 2)
-                dst.copy_(src.permute(0, 1, 2, 4, 6, 3, 5))
+                    return _subpixel_image(x, h, w)
+                _write_subpixel_rows(masks[rows, :, 4 * r0 : 4 * r1], x, w, inplace)
         return masks
+
+    def _tail(
+        self,
+        x: torch.Tensor,
+        hyper: torch.Tensor,
+        second: tuple[torch.Tensor, torch.Tensor],
+        ws: Workspace | None,
+        inplace: bool,
+    ) -> torch.Tensor:
+        """First transposed convolution's output ``(b, p, 4·C/4)`` → mask logits ``(b, T,
+        16p)`` in sub-pixel layout: LayerNorm, GELU, second convolution, GELU, and the product
+        with the hypernetwork outputs ``hyper`` ``(b, T, C/8)``."""
+        _, norm, act1, _, act2 = self.output_upscaling
+        b = x.shape[0]
+        x = x.reshape(b, -1, norm.weight.shape[0])  # (b, 4p, C/4)
+        x = F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)
+        x = _gelu(x, act1, inplace)
+        x = _conv_transpose_2x2(x, *second, ws)  # (b, 16p, C/8)
+        x = _gelu(x, act2, inplace)
+        xt = x.transpose(1, 2)
+        out = None if ws is None else ws.get("hyper", (b, hyper.shape[1], xt.shape[-1]), x)
+        return torch.matmul(hyper, xt, out=out)
 
     def prepare(
         self,
@@ -280,6 +281,30 @@ class MaskDecoder(nn.Module):
 
 #: Integer types that hold two adjacent values of a float type of each byte size (for moves).
 _PAIR_DTYPES = {4: torch.int64, 2: torch.int32, 8: torch.complex128}
+
+
+def _subpixel_image(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Mask logits ``(b, T, 16·h·w)`` in sub-pixel layout → images ``(b, T, 4h, 4w)``."""
+    b, t = x.shape[:2]
+    # (b, T, i, j, a, b, c, d) → pixel (4i + 2a + c, 4j + 2b + d) of mask T
+    x = x.view(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+    return x.reshape(b, t, 4 * h, 4 * w)
+
+
+def _write_subpixel_rows(dst: torch.Tensor, x: torch.Tensor, w: int, inplace: bool) -> None:
+    """Write mask logits ``x`` ``(b, T, 16·r·w)`` (sub-pixel layout, ``r`` grid rows) into
+    image rows ``dst`` ``(b, T, 4r, 4w)``."""
+    b, t = x.shape[:2]
+    r = dst.shape[2] // 4
+    if not inplace:  # autograd: the rearrangement on floats
+        x = x.view(b, t, r, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        dst.view(b, t, r, 2, 2, w, 2, 2).copy_(x)
+        return
+    # moving each (d = 0, 1) pair as one integer is several times faster
+    pair = _PAIR_DTYPES[x.element_size()]
+    src = x.view(pair).view(b, t, r, w, 2, 2, 2)  # (b, T, i, j, a, b, c)
+    dst = dst.view(pair).view(b, t, r, 2, 2, w, 2)
+    dst.copy_(src.permute(0, 1, 2, 4, 6, 3, 5))
 
 
 def _gelu(x: torch.Tensor, act: nn.Module, inplace: bool) -> torch.Tensor:
