@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .modeling.decoder_cache import ImageCache, weights_key
+from .modeling.image_cache import ImageCache, weights_key
 from .modeling.mask_decoder import select_outputs
 from .modeling.sam import Sam
 from .precision import PrecisionLike, precision_name, resolve_precision

@@ -23,7 +23,8 @@ Keeping the coefficients relative to ``a`` means a LayerNorm only rescales ``a``
 rows; earlier coefficients never change. Every product of ``K`` with a fixed weight matrix
 ``W`` splits into
 
-- ``(X·diag(g))·W``: computed once per image, in :func:`prepare_image_cache`;
+- ``(X·diag(g))·W``: computed once per image, in
+  :func:`~mobilesam.modeling.image_cache.prepare_image_cache`;
 - ``Z·(E·W)``: per prompt, rank ``H·T`` per layer instead of ``C``;
 - per-token scalars ``a``.
 
@@ -48,117 +49,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_transpose_matrix
+from .image_cache import ImageCache, _AttnImageSide, _center, _LayerCache
 from .transformer import Attention
-
-
-def weights_key(*modules: nn.Module) -> tuple:
-    """A fingerprint that changes whenever any parameter or buffer of ``modules`` is replaced
-    (``.to(dtype/device)``, new ``Parameter``) or modified in place (``load_state_dict``,
-    optimiser steps bump the tensor version counter)."""
-    key = []
-    for m in modules:
-        for sub in m.modules():  # cheaper than .parameters(), which de-duplicates
-            for t in (*sub._parameters.values(), *sub._buffers.values()):
-                if t is not None:
-                    key.append((t.data_ptr(), t._version, t.dtype, t.device))
-    return tuple(key)
-
-
-def _center(rows: torch.Tensor) -> torch.Tensor:
-    """Subtract each row's mean over the last (channel) axis."""
-    return rows - rows.mean(-1, keepdim=True)
-
-
-def _heads_nd(x: torch.Tensor, heads: int, channels_first: bool = False) -> torch.Tensor:
-    """``(N, D)`` → ``(H, N, D/H)``, or ``(H, D/H, N)`` with ``channels_first``; contiguous."""
-    n, d = x.shape
-    x = x.view(n, heads, d // heads)
-    return (x.permute(1, 2, 0) if channels_first else x.transpose(0, 1)).contiguous()
-
-
-@dataclass
-class _AttnImageSide:
-    """Per-image products for one cross-attention whose image side is ``K`` (+ ``PE``):
-    ``img`` = ``X·diag(g)·Wᵀ`` and ``pe`` = ``PE·Wᵀ + b``, per head: ``(H, d, N)`` for keys
-    and queries (the operand of a product with the prompt side), ``(H, N, d)`` for values.
-    In the first layer ``img`` holds the sum and ``pe`` is None."""
-
-    img: torch.Tensor
-    pe: torch.Tensor | None
-
-
-@dataclass
-class _LayerCache:
-    """Per-image products for one two-way block (see the module docstring)."""
-
-    t2i_k: _AttnImageSide  # token→image keys: (K + PE)·W_kᵀ
-    t2i_v: _AttnImageSide  # token→image values: K·W_vᵀ (bias added after pooling)
-    i2t_q: _AttnImageSide  # image→token queries: (K + PE)·W_qᵀ
-    cross_u: list[torch.Tensor]  # per earlier update block k: (H, d, N) X·diag(g)·F̃_kᵀ
-    cross_c: torch.Tensor  # (n_c, N) Ẽc·(X·diag(g))ᵀ for the fixed rows
-    x_sum: torch.Tensor  # (N,) Σ_c (X·diag(g))
-    x_sq: torch.Tensor  # (N,) ‖centred X·diag(g)‖²
-
-
-@dataclass
-class ImageCache:
-    """Everything the decoder computes from one image alone. Built by
-    :func:`prepare_image_cache`; valid while :attr:`key` equals :func:`weights_key` of the
-    decoder and prompt encoder (the predictor checks this on every call)."""
-
-    key: tuple
-    layers: list[_LayerCache]
-    final_k: _AttnImageSide
-    final_v: _AttnImageSide
-    upscale: torch.Tensor  # (N, 4·C/4) X·diag(g)·W_up1 (first transposed conv as a matrix)
-    size: tuple[int, int]  # (h, w) of the embedding grid
-    weights: DecoderWeights  # weight-derived constants, rebuilt with the cache
-
-
-@dataclass
-class DecoderWeights:
-    """Rearrangements of the decoder's weights that every prompt uses, made once per cache
-    (so they follow the weights exactly as the cache does)."""
-
-    tokens: torch.Tensor  # (1 + M, C) IoU token, then the M mask tokens
-    hyper_w: list[torch.Tensor]  # per hypernetwork layer: (M, in, out) stacked Wᵀ
-    hyper_b: list[torch.Tensor]  # per hypernetwork layer: (M, 1, out)
-    up1_w: torch.Tensor  # (C, 4·C/4) first transposed convolution as a matrix
-    up1_b: torch.Tensor  # (4·C/4,)
-    up2_w: torch.Tensor  # (C/4, 4·C/8) second transposed convolution as a matrix
-    up2_b: torch.Tensor  # (4·C/8,)
-
-    @classmethod
-    def of(cls, decoder: nn.Module) -> DecoderWeights:
-        mlps = decoder.output_hypernetworks_mlps
-        depth = len(mlps[0].layers)
-        up1_w, up1_b = conv_transpose_matrix(decoder.output_upscaling[0])
-        up2_w, up2_b = conv_transpose_matrix(decoder.output_upscaling[3])
-        return cls(
-            tokens=torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]),
-            hyper_w=[torch.stack([m.layers[i].weight.t() for m in mlps]) for i in range(depth)],
-            hyper_b=[torch.stack([m.layers[i].bias[None] for m in mlps]) for i in range(depth)],
-            up1_w=up1_w,
-            up1_b=up1_b,
-            up2_w=up2_w,
-            up2_b=up2_b,
-        )
-
-    def hypernetworks(self, tokens: torch.Tensor, which: range) -> torch.Tensor:
-        """The hypernetwork MLPs ``which`` on their mask tokens ``(B, len(which), C)``, all
-        at once: ``(B, len(which), C/8)``."""
-        sel = slice(which.start, which.stop)
-        x = tokens.transpose(0, 1)  # (T, B, C)
-        last = len(self.hyper_w) - 1
-        for i, (w, b) in enumerate(zip(self.hyper_w, self.hyper_b, strict=True)):
-            x = torch.baddbmm(b[sel], x, w[sel])
-            if i < last:
-                x = x.relu_()
-        return x.transpose(0, 1)
 
 
 class _ImageTokens:
@@ -221,91 +115,6 @@ class _ImageTokens:
     def project(self, weight: torch.Tensor) -> torch.Tensor:
         """``(B, m, D)``: the low-rank rows through ``weight`` ``(D, C)`` (no bias)."""
         return self.e @ weight.t()
-
-
-def _attn_side(
-    attn: Attention,
-    proj: nn.Linear,
-    xg: torch.Tensor,
-    pe: torch.Tensor | None,
-    unscaled: bool = False,
-) -> _AttnImageSide:
-    """Keys or queries (with ``pe``, channels first) or values (without). ``unscaled``: the
-    image tokens have no per-token scale yet (the first layer), so the image and positional
-    parts are stored as one sum."""
-    h, first = attn.num_heads, pe is not None
-    img = _heads_nd(xg @ proj.weight.t(), h, first)
-    if pe is None:
-        return _AttnImageSide(img, None)
-    pe_side = _heads_nd(F.linear(pe, proj.weight, proj.bias), h, first)
-    return _AttnImageSide(img + pe_side, None) if unscaled else _AttnImageSide(img, pe_side)
-
-
-@torch.no_grad()
-def prepare_image_cache(
-    decoder: nn.Module,
-    image_embeddings: torch.Tensor,
-    image_pe: torch.Tensor,
-    dense_embedding: torch.Tensor,
-    key: tuple = (),
-) -> ImageCache:
-    """Compute the prompt-independent products of ``decoder`` (a
-    :class:`~mobilesam.modeling.mask_decoder.MaskDecoder`) for one image.
-
-    Args:
-        image_embeddings: ``(1, C, h, w)``.
-        image_pe: ``(1, C, h, w)`` dense positional encoding.
-        dense_embedding: ``(1, C, 1, 1)`` or ``(1, C, h, w)``, the same for every prompt (the
-            no-mask embedding).
-        key: :func:`weights_key` of the modules the cache derives from.
-    """
-    tf = decoder.transformer
-    _, c, h, w = image_embeddings.shape
-    x = (image_embeddings + dense_embedding)[0].flatten(1).t().contiguous()  # (N, C)
-    pe = image_pe[0].flatten(1).t().contiguous()
-    g = torch.ones(c, dtype=x.dtype, device=x.device)
-    ec = x.new_zeros(0, c)
-    out_weights: list[torch.Tensor] = []  # per update block: W_o of its attention
-    scales: list[torch.Tensor] = []  # per update block: product of the later γ's
-    layers = []
-    for layer in tf.layers:
-        xg = x * g
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        ec = torch.cat([ec, i2t.out_proj.bias[None]])  # this layer's b_o row
-        out_weights.append(i2t.out_proj.weight)  # W_o (C, D) of this layer's update
-        scales.append(torch.ones_like(g))
-        blocks = [
-            _heads_nd(xg @ _center(wo.t() * s).t(), i2t.num_heads, True)
-            for wo, s in zip(out_weights, scales, strict=True)
-        ]
-        xc = _center(xg)
-        layers.append(
-            _LayerCache(
-                t2i_k=_attn_side(t2i, t2i.k_proj, xg, pe, unscaled=not layers),
-                t2i_v=_attn_side(t2i, t2i.v_proj, xg, None),
-                i2t_q=_attn_side(i2t, i2t.q_proj, xg, pe, unscaled=not layers),
-                cross_u=blocks,
-                cross_c=_center(ec) @ xg.t(),
-                x_sum=xg.sum(-1),
-                x_sq=(xc * xc).sum(-1),
-            )
-        )
-        gamma, beta = layer.norm4.weight, layer.norm4.bias
-        ec = torch.cat([ec * gamma, gamma[None], beta[None]])
-        scales = [s * gamma for s in scales]
-        g = g * gamma
-    xg = x * g
-    fa = tf.final_attn_token_to_image
-    weights = DecoderWeights.of(decoder)
-    return ImageCache(
-        key=key,
-        layers=layers,
-        final_k=_attn_side(fa, fa.k_proj, xg, pe),
-        final_v=_attn_side(fa, fa.v_proj, xg, None),
-        upscale=xg @ weights.up1_w,
-        size=(h, w),
-        weights=weights,
-    )
 
 
 def _per_prompt(

@@ -10,13 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d, conv_transpose_matrix
-from .decoder_cache import (
-    DecodedTokens,
-    ImageCache,
-    decode_tokens,
-    first_conv_factors,
-    prepare_image_cache,
-)
+from .decoder_cache import DecodedTokens, decode_tokens, first_conv_factors
+from .image_cache import ImageCache, prepare_image_cache
 from .transformer import TwoWayTransformer
 
 
@@ -129,7 +124,7 @@ class MaskDecoder(nn.Module):
                 sub-pixel-major. It may write into ``workspace`` (when not None).
             hyper_in: ``(B, T, C/8)`` hypernetwork outputs of the wanted mask tokens.
             second: the second transposed convolution as ``(weight matrix, bias)`` (see
-                :class:`~mobilesam.modeling.decoder_cache.DecoderWeights`), when prepared.
+                :class:`~mobilesam.modeling.image_cache.DecoderWeights`), when prepared.
 
         Returns:
             ``(B, T, 4h, 4w)`` mask logits.
