@@ -413,3 +413,34 @@ def test_odd_images_through_the_api(client):
             f"/v1/images/{body['id']}/segment", json={"points": [[w / 2, 0]], "labels": [1]}
         )
         assert seg.status_code == 200 and all(np.isfinite(seg.json()["scores"]))
+
+
+def test_limits_come_from_the_apps_settings(fixture_model):
+    """``max_points`` and ``max_points_per_side`` are each app's own, checked before the image
+    is looked up, with the 422 shape of any validation error (the field's path)."""
+    app = create_app(fixture_model, ServerSettings(max_points=2, max_points_per_side=4))
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    seg, every = "/v1/images/nope/segment", "/v1/images/nope/everything"
+    res = c.post(seg, json={"points": [[1, 1]] * 3, "labels": [1] * 3})
+    assert res.status_code == 422
+    assert [(e["loc"], e["type"]) for e in res.json()["detail"]] == [
+        (["body", "points"], "too_long"),
+        (["body", "labels"], "too_long"),
+    ]
+    assert c.post(seg, json={"points": [[1, 1]] * 2, "labels": [1] * 2}).status_code == 404
+    res = c.post(every, json={"points_per_side": 5})
+    assert res.status_code == 422 and res.json()["detail"][0]["loc"] == ["body", "points_per_side"]
+    assert c.post(every, json={"points_per_side": 4}).status_code == 404
+
+
+def test_missing_extra_names_the_install_line(monkeypatch):
+    """Without fastapi, importing the package says which extra to install (the library itself
+    never imports it)."""
+    import importlib
+    import sys
+
+    for name in [n for n in sys.modules if n.split(".")[:2] == ["mobilesam", "serve"]]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    with pytest.raises(ImportError, match=r'needs fastapi: pip install "mobilesam\[serve\]"'):
+        importlib.import_module("mobilesam.serve")
