@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from ..modeling.sam import Sam
 from .middleware import MULTIPART_SLACK, AccessRules, BodyLimit, host_name
 from .routes import router
-from .schemas import validation_error_response
+from .schemas import openapi_with_limits, validation_error_response
 from .state import LOOPBACK_HOSTS, ServerSettings, ServerState
 
 __all__ = ["LOOPBACK_HOSTS", "ServerSettings", "create_app", "host_name"]
@@ -54,4 +54,5 @@ def create_app(
     # outermost: an oversized body is refused before any of it is parsed or spooled to disk
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     app.include_router(router)
+    app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
     return app

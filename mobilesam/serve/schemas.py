@@ -10,9 +10,10 @@ Requests are strict: unknown fields, NaN and infinities are refused (``extra="fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -96,6 +97,27 @@ def check_limits(req: SegmentRequest | EverythingRequest, settings: ServerSettin
         errors.append({"loc": ("body", "points_per_side"), "msg": msg, "type": "less_than_equal"})
     if errors:
         raise RequestValidationError(errors)
+
+
+def openapi_with_limits(app: FastAPI, settings: ServerSettings) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also states ``settings``' limits in the request schemas
+    (``maxItems`` of ``points``/``labels``, ``maximum`` of ``points_per_side``): the models are
+    shared by every app, the limits are each app's."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            models = plain()["components"]["schemas"]
+            segment = models["SegmentRequest"]["properties"]
+            for name in ("points", "labels"):
+                for option in segment[name].get("anyOf", [segment[name]]):
+                    if option.get("type") == "array":
+                        option["maxItems"] = settings.max_points
+            grid = models["EverythingRequest"]["properties"]["points_per_side"]
+            grid["maximum"] = settings.max_points_per_side
+        return app.openapi_schema
+
+    return openapi
 
 
 async def validation_error_response(request: Request, exc: Exception) -> JSONResponse:
