@@ -15,88 +15,60 @@ cost:
 - on CPU the decoder runs in small cache-sized groups (``decoder_batch_size``), which is
   faster than one large batch there; on GPU it takes the whole ``points_per_batch``.
 
-Pipeline per crop: ``SamPredictor.set_image`` → point grid → ``predict_low_res_torch`` →
-IoU filter → blockwise thresholds (``threshold_blocks``) → stability filter → boxes →
-crop-edge filter → RLE → box NMS. Then NMS across crops, optional small-region cleanup and
-the output encoding.
+Pipeline per crop (:meth:`AmgSettings.crops <mobilesam.amg.settings.AmgSettings.crops>`):
+``SamPredictor.set_image`` → per batch of points (:class:`~mobilesam.amg.batch.BatchFilter`):
+decoder → IoU filter → blockwise thresholds → stability filter → boxes → crop-edge filter →
+RLE; then box NMS. Then NMS across crops, optional small-region cleanup and the output
+encoding (:func:`~mobilesam.amg.output.to_annotations`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ._heap import HeapTrimmer
-from .masks import (
-    area_from_rle,
-    batched_mask_to_box,
-    batched_nms,
-    box_area,
-    build_all_layer_point_grids,
-    coco_encode_rle,
-    generate_crop_boxes,
-    is_box_near_crop_edge,
-    mask_to_rle,
-    remove_small_regions,
-    rle_to_mask,
-    uncrop_boxes_xyxy,
-    uncrop_points,
-)
-from .modeling.decoder_cache import decode_tokens
+from .amg.batch import BatchFilter
+from .amg.candidates import Candidates, without_small_regions
+from .amg.output import to_annotations
+from .amg.settings import OUTPUT_MODES, AmgSettings, Crop
+from .masks import box_area
 from .modeling.sam import Sam
-from .postprocess import block_grid, threshold_blocks
 from .precision import PrecisionLike
 from .predictor import SamPredictor
 from .transforms import to_rgb_uint8
 
-OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+__all__ = ["OUTPUT_MODES", "STAGES", "SamAutomaticMaskGenerator"]
+
 STAGES = ("encoder", "decoder", "upsample", "filter", "rle", "nms", "postprocess")
 
 
-@dataclass
-class _Candidates:
-    """Masks that survived the filters so far, as parallel arrays (one row per mask)."""
+class _Setting:
+    """A generator attribute (``segment_anything``'s name) that reads ``self.settings``.
+    Assigning it replaces the settings with a checked copy (grids rebuilt), so a bad value
+    raises at once instead of deep inside :meth:`SamAutomaticMaskGenerator.generate`."""
 
-    rles: list[dict] = field(default_factory=list)
-    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
-    iou_preds: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    stability: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    points: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
-    crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
+    def __init__(self, field: str | None = None) -> None:
+        self.field = field
 
-    def __len__(self) -> int:
-        return len(self.rles)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.field = name, self.field or name
 
-    def select(self, keep: torch.Tensor) -> _Candidates:
-        """Rows ``keep`` (int indices, in that order)."""
-        keep = keep.cpu()
-        return _Candidates(
-            rles=[self.rles[i] for i in keep.tolist()],
-            boxes=self.boxes[keep],
-            iou_preds=self.iou_preds[keep],
-            stability=self.stability[keep],
-            points=self.points[keep],
-            crop_boxes=self.crop_boxes[keep],
-        )
+    def __get__(self, obj: SamAutomaticMaskGenerator | None, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.settings, self.field)
 
-    @staticmethod
-    def cat(parts: list[_Candidates]) -> _Candidates:
-        if not parts:
-            return _Candidates()
-        return _Candidates(
-            rles=[r for p in parts for r in p.rles],
-            boxes=torch.cat([p.boxes for p in parts]),
-            iou_preds=torch.cat([p.iou_preds for p in parts]),
-            stability=torch.cat([p.stability for p in parts]),
-            points=torch.cat([p.points for p in parts]),
-            crop_boxes=torch.cat([p.crop_boxes for p in parts]),
-        )
+    def __set__(self, obj: SamAutomaticMaskGenerator, value: object) -> None:
+        changes: dict[str, object] = {self.name: value}
+        if self.name in ("points_per_side", "point_grids"):  # exactly one of the two
+            other = "point_grids" if self.name == "points_per_side" else "points_per_side"
+            changes[other] = None
+        obj.settings = dataclasses.replace(obj.settings, **changes)
 
 
 class SamAutomaticMaskGenerator:
@@ -126,7 +98,31 @@ class SamAutomaticMaskGenerator:
         max_upsample_bytes: bound on the full-resolution float logits held at once.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the image encoder
             (see :mod:`mobilesam.precision`); everything after it runs in float32.
+
+    Attributes:
+        settings: the checked arguments (:class:`~mobilesam.amg.settings.AmgSettings`); each
+            one also reads as an attribute of the same name (``point_grids``: the grid of
+            every crop layer, as in ``segment_anything``). Assigning one checks it and rebuilds
+            the settings.
+        predictor: the :class:`SamPredictor` that encodes the image and each crop.
+        stage_times: seconds spent per stage (:data:`STAGES`) by the last :meth:`generate`.
     """
+
+    points_per_side = _Setting()
+    points_per_batch = _Setting()
+    pred_iou_thresh = _Setting()
+    stability_score_thresh = _Setting()
+    stability_score_offset = _Setting()
+    box_nms_thresh = _Setting()
+    crop_n_layers = _Setting()
+    crop_nms_thresh = _Setting()
+    crop_overlap_ratio = _Setting()
+    crop_n_points_downscale_factor = _Setting()
+    point_grids = _Setting("layer_grids")
+    min_mask_region_area = _Setting()
+    output_mode = _Setting()
+    decoder_batch_size = _Setting()
+    max_upsample_bytes = _Setting()
 
     def __init__(
         self,
@@ -149,59 +145,24 @@ class SamAutomaticMaskGenerator:
         max_upsample_bytes: int = 64 * 2**20,
         precision: PrecisionLike = None,
     ) -> None:
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("Exactly one of points_per_side or point_grids must be provided.")
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        _check_positive_int("points_per_batch", points_per_batch)
-        _check_positive_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor)
-        if not (isinstance(crop_n_layers, int) and crop_n_layers >= 0):
-            raise ValueError(f"crop_n_layers must be an int >= 0, got {crop_n_layers!r}")
-        if decoder_batch_size is not None:
-            _check_positive_int("decoder_batch_size", decoder_batch_size)
-        for name, value, lo, hi in (
-            ("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0),
-            ("stability_score_thresh", stability_score_thresh, 0.0, 1.0),
-            ("box_nms_thresh", box_nms_thresh, 0.0, 1.0),
-            ("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0),
-            ("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0),
-            ("stability_score_offset", stability_score_offset, 0.0, float("inf")),
-            ("min_mask_region_area", min_mask_region_area, 0.0, float("inf")),
-        ):
-            _check_number(name, value, lo, hi)
-        if points_per_side is not None:
-            _check_positive_int("points_per_side", points_per_side)
-            grids = build_all_layer_point_grids(
-                points_per_side, crop_n_layers, crop_n_points_downscale_factor
-            )
-        else:
-            grids = [_check_grid(g, i) for i, g in enumerate(point_grids or [])]
-            if len(grids) != crop_n_layers + 1:
-                raise ValueError(
-                    f"point_grids needs one grid per layer: crop_n_layers + 1 = "
-                    f"{crop_n_layers + 1}, got {len(grids)}"
-                )
-        if output_mode == "coco_rle":
-            _require("pycocotools", "output_mode='coco_rle'")
-        if min_mask_region_area > 0:
-            _require("scipy", "min_mask_region_area > 0")
-
+        self.settings = AmgSettings(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            point_grids=point_grids,
+            min_mask_region_area=min_mask_region_area,
+            output_mode=output_mode,
+            decoder_batch_size=decoder_batch_size,
+            max_upsample_bytes=max_upsample_bytes,
+        )
         self.predictor = SamPredictor(model, precision=precision)
-        self.point_grids = grids
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
-        self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = crop_nms_thresh
-        self.crop_overlap_ratio = crop_overlap_ratio
-        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
-        self.min_mask_region_area = min_mask_region_area
-        self.output_mode = output_mode
-        self.decoder_batch_size = decoder_batch_size
-        self.max_upsample_bytes = max_upsample_bytes
-        #: Seconds spent per stage by the last :meth:`generate` call.
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
 
@@ -231,51 +192,24 @@ class SamAutomaticMaskGenerator:
         self.stage_times = dict.fromkeys(STAGES, 0.0)
         image = to_rgb_uint8(image, "RGB")
         data = self._generate_masks(image, image_embedding, progress)
-        if self.min_mask_region_area > 0:
+        s = self.settings
+        if s.min_mask_region_area > 0:
             with self._stage("postprocess"):
-                data = self._postprocess_small_regions(
-                    data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
-                )
+                nms_thresh = max(s.box_nms_thresh, s.crop_nms_thresh)
+                data = without_small_regions(data, s.min_mask_region_area, nms_thresh)
         with self._stage("postprocess"):
-            return self._annotations(data)
-
-    def _annotations(self, data: _Candidates) -> list[dict[str, Any]]:
-        data.rles = [{"size": r["size"], "counts": _as_list(r["counts"])} for r in data.rles]
-        if self.output_mode == "coco_rle":
-            segmentations: list[Any] = [coco_encode_rle(r) for r in data.rles]
-        elif self.output_mode == "binary_mask":
-            segmentations = [rle_to_mask(r) for r in data.rles]
-        else:
-            segmentations = data.rles
-        boxes = _xyxy_to_xywh(data.boxes).tolist()
-        crops = _xyxy_to_xywh(data.crop_boxes).tolist()
-        ious = data.iou_preds.tolist()
-        stab = data.stability.tolist()
-        points = data.points.tolist()
-        return [
-            {
-                "segmentation": segmentations[i],
-                "area": area_from_rle(data.rles[i]),
-                "bbox": boxes[i],
-                "predicted_iou": ious[i],
-                "point_coords": [points[i]],
-                "stability_score": stab[i],
-                "crop_box": crops[i],
-            }
-            for i in range(len(data))
-        ]
+            return to_annotations(data, s.output_mode)
 
     def _generate_masks(
         self,
         image: np.ndarray,
         image_embedding: torch.Tensor | None,
         progress: Callable[[int, int], None] | None,
-    ) -> _Candidates:
+    ) -> Candidates:
+        """Every crop's candidates, then NMS across crops preferring smaller crops."""
         orig_size = (int(image.shape[0]), int(image.shape[1]))
-        crop_boxes, layer_idxs = generate_crop_boxes(
-            orig_size, self.crop_n_layers, self.crop_overlap_ratio
-        )
-        total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
+        crops = self.settings.crops(orig_size)
+        total = sum(len(crop.points) for crop in crops)
         done = 0
 
         def tick(points: int) -> None:
@@ -284,200 +218,49 @@ class SamAutomaticMaskGenerator:
             if progress is not None:
                 progress(done, total)
 
-        data = _Candidates.cat(
+        batches = BatchFilter(self.predictor, self.settings, self._stage, self._heap)
+        data = Candidates.cat(
             [
-                self._process_crop(image, box, layer, orig_size, tick, image_embedding)
-                for box, layer in zip(crop_boxes, layer_idxs, strict=True)
+                self._process_crop(image, crop, orig_size, batches, tick, image_embedding)
+                for crop in crops
             ]
         )
-        if len(crop_boxes) > 1 and len(data):
+        if len(crops) > 1 and len(data):
             with self._stage("nms"):
                 # Prefer masks from smaller crops (higher resolution).
                 scores = 1 / box_area(data.crop_boxes).double()
-                keep = batched_nms(
-                    data.boxes.float(),
-                    scores,
-                    torch.zeros(len(data), dtype=torch.long),
-                    self.crop_nms_thresh,
-                )
-                data = data.select(keep)
+                data = data.nms(scores, self.settings.crop_nms_thresh)
         return data
 
     def _process_crop(
         self,
         image: np.ndarray,
-        crop_box: list[int],
-        layer: int,
+        crop: Crop,
         orig_size: tuple[int, int],
+        batches: BatchFilter,
         tick: Callable[[int], None],
-        image_embedding: torch.Tensor | None = None,
-    ) -> _Candidates:
-        """Candidates of one crop; ``tick(n)`` after each batch of ``n`` points."""
-        x0, y0, x1, y1 = crop_box
-        cropped = image[y0:y1, x0:x1]
+        image_embedding: torch.Tensor | None,
+    ) -> Candidates:
+        """Candidates of one crop, in image coordinates; ``tick(n)`` after each batch of ``n``
+        points."""
+        x0, y0, x1, y1 = crop.box
         with self._stage("encoder"):
-            if layer == 0 and image_embedding is not None:
+            if crop.layer == 0 and image_embedding is not None:
                 # Layer 0 is the whole image: reuse the caller's embedding.
                 self.predictor.set_embedding(image_embedding, orig_size)
             else:
-                self.predictor.set_image(cropped)
-        crop_h, crop_w = cropped.shape[:2]
-        points = self.point_grids[layer] * np.array([[crop_w, crop_h]])
+                self.predictor.set_image(image[y0:y1, x0:x1])
+        step = self.settings.points_per_batch
         parts = []
-        for i in range(0, len(points), self.points_per_batch):
-            batch = points[i : i + self.points_per_batch]
-            parts.append(self._process_batch(batch, crop_box, orig_size))
+        for i in range(0, len(crop.points), step):
+            batch = crop.points[i : i + step]
+            parts.append(batches(batch, crop.box, orig_size))
             tick(len(batch))
         self.predictor.reset_image()
-        data = _Candidates.cat(parts)
+        data = Candidates.cat(parts)
         with self._stage("nms"):
-            keep = batched_nms(
-                data.boxes.float(),
-                data.iou_preds,
-                torch.zeros(len(data), dtype=torch.long),
-                self.box_nms_thresh,
-            )
-            data = data.select(keep)
-        data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
-        data.points = uncrop_points(data.points, crop_box)
-        data.crop_boxes = torch.tensor([crop_box], dtype=torch.long).expand(len(data), 4)
-        return data
-
-    def _decode(self, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode ``n`` points in the crop's pixel frame (three masks each) and keep the masks
-        whose predicted IoU passes ``pred_iou_thresh``. The IoUs come from the IoU token,
-        before any upscaling, so a point none of whose masks passes is never upscaled.
-
-        Returns:
-            low-res logits ``(k, 256, 256)``, IoUs ``(k,)`` and the index of each mask's point
-            ``(k,)``, point-major (point 0's surviving masks first).
-        """
-        p = self.predictor
-        device, decoder, cache = p.device, p.model.mask_decoder, p.decoder_cache()
-        coords = p.transform.apply_coords(points, p.original_size)
-        coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[:, None, :]
-        labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=device)
-        step = self.decoder_batch_size or (len(points) if device.type != "cpu" else 4)
-        low, iou, index = [], [], []
-        for i in range(0, len(points), step):
-            sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
-            decoded = decode_tokens(decoder, cache, sparse, multimask_output=True)
-            passed = decoded.iou > self.pred_iou_thresh
-            if self.pred_iou_thresh <= 0.0:  # SAM's rule: a threshold of 0 turns the filter off
-                passed.fill_(True)
-            rows = passed.any(1).nonzero()[:, 0]
-            if len(rows) == 0:
-                continue
-            kept = decoded.select(rows)
-            masks = decoder.masks_from_decoded(cache, kept, kept.hyper)  # (r, 3, 256, 256)
-            keep = passed[rows]
-            low.append(masks[keep])
-            iou.append(kept.iou[keep])
-            index.append((i + rows)[:, None].expand(keep.shape)[keep])
-        if not low:
-            empty = coords_t.new_zeros(0)
-            size = p.model.prompt_encoder.mask_input_size
-            return empty.reshape(0, *size), empty, empty.long()
-        return torch.cat(low), torch.cat(iou), torch.cat(index)
-
-    def _process_batch(
-        self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
-    ) -> _Candidates:
-        p = self.predictor
-        # 1. Predicted IoU: a per-mask scalar, so the decoder filters before any upscaling.
-        with self._stage("decoder"):
-            low_res, iou, index = self._decode(points)
-        pts = torch.as_tensor(points)[index.cpu()]
-
-        # 2. The rest is at full resolution: a bounded chunk of masks at a time.
-        orig_h, orig_w = orig_size
-        h, w = p.original_size
-        bytes_per_mask = 4 * h * w  # when every block of a mask needs its values
-        chunk = max(1, self.max_upsample_bytes // bytes_per_mask)
-        parts = []
-        for i in range(0, low_res.shape[0], chunk):
-            parts.append(
-                self._filter_chunk(
-                    low_res[i : i + chunk],
-                    iou[i : i + chunk],
-                    pts[i : i + chunk],
-                    crop_box,
-                    orig_h,
-                    orig_w,
-                )
-            )
-        return _Candidates.cat(parts)
-
-    def _filter_chunk(
-        self,
-        low_res: torch.Tensor,
-        iou: torch.Tensor,
-        pts: torch.Tensor,
-        crop_box: list[int],
-        orig_h: int,
-        orig_w: int,
-    ) -> _Candidates:
-        p = self.predictor
-        t, off = p.model.mask_threshold, self.stability_score_offset
-        with self._stage("upsample"):
-            # full-resolution values only in the blocks near one of the three thresholds
-            grid = block_grid(
-                tuple(low_res.shape[-2:]), p.input_size, p.original_size, p.model.img_size, low_res
-            )
-            blocks = threshold_blocks(low_res, grid, (t - off, t, t + off))
-        with self._stage("filter"):
-            # the official order: stability, then the crop-edge test on what is left
-            stability = blocks.counts(2).float() / blocks.counts(0).float()
-            if self.stability_score_thresh > 0.0:
-                keep = stability >= self.stability_score_thresh
-                if not bool(keep.all()):
-                    blocks, iou, stability = blocks.select(keep), iou[keep], stability[keep]
-                    pts = pts[keep.cpu()]
-            runs = blocks.runs(1)
-            del blocks
-            boxes = runs.boxes()
-            keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            if not bool(keep.all()):
-                runs, boxes, iou, stability = (
-                    runs.select(keep),
-                    boxes[keep],
-                    iou[keep],
-                    stability[keep],
-                )
-                pts = pts[keep.cpu()]
-        with self._stage("rle"):
-            rles = runs.uncrop(crop_box, orig_h, orig_w).to_rle(as_list=False)
-        self._heap.trim_if_grown()
-        return _Candidates(
-            rles=rles,
-            boxes=boxes.cpu(),
-            iou_preds=iou.float().cpu(),
-            stability=stability.cpu(),
-            points=pts,
-            crop_boxes=torch.zeros(len(rles), 4, dtype=torch.long),
-        )
-
-    @staticmethod
-    def _postprocess_small_regions(
-        data: _Candidates, min_area: int, nms_thresh: float
-    ) -> _Candidates:
-        """SAM's cleanup: fill small holes, drop small islands, then NMS preferring masks the
-        cleanup left unchanged; changed masks that survive get their new RLE and box."""
-        if len(data) == 0:
-            return data
-        rles, boxes, unchanged = list(data.rles), data.boxes.clone(), []
-        for i, rle in enumerate(data.rles):
-            mask, changed_holes = remove_small_regions(rle_to_mask(rle), min_area, "holes")
-            mask, changed_islands = remove_small_regions(mask, min_area, "islands")
-            unchanged.append(not (changed_holes or changed_islands))
-            if not unchanged[-1]:  # an unchanged mask keeps its RLE and box
-                m = torch.from_numpy(mask)[None]
-                rles[i], boxes[i] = mask_to_rle(m)[0], batched_mask_to_box(m)[0]
-        scores = torch.tensor(unchanged, dtype=torch.float)
-        keep = batched_nms(
-            boxes.float(), scores, torch.zeros(len(data), dtype=torch.long), nms_thresh
-        )
-        return replace(data, rles=rles, boxes=boxes).select(keep)
+            data = data.nms(data.iou_preds, self.settings.box_nms_thresh)
+        return data.uncrop(crop.box)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -486,45 +269,3 @@ class SamAutomaticMaskGenerator:
             yield
         finally:
             self.stage_times[name] = self.stage_times.get(name, 0.0) + (time.perf_counter() - start)
-
-
-def _as_list(counts: Any) -> list[int]:
-    return counts.tolist() if isinstance(counts, np.ndarray) else list(counts)
-
-
-def _xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    out = boxes.clone()
-    out[:, 2:] = boxes[:, 2:] - boxes[:, :2]
-    return out
-
-
-def _check_number(name: str, value: object, lo: float, hi: float) -> None:
-    """``value`` a finite real number in ``[lo, hi]``, else a ValueError naming the
-    argument."""
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool
-    )
-    if not (number and np.isfinite(float(value)) and lo <= float(value) <= hi):
-        bound = f"in [{lo:g}, {hi:g}]" if np.isfinite(hi) else f">= {lo:g}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _check_grid(grid: np.ndarray, layer: int) -> np.ndarray:
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 2 or g.shape[1] != 2 or g.shape[0] == 0:
-        raise ValueError(f"point_grids[{layer}] must have shape (N, 2), got {g.shape}")
-    if not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
-        raise ValueError(f"point_grids[{layer}] must hold (x, y) in [0, 1]")
-    return g
-
-
-def _require(module: str, why: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise ImportError(f"{why} needs the '{module}' package: pip install {module}") from None

@@ -74,17 +74,6 @@ def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
     return points + torch.tensor(crop_box[:2], device=points.device, dtype=points.dtype)
 
 
-def uncrop_masks(
-    masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int
-) -> torch.Tensor:
-    """Zero-pad ``(N, h, w)`` crop masks back to ``(N, orig_h, orig_w)``."""
-    x0, y0, x1, y1 = crop_box
-    if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
-        return masks
-    pad = (x0, orig_w - x1, y0, orig_h - y1)
-    return torch.nn.functional.pad(masks, pad, value=0)
-
-
 def is_box_near_crop_edge(
     boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0
 ) -> torch.Tensor:

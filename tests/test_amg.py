@@ -4,6 +4,7 @@ formats, crop layers, small-region cleanup, argument checking."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from mobilesam import SamAutomaticMaskGenerator
-from mobilesam.masks import batched_mask_to_box, rle_to_mask
+from mobilesam.automatic_mask_generator import STAGES
+from mobilesam.masks import batched_mask_to_box, box_iou, rle_to_mask
+from mobilesam.predictor import SamPredictor
 
 from .helpers import load_image
 
@@ -46,8 +49,13 @@ def amg_output(fixture_model, amg_golden, picture1) -> list[dict]:
     gen = SamAutomaticMaskGenerator(
         fixture_model, output_mode="uncompressed_rle", **amg_golden["settings"]
     )
+    start = time.perf_counter()
     out = gen.generate(picture1)
-    assert set(gen.stage_times) >= {"encoder", "decoder", "upsample", "filter", "rle", "nms"}
+    elapsed = time.perf_counter() - start
+    # every stage ran, and the stages do not overlap
+    assert list(gen.stage_times) == list(STAGES)
+    assert all(t > 0 for t in gen.stage_times.values())
+    assert sum(gen.stage_times.values()) <= elapsed
     return out
 
 
@@ -95,8 +103,6 @@ def test_sorted_by_nms_and_no_heavy_overlap(amg_output):
     assert scores == sorted(scores, reverse=True)
     boxes = torch.tensor([a["bbox"] for a in amg_output], dtype=torch.float)
     boxes[:, 2:] += boxes[:, :2]
-    from mobilesam.masks import box_iou
-
     iou = box_iou(boxes, boxes)
     iou.fill_diagonal_(0)
     assert float(iou.max()) <= 0.7 + 1e-6
@@ -107,14 +113,22 @@ def small_image(picture1) -> np.ndarray:
     return np.ascontiguousarray(picture1[::2, ::2])  # 385×385: cheaper encoder crops
 
 
-def test_output_modes_agree(fixture_model, small_image):
-    kw = {"points_per_side": 4}
-    rle = SamAutomaticMaskGenerator(fixture_model, output_mode="uncompressed_rle", **kw)
-    out_rle = rle.generate(small_image)
-    out_bin = SamAutomaticMaskGenerator(fixture_model, **kw).generate(small_image)
-    out_coco = SamAutomaticMaskGenerator(fixture_model, output_mode="coco_rle", **kw).generate(
-        small_image
-    )
+@pytest.fixture(scope="session")
+def small_embedding(fixture_model, small_image) -> torch.Tensor:
+    """``small_image``'s embedding: one encoder pass for the tests on the whole small image."""
+    predictor = SamPredictor(fixture_model)
+    predictor.set_image(small_image)
+    return predictor.get_image_embedding()
+
+
+def test_output_modes_agree(fixture_model, small_image, small_embedding):
+    def generate(**kw):
+        gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=4, **kw)
+        return gen.generate(small_image, image_embedding=small_embedding)
+
+    out_rle = generate(output_mode="uncompressed_rle")
+    out_bin = generate()
+    out_coco = generate(output_mode="coco_rle")
     assert len(out_rle) == len(out_bin) == len(out_coco) > 0
     for a, b, c in zip(out_rle, out_bin, out_coco, strict=True):
         m = b["segmentation"]
@@ -125,15 +139,19 @@ def test_output_modes_agree(fixture_model, small_image):
         assert a["area"] == b["area"] == c["area"] == int(m.sum())
 
 
-def test_precomputed_embedding_gives_the_same_masks(fixture_model, picture1, embedded, cases):
+def test_precomputed_embedding_gives_the_same_masks(
+    fixture_model, picture1, embedded, cases, monkeypatch
+):
     """``generate(image, image_embedding=...)`` skips the encoder for the whole-image crop and
     gives exactly what encoding the image itself gives; a wrong-shaped embedding is refused."""
     assert cases["images"][0] == "picture1.jpg"
     features = embedded["picture1.jpg"].get_image_embedding()
     kw = {"points_per_side": 4, "output_mode": "uncompressed_rle"}
     gen = SamAutomaticMaskGenerator(fixture_model, **kw)
+    encoded = []
+    monkeypatch.setattr(gen.predictor, "set_image", lambda *a, **k: encoded.append(a))
     reused = gen.generate(picture1, image_embedding=features)
-    assert gen.stage_times["encoder"] < 0.2
+    assert encoded == []
     fresh = SamAutomaticMaskGenerator(fixture_model, **kw).generate(picture1)
     assert len(reused) > 0
     assert [x["segmentation"] for x in reused] == [x["segmentation"] for x in fresh]
@@ -142,19 +160,22 @@ def test_precomputed_embedding_gives_the_same_masks(fixture_model, picture1, emb
         gen.generate(picture1, image_embedding=features[:, :8])
 
 
-def test_decoder_batching_does_not_change_masks(fixture_model, small_image):
-    kw = {"points_per_side": 4, "output_mode": "uncompressed_rle"}
-    a = SamAutomaticMaskGenerator(fixture_model, decoder_batch_size=1, **kw).generate(small_image)
-    b = SamAutomaticMaskGenerator(
-        fixture_model, points_per_batch=7, decoder_batch_size=5, max_upsample_bytes=1, **kw
-    ).generate(small_image)
+def test_decoder_batching_does_not_change_masks(fixture_model, small_image, small_embedding):
+    def generate(**kw):
+        gen = SamAutomaticMaskGenerator(
+            fixture_model, points_per_side=4, output_mode="uncompressed_rle", **kw
+        )
+        return gen.generate(small_image, image_embedding=small_embedding)
+
+    a = generate(decoder_batch_size=1)
+    b = generate(points_per_batch=7, decoder_batch_size=5, max_upsample_bytes=1)
     assert [x["segmentation"] for x in a] == [x["segmentation"] for x in b]
     np.testing.assert_allclose(
         [x["predicted_iou"] for x in a], [x["predicted_iou"] for x in b], atol=1e-6
     )
 
 
-def test_crop_layers(fixture_model, small_image):
+def test_crop_layers(fixture_model, small_image, small_embedding):
     h, w = small_image.shape[:2]
     gen = SamAutomaticMaskGenerator(
         fixture_model,
@@ -163,7 +184,7 @@ def test_crop_layers(fixture_model, small_image):
         crop_n_points_downscale_factor=2,
         output_mode="uncompressed_rle",
     )
-    out = gen.generate(small_image)
+    out = gen.generate(small_image, image_embedding=small_embedding)
     crops = {tuple(a["crop_box"]) for a in out}
     assert len(crops) >= 2, "expected masks from the full image and from crops"
     for ann in out:
@@ -179,11 +200,12 @@ def test_crop_layers(fixture_model, small_image):
         assert [x0, y0, bw, bh] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
 
 
-def test_min_mask_region_area_removes_small_islands_and_holes(fixture_model, small_image):
+def test_min_mask_region_area_removes_small_islands_and_holes(
+    fixture_model, small_image, small_embedding
+):
     area = 400
-    out = SamAutomaticMaskGenerator(
-        fixture_model, points_per_side=4, min_mask_region_area=area
-    ).generate(small_image)
+    gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=4, min_mask_region_area=area)
+    out = gen.generate(small_image, image_embedding=small_embedding)
     assert out
     eight = np.ones((3, 3), dtype=bool)
     for ann in out:
@@ -195,27 +217,6 @@ def test_min_mask_region_area_removes_small_islands_and_holes(fixture_model, sma
         hole_sizes = np.bincount(holes.ravel())[1:]
         assert (hole_sizes >= area).all()
         assert ann["area"] == int(m.sum())
-
-
-def test_remove_small_regions_rules():
-    from mobilesam.masks import remove_small_regions
-
-    m = np.zeros((20, 20), dtype=bool)
-    m[2:12, 2:12] = True
-    m[5, 5] = False  # a 1-pixel hole
-    m[16, 16] = True  # a 1-pixel island
-    filled, changed = remove_small_regions(m, 5, "holes")
-    assert changed and filled[5, 5] and filled[16, 16]
-    cleaned, changed = remove_small_regions(filled, 5, "islands")
-    assert changed and not cleaned[16, 16] and cleaned[2:12, 2:12].all()
-    same, changed = remove_small_regions(cleaned, 5, "islands")
-    assert not changed and (same == cleaned).all()
-    tiny = np.zeros((10, 10), dtype=bool)
-    tiny[1, 1] = tiny[5, 5] = tiny[5, 6] = True  # every island small: keep the largest
-    kept, _ = remove_small_regions(tiny, 50, "islands")
-    assert kept.sum() == 2 and kept[5, 5] and kept[5, 6]
-    with pytest.raises(ValueError, match="mode"):
-        remove_small_regions(m, 5, "other")
 
 
 @pytest.mark.parametrize(
@@ -234,6 +235,7 @@ def test_remove_small_regions_rules():
             "one grid per layer",
         ),
         ({"decoder_batch_size": 0}, "decoder_batch_size"),
+        ({"max_upsample_bytes": 0}, "max_upsample_bytes"),
     ],
 )
 def test_bad_arguments(fixture_model, kwargs, match):
@@ -241,19 +243,42 @@ def test_bad_arguments(fixture_model, kwargs, match):
         SamAutomaticMaskGenerator(fixture_model, **kwargs)
 
 
-def test_explicit_point_grid_and_bad_image(fixture_model, small_image):
+def test_settings_read_as_segment_anything_attributes(fixture_model):
+    """The checked arguments read back under segment_anything's names (``point_grids``: the
+    grid of every layer); assigning one, as segment_anything users do, is checked and rebuilds
+    what depends on it."""
+    gen = SamAutomaticMaskGenerator(
+        fixture_model, points_per_side=8, pred_iou_thresh=0.5, crop_n_layers=1
+    )
+    assert (gen.points_per_side, gen.pred_iou_thresh, gen.crop_n_layers) == (8, 0.5, 1)
+    assert gen.stability_score_thresh == 0.95 and gen.output_mode == "binary_mask"
+    assert [g.shape for g in gen.point_grids] == [(64, 2), (64, 2)]
+    gen.pred_iou_thresh = 0.9
+    assert gen.pred_iou_thresh == gen.settings.pred_iou_thresh == 0.9
+    with pytest.raises(ValueError, match="pred_iou_thresh"):
+        gen.pred_iou_thresh = 1.5
+    assert gen.pred_iou_thresh == 0.9  # a refused value changes nothing
+    gen.points_per_side = 4
+    assert [g.shape for g in gen.point_grids] == [(16, 2), (16, 2)]
+    gen.point_grids = [np.array([[0.5, 0.5]])] * 2
+    assert gen.points_per_side is None and [g.shape for g in gen.point_grids] == [(1, 2)] * 2
+
+
+def test_explicit_point_grid_and_bad_image(fixture_model, small_image, small_embedding):
     grid = np.array([[0.5, 0.5], [0.25, 0.25]])
     gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=None, point_grids=[grid])
-    out = gen.generate(small_image)
+    out = gen.generate(small_image, image_embedding=small_embedding)
     assert 1 <= len(out) <= 6
     for ann in out:
         px, py = ann["point_coords"][0]
         assert (px, py) in {(192.5, 192.5), (96.25, 96.25)}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="channels"):
         gen.generate(np.zeros((10, 10, 5), dtype=np.uint8))
 
 
-def test_points_rejected_by_predicted_iou_are_never_upscaled(fixture_model, picture1, monkeypatch):
+def test_points_rejected_by_predicted_iou_are_never_upscaled(
+    fixture_model, picture1, embedded, monkeypatch
+):
     """Predicted IoUs come from the IoU token, before upscaling: a point none of whose three
     masks passes ``pred_iou_thresh`` skips the transposed convolutions entirely."""
     decoder = fixture_model.mask_decoder
@@ -266,6 +291,6 @@ def test_points_rejected_by_predicted_iou_are_never_upscaled(fixture_model, pict
 
     monkeypatch.setattr(type(decoder), "masks_from_decoded", spy)
     gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=6, pred_iou_thresh=0.97)
-    out = gen.generate(picture1)
+    out = gen.generate(picture1, image_embedding=embedded["picture1.jpg"].get_image_embedding())
     assert 0 < sum(upscaled) < 36  # some points passed, some were skipped
     assert all(a["predicted_iou"] > 0.97 for a in out)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
 from mobilesam.masks import (
+    MaskRuns,
     area_from_rle,
     batched_mask_to_box,
     batched_nms,
@@ -17,9 +20,9 @@ from mobilesam.masks import (
     generate_crop_boxes,
     mask_to_rle,
     nms,
+    remove_small_regions,
     rle_to_mask,
     uncrop_boxes_xyxy,
-    uncrop_masks,
     uncrop_points,
 )
 
@@ -29,6 +32,14 @@ def _random_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     base = torch.rand(n, h // 4 + 1, w // 4 + 1, generator=g)
     up = torch.nn.functional.interpolate(base[:, None], (h, w), mode="bilinear")[:, 0]
     return up > 0.5
+
+
+def _uncrop_reference(masks: torch.Tensor, crop_box: list[int], h: int, w: int) -> torch.Tensor:
+    """``(N, h', w')`` crop masks placed at ``crop_box`` (XYXY) in ``(N, h, w)`` zeros."""
+    x0, y0, x1, y1 = crop_box
+    out = torch.zeros(masks.shape[0], h, w, dtype=masks.dtype)
+    out[:, y0:y1, x0:x1] = masks
+    return out
 
 
 def test_rle_round_trip_and_pycocotools():
@@ -127,17 +138,11 @@ def test_crop_boxes_and_uncrop():
     crop = [100, 50, 300, 250]
     assert uncrop_boxes_xyxy(torch.tensor([[1, 2, 3, 4]]), crop).tolist() == [[101, 52, 103, 54]]
     assert uncrop_points(torch.tensor([[1.0, 2.0]]), crop).tolist() == [[101.0, 52.0]]
-    m = torch.ones(1, 200, 200, dtype=torch.bool)
-    full = uncrop_masks(m, crop, 400, 500)
-    assert tuple(full.shape) == (1, 400, 500)
-    assert int(full.sum()) == 200 * 200 and bool(full[0, 50, 100]) and not bool(full[0, 49, 100])
 
 
 def test_golden_amg_rles_decode_to_their_area_and_box(reference):
     """The official generator's RLEs (amg.json) decode here to the areas and XYWH boxes it
     reported: same RLE convention and the same box rule (w = x1 - x0 on inclusive pixels)."""
-    import json
-
     data = json.loads((reference / "golden" / "amg.json").read_text())
     for ann in data["masks"][:40]:
         m = rle_to_mask({"size": ann["size"], "counts": ann["rle_counts"]})
@@ -155,8 +160,6 @@ def _dense_box(m: np.ndarray) -> list[int]:
 
 
 def test_mask_runs_boxes_select_and_uncrop():
-    from mobilesam.masks import MaskRuns
-
     masks = _random_masks(8, 31, 45, seed=5)
     masks[0] = False
     masks[1] = True
@@ -178,9 +181,28 @@ def test_mask_runs_boxes_select_and_uncrop():
         ([0, 6, 45, 37], 37, 45),
         ([3, 4, 48, 35], 37, 50),
     ):
-        padded = uncrop_masks(masks, crop, h, w)
+        padded = _uncrop_reference(masks, crop, h, w)
         assert runs.uncrop(crop, h, w).to_rle() == mask_to_rle(padded)
         assert runs.uncrop(crop, h, w).boxes().tolist() == [_dense_box(m) for m in padded.numpy()]
     one_row = torch.tensor([[[False, True, True, False]]])
     assert mask_to_rle(one_row)[0]["counts"] == [1, 2, 1]
     assert batched_mask_to_box(one_row).tolist() == [[1, 0, 2, 0]]
+
+
+def test_remove_small_regions_rules():
+    m = np.zeros((20, 20), dtype=bool)
+    m[2:12, 2:12] = True
+    m[5, 5] = False  # a 1-pixel hole
+    m[16, 16] = True  # a 1-pixel island
+    filled, changed = remove_small_regions(m, 5, "holes")
+    assert changed and filled[5, 5] and filled[16, 16]
+    cleaned, changed = remove_small_regions(filled, 5, "islands")
+    assert changed and not cleaned[16, 16] and cleaned[2:12, 2:12].all()
+    same, changed = remove_small_regions(cleaned, 5, "islands")
+    assert not changed and (same == cleaned).all()
+    tiny = np.zeros((10, 10), dtype=bool)
+    tiny[1, 1] = tiny[5, 5] = tiny[5, 6] = True  # every island small: keep the largest
+    kept, _ = remove_small_regions(tiny, 50, "islands")
+    assert kept.sum() == 2 and kept[5, 5] and kept[5, 6]
+    with pytest.raises(ValueError, match="mode"):
+        remove_small_regions(m, 5, "other")
