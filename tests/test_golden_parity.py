@@ -9,7 +9,13 @@ import torch
 from .helpers import mask_iou
 
 EMB_TOL = 2e-3
-LOGIT_TOL = 5e-3
+#: Low-res logits, relative to the case's largest golden magnitude (the fixture's logits reach
+#: ~3200). float32 gives ~1.2e-7 per rounding; the embedding already differs by ~4e-6 of its
+#: scale between kernels, and the decoder carries that through ~10 products of depth
+#: 256-2048. Measured ≤ 3e-6 on an Intel Xeon with AMX (2026-12-02); 2e-5 leaves room for
+#: other x86 kernels without hiding a real error (a wrong operation moves logits by O(1) of
+#: the scale; the mask IoU check below catches flipped pixels).
+LOGIT_RTOL = 2e-5
 IOU_TOL = 1e-3
 MASK_IOU_MIN = 0.999
 
@@ -37,7 +43,7 @@ def _check_outputs(golden, key, masks, iou, low_res) -> None:
     assert masks.shape == g_masks.shape and masks.dtype == np.bool_
     assert iou.shape == g_iou.shape and iou.dtype == np.float32
     assert low_res.shape == g_low.shape and low_res.dtype == np.float32
-    assert np.abs(low_res - g_low).max() <= LOGIT_TOL
+    assert np.abs(low_res - g_low).max() <= LOGIT_RTOL * np.abs(g_low).max()
     assert np.abs(iou - g_iou).max() <= IOU_TOL
     for m, gm in zip(masks, g_masks, strict=True):
         assert mask_iou(m, gm) >= MASK_IOU_MIN

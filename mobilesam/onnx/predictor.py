@@ -67,12 +67,14 @@ class OnnxPredictor:
             raise ValueError(f"encoder must be one of {VARIANTS}, decoder 'fp32' or 'int8'")
         enc_key = "encoder" if encoder == "fp32" else f"encoder_{encoder}"
         dec_key = "decoder_multimask" + ("" if decoder == "fp32" else "_int8")
+        options = {"int8": "quantize='int8'", "fp16": "fp16=True", "fp32": ""}
         for key, what in ((enc_key, encoder), (dec_key, decoder)):
             if key not in files:
-                option = "quantize='int8'" if what == "int8" else "fp16=True"
+                part = key.split("_")[0]
                 raise FileNotFoundError(
-                    f"no {what} {key.split('_')[0]} in {root}: export it with export_onnx(..., "
-                    f"{option}) or `mobilesam export`"
+                    f"no {what} {part} in {root}: export it with "
+                    f"mobilesam.onnx.export_onnx(model, out_dir{', ' if options[what] else ''}"
+                    f"{options[what]})"
                 )
         self.encoder_variant, self.decoder_variant = encoder, decoder
         self._encoder = _session(root / files[enc_key], threads)
@@ -81,7 +83,7 @@ class OnnxPredictor:
         if outputs != ["iou_predictions", "low_res_masks"]:
             raise ValueError(
                 f"{root / files[dec_key]} has outputs {outputs}: it was written by an older "
-                "mobilesam; export again with `mobilesam export`"
+                "mobilesam; export again with mobilesam.onnx.export_onnx"
             )
         pre = self.meta["preprocessing"]
         self.img_size = int(pre["img_size"])
