@@ -8,7 +8,9 @@ in a frame the user never sees.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +32,9 @@ def find_images(folder: str | Path) -> list[Path]:
     )
 
 
-def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+def read_rgb(
+    source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode ``source`` (a path, the file's bytes, or a binary file object).
 
     Args:
@@ -46,12 +50,29 @@ def read_rgb(source: str | Path | bytes | BinaryIO, max_pixels: int | None = Non
         palette, grey+alpha and CMYK images are converted to RGB.
 
     Raises:
-        ValueError: undecodable data, or over ``max_pixels``; the message says which.
+        FileNotFoundError, IsADirectoryError: ``source`` is a path with no file behind it
+            (the exception's ``filename`` is the path).
+        ValueError: undecodable data, or over ``max_pixels``; the message says which, and
+            names the path when ``source`` is one.
     """
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "cannot read an image from a folder", str(path))
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such image file", str(path))
+        with open(path, "rb") as f:
+            try:
+                return _decode(f, max_pixels)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    return _decode(io.BytesIO(source) if isinstance(source, bytes) else source, max_pixels)
+
+
+def _decode(data: BinaryIO, max_pixels: int | None) -> np.ndarray:
+    """:func:`read_rgb` of an open binary stream."""
     try:
-        with Image.open(source) as im:
+        with Image.open(data) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")

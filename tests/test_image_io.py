@@ -109,3 +109,23 @@ def test_image_reader_applies_exif_orientation(tmp_path):
     Image.new("RGB", (40, 20)).save(tmp_path / "side.jpg", exif=exif)
     image = ImageReader().read(ImageRef("side.jpg", str(tmp_path / "side.jpg")))
     assert image.shape == (40, 20, 3)
+
+
+def test_path_errors_name_the_path(tmp_path):
+    """A path is checked before decoding: missing and folder are the OS's error types with
+    ``filename`` set; an undecodable file is a ValueError whose message names it."""
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(FileNotFoundError) as info:
+        read_rgb(missing)
+    assert info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError) as info:
+        read_rgb(str(tmp_path))
+    assert info.value.filename == str(tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"broken\.png: cannot decode the image"):
+        read_rgb(broken)
+    big = tmp_path / "big.png"
+    big.write_bytes(_png(np.zeros((30, 30, 3), np.uint8)))
+    with pytest.raises(ValueError, match=r"big\.png: image has 30×30 pixels"):
+        read_rgb(big, max_pixels=100)

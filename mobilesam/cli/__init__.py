@@ -1,5 +1,7 @@
 """The ``mobilesam`` command line: one console script, one subcommand per job.
 
+Exit codes: 0 done, 1 a failure while working (an unreadable file, a failed download, a
+model that cannot be loaded), 2 a usage error (one line, before any work), 130 Ctrl-C.
 The library never imports this package.
 """
 
@@ -11,66 +13,61 @@ import sys
 from pathlib import Path
 
 from . import bench, distill, evaluate, everything, export, segment, serve
-from .common import CliError
+from .common import CliError, CliParser, describe
+
+COMMANDS = (segment, everything, export, distill, evaluate, bench, serve)
+
+DESCRIPTION = """\
+MobileSAM: fast promptable segmentation. Segment a photo from points and boxes, segment
+everything in folders of photos, export ONNX models, distill and evaluate encoders, time
+this machine, or serve a click-to-segment web page and an HTTP API.
+"""
 
 EXAMPLES = """examples:
   mobilesam segment --point 400,380                       # bundled photo, official weights
   mobilesam segment photo.jpg --checkpoint mobile_sam.pt --box 10,20,300,400 --out masks/
   mobilesam everything photos/ --checkpoint mobile_sam.pt --out masks/
   mobilesam export --checkpoint mobile_sam.pt --out onnx/ --quantize int8
-  mobilesam distill train --cache cache/ --student vit_t --teacher-checkpoint t.pth --out run/
+  mobilesam distill train --cache cache/ --teacher-checkpoint t.pth --out run/
 
 run 'mobilesam COMMAND --help' for each command's options and examples.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mobilesam",
-        description="MobileSAM: fast promptable segmentation.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """The whole command line: ``mobilesam COMMAND ...``; ``parse_args`` of it gives the
+    namespace that ``args.func(args)`` runs (``--config`` files already applied)."""
     from .. import __version__
 
+    parser = CliParser(prog="mobilesam", description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"mobilesam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    segment.add_parser(sub)
-    everything.add_parser(sub)
-    export.add_parser(sub)
-    distill.add_parser(sub)
-    evaluate.add_parser(sub)
-    bench.add_parser(sub)
-    serve.add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run ``mobilesam argv...`` (default: ``sys.argv[1:]``); returns the exit code."""
     try:
-        args = distill.apply_config(parser, argv)
-    except (ValueError, OSError) as exc:
-        print(f"mobilesam: error: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         check_out_dir(args)
         return int(args.func(args))
     except CliError as exc:
-        print(f"mobilesam: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except KeyboardInterrupt:
         print("mobilesam: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # files and folders: one line naming the path
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"mobilesam: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError, ImportError) as exc:
-        first = str(exc).strip().splitlines()
-        print(
-            f"mobilesam: error: {' '.join(first) if first else type(exc).__name__}", file=sys.stderr
-        )
-        return 1
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        return fail(describe(exc), 1)
+
+
+def fail(message: str, code: int) -> int:
+    print(f"mobilesam: error: {message}", file=sys.stderr)
+    return code
 
 
 def check_out_dir(args: argparse.Namespace) -> None:

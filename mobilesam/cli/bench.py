@@ -1,5 +1,4 @@
-"""``mobilesam bench``: a quick timing of this machine (encoder, ``predict``, optionally
-segment-everything) with the matmul peak for context. Full benchmarks: ``benchmarks/``."""
+"""``mobilesam bench``: a quick timing of this machine."""
 
 from __future__ import annotations
 
@@ -8,44 +7,60 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
-from .common import (
-    CliError,
-    add_model_args,
-    add_precision_arg,
-    example_image,
-    load_model,
-    read_rgb,
-)
+import numpy as np
 
-EXAMPLES = """examples:
-  mobilesam bench --checkpoint mobile_sam.pt
-  mobilesam bench photo.jpg --model mobilesam --threads 4 --repeats 5 --everything --json out.json
+from .._atomic import atomic_write
+from ..image_io import read_rgb
+from .common import add_command, add_count_arg, add_precision_arg, example_image, existing_file
+from .models import add_model_args, load_model
+
+EXAMPLES = """
+mobilesam bench --checkpoint mobile_sam.pt
+mobilesam bench photo.jpg --model mobilesam --threads 4 --repeats 5 --everything --json out.json
 """
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Time the image encoder, set_image and predict on this machine.
+
+    It prints the median time of each (and, with --everything, of segmenting everything in
+    the photo), with the machine's measured matrix-multiply peak (GFLOP/s) for context, and
+    can write the figures to a JSON file. The full benchmarks are in the repository's
+    benchmarks folder.
+    """
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = read_rgb(args.image or example_image())
+    model, ckpt = load_model(args)
+    result = {
+        "checkpoint": str(ckpt),
+        "image_size": list(image.shape[:2]),
+        "threads": torch.get_num_threads(),
+        **time_model(model, image, args),
+    }
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        text = json.dumps(result, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
+    return 0
+
+
+def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """The figures: matmul peak, encoder, set_image and predict times (and segment-everything
+    with ``args.everything``), for ``model`` on ``image`` (``H×W×3`` uint8)."""
     import torch
 
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..precision import precision_name
     from ..predictor import SamPredictor
-    from ..timing import matmul_peak, time_fn
+    from ..timing import matmul_peak
 
-    for name in ("threads", "repeats", "points_per_side"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-    def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-        return statistics.median(time_fn(fn, repeats, warmup))
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    image = read_rgb(Path(args.image) if args.image else example_image())
-    model, ckpt = load_model(args)
     peak = matmul_peak(runs=5)["best_gflops"]
     pred = SamPredictor(model, precision=args.precision)
     x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
@@ -55,10 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
     predict = median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
-    result = {
-        "checkpoint": str(ckpt),
-        "image_size": [h, w],
-        "threads": torch.get_num_threads(),
+    result: dict[str, Any] = {
         "precision": precision_name(pred.dtype),
         "matmul_peak_gflops": round(peak, 1),
         "encoder_s": round(enc, 4),
@@ -73,28 +85,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         masks = gen.generate(image)
         result["everything_s"] = round(time.perf_counter() - start, 2)
         result["everything_masks"] = len(masks)
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return result
+
+
+def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup``."""
+    from ..timing import time_fn
+
+    return statistics.median(time_fn(fn, repeats, warmup))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="quick timing of the encoder, predict and segment-everything on this machine",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(sub, "bench", cmd_bench, EXAMPLES)
+    p.add_argument(
+        "image", nargs="?", type=existing_file, help="photo (default: the bundled example)"
     )
-    p.add_argument("image", nargs="?", help="photo (default: the bundled example)")
     add_model_args(p)
     add_precision_arg(p)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=3)
+    add_count_arg(p, "--threads", None, "torch threads (default: torch's)")
+    add_count_arg(p, "--repeats", 3, "timed runs")
     p.add_argument("--everything", action="store_true", help="also time segment-everything")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--json", help="also write the figures to this file")
-    p.set_defaults(func=cmd_bench)
+    add_count_arg(p, "--points-per-side", 32, "segment-everything's prompt grid")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to this file")

@@ -1,67 +1,174 @@
-"""Helpers shared by the ``mobilesam`` subcommands: errors, argument parsing, image I/O,
-model loading and overlays."""
+"""How every mobilesam command is declared: its parser (one-line usage errors), its help
+texts, and the arguments several commands share, each checked when it is parsed.
+
+Usage errors (a missing option, a bad value, a path that does not exist, options that
+conflict) exit 2 with one line; CliError is the same kind of error found by a command's own
+code. Argument types raise argparse.ArgumentTypeError, which argparse reports as
+"argument --flag: <message>".
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any, NoReturn
 
-import numpy as np
+Command = Callable[[argparse.Namespace], int]
 
 
 class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
+    """A usage error found by a command's code: printed as one line, exit code 2."""
 
 
-def example_image() -> Path:
-    """Path of the bundled example photo (769×770, from the MobileSAM repository)."""
-    return Path(str(resources.files("mobilesam") / "assets" / "example.jpg"))
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, ``mobilesam: error: ...``, with
+    a pointer to the command's help, and exit code 2. Help keeps the description's and the
+    examples' line breaks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mobilesam: error: {message} (see '{self.prog} --help')\n")
 
 
-def parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    """``"1,2.5"`` → ``[1.0, 2.5]``, requiring one of the counts in ``n``."""
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise CliError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if len(vals) not in n:
-        raise CliError(f"{what} takes {' or '.join(map(str, n))} numbers, got {text!r}")
-    return vals
+def add_command(
+    sub: argparse._SubParsersAction, name: str, func: Command, examples: str, **kwargs: Any
+) -> CliParser:
+    """Add the subcommand ``name`` that runs ``func(args)``.
+
+    ``func``'s docstring is the help: its first paragraph is the summary in the parent's
+    command list, the whole of it the description of ``mobilesam ... name --help``.
+    ``examples`` (shell lines) become the epilog. Other keyword arguments go to the parser's
+    constructor.
+    """
+    parser = described_parser(sub, name, func.__doc__ or "", examples, **kwargs)
+    parser.set_defaults(func=func)
+    return parser
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """``H×W×3`` uint8 RGB in display (EXIF) orientation; raises :class:`CliError` naming
-    the file if it cannot be read."""
-    from ..image_io import read_rgb as decode
-
-    if Path(path).is_dir():
-        raise CliError(f"cannot read image {path}: it is a folder (give a photo)")
-    if not Path(path).is_file():
-        raise CliError(f"cannot read image {path}: no such file")
-    try:
-        return decode(path)
-    except ValueError as exc:
-        raise CliError(f"cannot read image {path}: {exc}") from None
-
-
-def require_extra(extra: str, *modules: str) -> None:
-    """Stop before any work when an optional dependency is missing, with the install line."""
-    import importlib.util
-
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CliError(f'this command needs {", ".join(missing)}: pip install "mobilesam[{extra}]"')
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="path to an official-format checkpoint")
-    src.add_argument(
-        "--model",
-        default="mobilesam",
-        help="model-zoo name, downloaded and checksum-verified (default mobilesam)",
+def add_group(
+    sub: argparse._SubParsersAction,
+    name: str,
+    doc: str,
+    examples: str,
+    metavar: str,
+    parser_class: type[CliParser] = CliParser,
+) -> argparse._SubParsersAction:
+    """Add ``name``, a command made of subcommands (``metavar`` in the usage line), described
+    by ``doc`` as :func:`add_command` describes commands; returns the action to add the
+    subcommands, parsers of ``parser_class``, to."""
+    parser = described_parser(sub, name, doc, examples)
+    return parser.add_subparsers(
+        dest=f"{name}_command", required=True, metavar=metavar, parser_class=parser_class
     )
+
+
+def described_parser(
+    sub: argparse._SubParsersAction, name: str, doc: str, examples: str, **kwargs: Any
+) -> CliParser:
+    """The parser of ``name``: help from ``doc`` (summary: its first paragraph on one line)
+    and ``examples`` (shell lines, indented under an ``examples:`` heading)."""
+    doc = inspect.cleandoc(doc)
+    lines = inspect.cleandoc(examples).splitlines()
+    return sub.add_parser(
+        name,
+        help=" ".join(doc.split("\n\n")[0].split()).rstrip("."),
+        description=doc,
+        epilog="examples:\n" + "\n".join(f"  {line}" if line else "" for line in lines),
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def existing_file(text: str) -> Path:
+    """Argument type: a path to an existing file."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def existing_folder(text: str) -> Path:
+    """Argument type: a path to an existing folder."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return path
+
+
+def existing_path(text: str) -> Path:
+    """Argument type: a path to an existing file or folder."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
+def number_at_least(minimum: float, kind: type = int, maximum: float | None = None) -> Callable:
+    """Argument type: a number of ``kind`` (int or float) in ``[minimum, maximum]``."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum:g}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}{upper}, got {text}")
+        return value
+
+    return parse
+
+
+def numbers(counts: tuple[int, ...]) -> Callable[[str], list[float]]:
+    """Argument type: comma-separated numbers, ``"1,2.5"`` → ``[1.0, 2.5]``, as many as one of
+    ``counts``."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, got {text!r}"
+            ) from None
+        if len(values) not in counts:
+            expected = " or ".join(map(str, counts))
+            raise argparse.ArgumentTypeError(f"takes {expected} numbers, got {text!r}")
+        return values
+
+    return parse
+
+
+def zoo_name(checkpoint_flag: str) -> Callable[[str], str]:
+    """Argument type: a model-zoo name (see :func:`mobilesam.hub.valid_names`); a file path
+    is refused with a pointer to ``checkpoint_flag``."""
+
+    def parse(text: str) -> str:
+        from ..hub import resolve_entry, valid_names
+
+        try:
+            resolve_entry(text)
+        except KeyError:
+            looks_like_path = Path(text).exists() or Path(text).suffix or "/" in text
+            hint = f"; for a checkpoint file use {checkpoint_flag}" if looks_like_path else ""
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a model-zoo name ({', '.join(valid_names())}){hint}"
+            ) from None
+        return text
+
+    return parse
+
+
+# --------------------------------------------------------------------------- shared arguments
 
 
 def add_precision_arg(parser: argparse.ArgumentParser) -> None:
@@ -74,44 +181,47 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(args: argparse.Namespace):  # noqa: ANN201 (Sam, imported lazily)
-    """The model named by ``--checkpoint`` or ``--model``, and the checkpoint path."""
-    from ..build import build_sam
-    from ..hub import DownloadError, resolve_checkpoint
-
-    try:
-        ckpt = resolve_checkpoint(args.checkpoint or args.model, progress=True)
-    except DownloadError as exc:  # the library's hint, in the command's terms
-        message = str(exc).replace("build the model from", "pass --checkpoint PATH with")
-        raise DownloadError(message.replace(": build_sam(path)", "")) from None
-    return build_sam(ckpt), ckpt
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    """``image`` with ``mask`` tinted in ``color`` (55% colour, 45% photo)."""
-    out = image.astype(np.float32)
-    out[mask] = 0.45 * out[mask] + 0.55 * np.array(color, np.float32)
-    return out.astype(np.uint8)
-
-
-def distinct_colors(n: int, seed: int = 0) -> np.ndarray:
-    """``(n, 3)`` uint8 colours with well-spread hues (golden-ratio steps), bright enough
-    to read over a photo."""
-    rng = np.random.default_rng(seed)
-    hues = (rng.random() + np.arange(n) * 0.618033988749895) % 1.0
-    sat = 0.65 + 0.3 * ((np.arange(n) * 7) % 3) / 2
-    val = np.full(n, 0.95)
-    i = np.floor(hues * 6).astype(int) % 6
-    f = hues * 6 - np.floor(hues * 6)
-    p, q, t = val * (1 - sat), val * (1 - f * sat), val * (1 - (1 - f) * sat)
-    table = np.stack(
-        [
-            np.stack([val, t, p], 1),
-            np.stack([q, val, p], 1),
-            np.stack([p, val, t], 1),
-            np.stack([p, q, val], 1),
-            np.stack([t, p, val], 1),
-            np.stack([val, p, q], 1),
-        ]
+def add_out_arg(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """``--out FOLDER`` (checked to be writable before the command starts); required when
+    ``default`` is None."""
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument(
+        "--out", default=default, required=default is None, metavar="FOLDER", help=what + shown
     )
-    return (table[i, np.arange(n)] * 255).astype(np.uint8)
+
+
+def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_count_arg(
+    parser: argparse.ArgumentParser, flag: str, default: int | None, what: str
+) -> None:
+    """``flag N``, a whole number of at least 1, with its default named in the help."""
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument(
+        flag, type=number_at_least(1), default=default, metavar="N", help=what + shown
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line: a file error as ``reason: path``, others as their message with
+    its lines joined (or the exception's type when it has no message)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Stop before any work when an optional dependency is missing, with the install line."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f'this command needs {", ".join(missing)}: pip install "mobilesam[{extra}]"')
+
+
+def example_image() -> Path:
+    """Path of the bundled example photo (769×770, from the MobileSAM repository)."""
+    return Path(str(resources.files("mobilesam") / "assets" / "example.jpg"))

@@ -6,31 +6,39 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-EXAMPLES = """examples:
-  mobilesam distill cache --teacher vit_h --checkpoint sam_vit_h_4b8939.pth \\
-      --data /data/sa1b/ --fraction 0.01 --out cache/
-  mobilesam distill train --cache cache/ --student vit_t \\
-      --teacher-checkpoint sam_vit_h_4b8939.pth --out run/ --epochs 8 --batch-size 8
-  torchrun --nproc_per_node 8 -m mobilesam distill train --config configs/mobilesam_sa1b.toml
-  mobilesam distill train --cache cache/ --student vit_t_small --teacher-checkpoint t.pth \\
-      --out run/ --resume
+from .common import add_command, add_group, add_out_arg, add_quiet_arg
+from .config import ConfigFileParser
+
+if TYPE_CHECKING:
+    from ..training.train import TrainConfig
+
+DOC = """\
+Distill a light image encoder from a SAM teacher (the MobileSAM paper's decoupled
+distillation).
+
+Two steps: "distill cache" runs the teacher's image encoder once per image and stores the
+embeddings, then "distill train" trains the student encoder to reproduce them, keeping the
+teacher's prompt encoder and mask decoder. Each step takes its options from the command
+line or from a TOML file (--config, the [cache] and [train] tables), and runs on one
+process or under torchrun on several.
 """
 
+CACHE_EXAMPLES = """
+mobilesam distill cache --teacher vit_h --checkpoint sam_vit_h_4b8939.pth \\
+    --data /data/sa1b/ --fraction 0.01 --out cache/
+mobilesam distill cache --config configs/mobilesam_sa1b.toml
+"""
 
-def _load_config(path: str | None, section: str) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        raise ValueError("--config needs Python 3.11+ (tomllib)") from None
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    return {k.replace("-", "_"): v for k, v in data.get(section, {}).items()}
+TRAIN_EXAMPLES = """
+mobilesam distill train --cache cache/ --student vit_t \\
+    --teacher-checkpoint sam_vit_h_4b8939.pth --out run/ --epochs 8 --batch-size 8
+torchrun --nproc_per_node 8 -m mobilesam distill train --config configs/mobilesam_sa1b.toml
+mobilesam distill train --cache cache/ --student vit_t_small --teacher-checkpoint t.pth \\
+    --out run/ --resume
+"""
 
 
 def _logging() -> None:
@@ -38,22 +46,28 @@ def _logging() -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    """Run the teacher's image encoder once per image and store its embeddings.
+
+    The images come from folders, image files and SA-1B sa_*.tar shards (read in place);
+    --fraction, --split and --val-fraction pick a reproducible subset. The embeddings are
+    written in shards to the --out folder with a manifest that records the teacher
+    checkpoint's sha256 and each image's; a rerun computes only the missing shards, and
+    under torchrun the ranks share the shards. Unreadable images are skipped and counted.
+    """
     from ..build import build_sam
     from ..hub import sha256_file
     from ..training.cache import CacheConfig, build_cache
-    from ..training.data import collect_images, select
+    from ..training.data import collect_image_refs, select
     from ..training.distributed import setup_distributed
 
     _logging()
-    if not args.data or not args.out or not args.checkpoint:
-        raise ValueError("distill cache needs --checkpoint, --data and --out (or --config)")
     rank, world, device = setup_distributed(args.device)
-    teacher = build_sam(args.checkpoint, model_type=args.teacher).to(device)
     refs = select(
-        collect_images(args.data), args.fraction, args.split, args.val_fraction, args.seed
+        collect_image_refs(args.data), args.fraction, args.split, args.val_fraction, args.seed
     )
     if not refs:
-        raise ValueError("no images selected (check --data and --fraction)")
+        raise ValueError(f"no images selected from {' '.join(args.data)} (see --fraction)")
+    teacher = build_sam(args.checkpoint, model_type=args.teacher).to(device)
     cfg = CacheConfig(
         shard_size=args.shard_size, dtype=args.dtype, views=args.views, seed=args.seed
     )
@@ -66,6 +80,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         teacher_sha256=sha256_file(args.checkpoint),
         rank=rank,
         world=world,
+        progress=not args.quiet,
     )
     if manifest is not None:
         skipped = sum(len(s["unreadable"]) for s in manifest["shards"])
@@ -78,12 +93,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train the student image encoder on a teacher cache.
+
+    The student (vit_t, TinyViT-5M, or vit_t_small) learns to reproduce the cached teacher
+    embeddings (decoupled mode, the paper's) or, in semi-coupled mode, the teacher's masks
+    through its frozen decoder. It writes last.pt (for --resume), metrics.jsonl,
+    summary.json and student.pt, an official-format checkpoint with the teacher's prompt
+    encoder and mask decoder, to the --out folder. Every option is also a key of the
+    --config file's [train] table.
+    """
     from ..training.train import TrainConfig, train
 
     _logging()
-    for need in ("cache", "out", "teacher_checkpoint"):
-        if not getattr(args, need):
-            raise ValueError(f"distill train needs --{need.replace('_', '-')} (or --config)")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -96,54 +117,74 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "distill",
-        help="decoupled distillation: teacher cache, student training",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    dsub = p.add_subparsers(dest="distill_command", required=True, metavar="STEP")
+    examples = CACHE_EXAMPLES + TRAIN_EXAMPLES
+    steps = add_group(sub, "distill", DOC, examples, "STEP", parser_class=ConfigFileParser)
+    add_cache_parser(steps)
+    add_train_parser(steps)
 
-    c = dsub.add_parser(
-        "cache",
-        help="run the teacher once per image and store its embeddings",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def add_cache_parser(steps: argparse._SubParsersAction) -> None:
+    c = add_command(steps, "cache", cmd_cache, CACHE_EXAMPLES, config_section="cache")
+    c.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="teacher checkpoint (official format)"
     )
-    c.add_argument("--config", help="TOML file; its [cache] table sets defaults")
     c.add_argument(
         "--teacher",
-        help="teacher architecture (vit_h, vit_l, vit_b, vit_t); "
-        "default: detected from the checkpoint",
+        help="teacher architecture (vit_h, vit_l, vit_b, vit_t; default: read from the checkpoint)",
     )
-    c.add_argument("--checkpoint", help="teacher checkpoint (official format)")
-    c.add_argument("--data", nargs="+", help="image folders, images or SA-1B sa_*.tar shards")
-    c.add_argument("--out", help="cache directory")
-    c.add_argument("--fraction", type=float, default=1.0, help="subset, e.g. 0.01 = 1%%")
-    c.add_argument("--split", default="train", choices=["train", "val", "all"])
-    c.add_argument("--val-fraction", type=float, default=0.0)
-    c.add_argument("--views", type=int, default=0, help="augmented views per image")
-    c.add_argument("--shard-size", type=int, default=64)
-    c.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto")
-    c.set_defaults(func=cmd_cache, _section="cache")
+    c.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image folders, images or SA-1B sa_*.tar shards",
+    )
+    add_out_arg(c, None, "cache folder")
+    c.add_argument(
+        "--fraction", type=float, default=1.0, help="subset, e.g. 0.01 = 1%% (default 1)"
+    )
+    c.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val", "all"],
+        help="which side of the --val-fraction split to cache (default train)",
+    )
+    c.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share held out as the val split (default 0)",
+    )
+    c.add_argument("--views", type=int, default=0, help="augmented views per image (default 0)")
+    c.add_argument("--shard-size", type=int, default=64, help="images per shard (default 64)")
+    c.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "bfloat16", "float32"],
+        help="embedding storage type (default float16)",
+    )
+    c.add_argument("--seed", type=int, default=0, help="subset and augmentation seed (default 0)")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_quiet_arg(c)
 
+
+def add_train_parser(steps: argparse._SubParsersAction) -> None:
+    """``distill train``: one flag per :class:`~mobilesam.training.train.TrainConfig` field
+    (its destination is the field's name, its default the field's default)."""
     from ..training.train import TrainConfig
 
-    # every TrainConfig field has a flag (dest = field name); the defaults are TrainConfig's
     d = TrainConfig(cache="", out="", teacher_checkpoint="")
-    t = dsub.add_parser(
-        "train",
-        help="train the student encoder on the cache",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    t = add_command(steps, "train", cmd_train, TRAIN_EXAMPLES, config_section="train")
+    t.add_argument(
+        "--cache", required=True, metavar="FOLDER", help='cache folder made by "distill cache"'
     )
-    t.add_argument("--config", help="TOML file; its [train] table sets defaults")
-    t.add_argument("--cache", help="cache directory from `distill cache`")
-    t.add_argument("--out", help="run directory (last.pt, metrics.jsonl, student.pt)")
-    t.add_argument("--teacher-checkpoint", help="source of the prompt encoder and mask decoder")
+    t.add_argument(
+        "--teacher-checkpoint",
+        required=True,
+        metavar="PATH",
+        help="teacher checkpoint: the source of the prompt encoder and mask decoder",
+    )
+    add_out_arg(t, None, "run folder (last.pt, metrics.jsonl, summary.json, student.pt)")
     t.add_argument("--student", default=d.student, help="vit_t (TinyViT-5M) or vit_t_small")
     t.add_argument(
         "--mode",
@@ -171,10 +212,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=d.allow_stale_cache,
         help="train even if images changed since they were cached (by default refused)",
     )
-    t.add_argument("--epochs", type=int, default=d.epochs)
+    add_schedule_args(t, d)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_quiet_arg(t)
+
+
+def add_schedule_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The optimisation and run options of ``distill train``, defaults from ``d`` (a
+    TrainConfig)."""
+    t.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's")
     t.add_argument(
         "--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of all steps"
     )
@@ -184,39 +233,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=d.min_lr_ratio,
         help="the cosine decay ends at lr × this",
     )
-    t.add_argument("--clip-grad", type=float, default=d.clip_grad)
-    t.add_argument("--save-every", type=int, default=d.save_every)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm limit")
+    t.add_argument("--save-every", type=int, default=d.save_every, help="steps between last.pt")
+    t.add_argument("--seed", type=int, default=d.seed, help="data order and init seed")
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    t.add_argument("--num-workers", type=int, default=d.num_workers)
-    t.add_argument("--max-steps", type=int, default=d.max_steps)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train, _section="train")
-
-
-def apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse, then re-parse with the ``--config`` table as defaults (flags still win)."""
-    args = parser.parse_args(argv)
-    section = getattr(args, "_section", None)
-    if section and getattr(args, "config", None):
-        defaults = _load_config(args.config, section)
-        sub = _find_subparser(parser, ["distill", args.distill_command])
-        known = {a.dest: a.dest for a in sub._actions}  # keys: dests, or long flag names
-        for a in sub._actions:
-            for opt in a.option_strings:
-                if opt.startswith("--"):
-                    known.setdefault(opt[2:].replace("-", "_"), a.dest)
-        unknown = set(defaults) - set(known)
-        if unknown:
-            raise ValueError(f"{args.config} [{section}]: unknown keys {sorted(unknown)}")
-        sub.set_defaults(**{known[k]: v for k, v in defaults.items()})
-        args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    return args
-
-
-def _find_subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
-    for name in path:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[name]
-    return parser
+    t.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
+    t.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many")

@@ -10,43 +10,41 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._atomic import atomic_write
+from ..image_io import read_rgb
 from .common import (
     CliError,
-    add_model_args,
+    add_command,
+    add_out_arg,
     add_precision_arg,
     example_image,
-    load_model,
-    overlay,
-    parse_floats,
-    read_rgb,
+    existing_file,
+    numbers,
 )
+from .models import add_model_args, load_model
+from .overlay import overlay
 
-EXAMPLES = """examples:
-  mobilesam segment --point 400,380                      # bundled photo, official weights
-  mobilesam segment photo.jpg --checkpoint mobile_sam.pt --point 120,80 --point 300,200,0
-  mobilesam segment photo.jpg --model mobilesam --box 10,20,300,400 --multimask --out masks/
+EXAMPLES = """
+mobilesam segment --point 400,380                      # bundled photo, official weights
+mobilesam segment photo.jpg --checkpoint mobile_sam.pt --point 120,80 --point 300,200,0
+mobilesam segment photo.jpg --model mobilesam --box 10,20,300,400 --multimask --out masks/
 """
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..predictor import SamPredictor
-    from ..prompts import check_prompt_reach
+    """Segment one photo from point and box prompts.
 
-    image_path = Path(args.image) if args.image else example_image()
+    Points and boxes are in pixels, (x, y) from the top-left corner of the photo as image
+    viewers show it (EXIF orientation applied); without any prompt the centre of the photo
+    is the point. It writes PHOTO_mask.png (0/255, the photo's size), or PHOTO_mask0..2.png
+    with --multimask, PHOTO_overlay.png (the best mask over the photo) and PHOTO.json (the
+    prompts, the masks' scores and the timings) to the --out folder.
+    """
+    from ..predictor import SamPredictor
+
+    image_path = args.image or example_image()
     image = read_rgb(image_path)
-    points = [parse_floats(p, (2, 3), "--point") for p in args.point]
-    for p in points:
-        if len(p) == 3 and p[2] not in (0, 1):
-            raise CliError(f"--point label must be 1 (foreground) or 0 (background), got {p[2]:g}")
-    box = parse_floats(args.box, (4,), "--box") if args.box else None
-    if not points and box is None:
-        h, w = image.shape[:2]
-        points = [[w / 2, h / 2, 1]]
-    for flag, values in (("--point", [p[:2] for p in points]), ("--box", box or [])):
-        try:
-            check_prompt_reach(f"{flag} coordinates", values, image.shape[:2])
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    points, box = prompts(args, image.shape[:2])
     model, ckpt = load_model(args)
     predictor = SamPredictor(model, precision=args.precision)
     t0 = time.perf_counter()
@@ -61,18 +59,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         multimask_output=args.multimask,
     )
     t2 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = image_path.stem
-    names = (
-        [f"{stem}_mask{i}.png" for i in range(len(masks))]
-        if args.multimask
-        else [f"{stem}_mask.png"]
-    )
-    for name, m in zip(names, masks, strict=True):
-        Image.fromarray(m.astype(np.uint8) * 255).save(out / name)
-    best = int(np.argmax(scores))
-    Image.fromarray(overlay(image, masks[best], (30, 144, 255))).save(out / f"{stem}_overlay.png")
+    names = write_masks(Path(args.out), image_path.stem, image, masks, scores)
     report = {
         "image": str(image_path),
         "checkpoint": str(ckpt),
@@ -84,33 +71,76 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "encode_s": round(t1 - t0, 4),
         "predict_s": round(t2 - t1, 4),
     }
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    text = json.dumps(report, indent=2, allow_nan=False)
+    atomic_write(Path(args.out) / f"{image_path.stem}.json", lambda tmp: tmp.write_text(text))
     print(
-        f"wrote {', '.join(names)} to {out} (scores {', '.join(f'{s:.3f}' for s in scores)}; "
+        f"wrote {', '.join(names)} to {args.out} (scores {', '.join(f'{s:.3f}' for s in scores)}; "
         f"encode {t1 - t0:.2f} s, predict {1000 * (t2 - t1):.0f} ms)"
     )
     return 0
 
 
+def prompts(
+    args: argparse.Namespace, size: tuple[int, int]
+) -> tuple[list[list[float]], list[float] | None]:
+    """``(points [[x, y(, label)], ...], box [x0, y0, x1, y1] or None)`` in pixels; the
+    image centre when no prompt is given. :class:`CliError` for coordinates far outside the
+    image of ``size`` ``(H, W)``."""
+    from ..prompts import check_prompt_reach
+
+    points, box = list(args.point), args.box
+    if not points and box is None:
+        points = [[size[1] / 2, size[0] / 2, 1]]
+    for flag, values in (("--point", [p[:2] for p in points]), ("--box", box or [])):
+        try:
+            check_prompt_reach(f"{flag} coordinates", values, size)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    return points, box
+
+
+def write_masks(
+    out: Path, stem: str, image: np.ndarray, masks: np.ndarray, scores: np.ndarray
+) -> list[str]:
+    """Save ``masks`` (``N×H×W`` bool) as 0/255 PNGs and the best one over ``image`` as
+    ``<stem>_overlay.png``; returns the mask files' names."""
+    many = len(masks) > 1
+    names = [f"{stem}_mask{i}.png" for i in range(len(masks))] if many else [f"{stem}_mask.png"]
+    for name, m in zip(names, masks, strict=True):
+        Image.fromarray(m.astype(np.uint8) * 255).save(out / name)
+    best = masks[int(np.argmax(scores))]
+    Image.fromarray(overlay(image, best, (30, 144, 255))).save(out / f"{stem}_overlay.png")
+    return names
+
+
+def point(text: str) -> list[float]:
+    """Argument type: ``X,Y`` or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background)."""
+    values = numbers((2, 3))(text)
+    if len(values) == 3 and values[2] not in (0, 1):
+        raise argparse.ArgumentTypeError(
+            f"label must be 1 (foreground) or 0 (background), got {values[2]:g}"
+        )
+    return values
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    seg = sub.add_parser(
-        "segment",
-        help="segment a photo from point / box prompts",
-        description="Masks for one photo from point and/or box prompts.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(sub, "segment", cmd_segment, EXAMPLES)
+    p.add_argument(
+        "image",
+        nargs="?",
+        type=existing_file,
+        help="photo to segment (default: the bundled example)",
     )
-    seg.add_argument("image", nargs="?", help="photo to segment (default: the bundled example)")
-    add_model_args(seg)
-    add_precision_arg(seg)
-    seg.add_argument(
+    add_model_args(p)
+    add_precision_arg(p)
+    p.add_argument(
         "--point",
         action="append",
         default=[],
+        type=point,
         metavar="X,Y[,LABEL]",
-        help="point in pixels; label 1 = foreground (default), 0 = background",
+        help="point in pixels (repeatable); label 1 = foreground (default), 0 = background",
     )
-    seg.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box in pixels")
-    seg.add_argument("--multimask", action="store_true", help="write the 3 candidate masks")
-    seg.add_argument("--out", default="mobilesam_out", help="output directory")
-    seg.set_defaults(func=cmd_segment)
+    p.add_argument("--box", type=numbers((4,)), metavar="X0,Y0,X1,Y1", help="box in pixels")
+    p.add_argument("--multimask", action="store_true", help="write the 3 candidate masks")
+    add_out_arg(p, "mobilesam_out", "output folder")

@@ -1,5 +1,4 @@
-"""``mobilesam serve``: the click-to-segment page and the HTTP API (FastAPI + uvicorn), bound
-to 127.0.0.1 by default."""
+"""``mobilesam serve``: the click-to-segment web page and the HTTP API."""
 
 from __future__ import annotations
 
@@ -7,28 +6,36 @@ import argparse
 import ipaddress
 import sys
 
-from .common import CliError, add_model_args, add_precision_arg, load_model
+from .common import (
+    add_command,
+    add_count_arg,
+    add_precision_arg,
+    number_at_least,
+    require_extra,
+)
+from .models import add_model_args, load_model
 
-EXAMPLES = """examples:
-  mobilesam serve --checkpoint mobile_sam.pt     # page: http://127.0.0.1:8000/  API: /docs
-  mobilesam serve --model mobilesam --port 9000 --max-upload-mb 10 --cache-images 32
+EXAMPLES = """
+mobilesam serve --checkpoint mobile_sam.pt     # page: http://127.0.0.1:8000/  API: /docs
+mobilesam serve --model mobilesam --port 9000 --max-upload-mb 10 --cache-images 32
+mobilesam serve --host 0.0.0.0 --allow-host box.lan    # a deliberate LAN set-up
 """
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise ImportError(
-            'serve needs fastapi and uvicorn: pip install "mobilesam[serve]"'
-        ) from None
+    """Serve the click-to-segment web page and the HTTP API (FastAPI and uvicorn).
+
+    The page at / segments a photo from clicks and boxes; the API (docs at /docs) embeds an
+    uploaded photo once, keeps the embedding in a small cache, and segments it from prompts
+    or everything. It binds to 127.0.0.1 and answers only requests addressed to a loopback
+    name unless --host and --allow-host say otherwise; there is no authentication. Needs
+    the serve extra (pip install "mobilesam[serve]"). Ctrl-C stops it.
+    """
+    require_extra("serve", "fastapi", "uvicorn")
+    import uvicorn
+
     from ..serve import ServerSettings, create_app
 
-    if not 0 < args.port < 65536:
-        raise CliError(f"--port must be 1-65535, got {args.port}")
-    for name in ("max_upload_mb", "max_pixels", "cache_images"):
-        if getattr(args, name) <= 0:
-            raise CliError(f"--{name.replace('_', '-')} must be positive")
     model, _ = load_model(args)
     settings = ServerSettings(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -75,22 +82,22 @@ def _is_loopback(host: str) -> bool:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="HTTP API: upload once, segment from prompts or everything",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "serve", cmd_serve, EXAMPLES)
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument(
-        "--max-pixels", type=int, default=16_000_000, help="decoded pixels per image (16 MP)"
-    )
-    p.add_argument("--cache-images", type=int, default=16, help="embeddings kept (LRU)")
     add_precision_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=number_at_least(1, int, 65535), default=8000, help="port (default 8000)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        metavar="MB",
+        type=number_at_least(1e-3, float),
+        default=20.0,
+        help="largest upload in MiB (default 20)",
+    )
+    add_count_arg(p, "--max-pixels", 16_000_000, "largest decoded image in pixels")
+    add_count_arg(p, "--cache-images", 16, "photo embeddings kept")
     p.add_argument(
         "--allow-host",
         action="append",
@@ -100,4 +107,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "for a deliberate LAN set-up; by default only loopback names are answered, which "
         "keeps web pages from reaching the server through DNS rebinding",
     )
-    p.set_defaults(func=cmd_serve)
