@@ -270,8 +270,6 @@ def _mismatch(path: Path, entry: ZooEntry) -> _Mismatch | None:
 
 # --------------------------------------------------------------------------- download
 
-# mobilesam/cli/common.py rewrites "build the model from ...: build_sam(path)" into its own
-# option; keep the two phrases if you reword this.
 _LOCAL_COPY = "or build the model from a checkpoint file you already have: build_sam(path)"
 
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
