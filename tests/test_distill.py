@@ -18,8 +18,9 @@ from PIL import Image
 
 from mobilesam import SamPredictor, build_sam, sam_model_registry
 from mobilesam.training.cache import CacheConfig, CacheReader, build_cache
-from mobilesam.training.data import ImageReader, collect_images, select
-from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, export_student, train
+from mobilesam.training.data import ImageReader, collect_image_refs, select
+from mobilesam.training.teacher import export_student, read_teacher_heads
+from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, train
 
 from .helpers import load_image, run_cli
 
@@ -61,7 +62,7 @@ def sources(tmp_path_factory, reference):
 
 
 def test_sources_and_split(sources):
-    refs = collect_images(sources)
+    refs = collect_image_refs(sources)
     keys = [r.key for r in refs]
     assert keys == sorted(keys)
     assert "sa_000000.tar/sa_1.jpg" in keys and "photos/b.png" in keys
@@ -87,7 +88,7 @@ def cache_dir(tmp_path_factory, teacher, sources, teacher_ckpt):
     from mobilesam.hub import sha256_file
 
     out = tmp_path_factory.mktemp("cache")
-    refs = collect_images(sources)
+    refs = collect_image_refs(sources)
     manifest = build_cache(
         teacher,
         refs,
@@ -144,7 +145,7 @@ def test_cache_reader_verifies_each_shard_once(cache_dir, monkeypatch):
 
 
 def test_cache_resume_corruption_and_ranks(tmp_path, teacher, sources):
-    refs = collect_images(sources)[:3]
+    refs = collect_image_refs(sources)[:3]
     cfg = CacheConfig(shard_size=1)
     # two ranks, run one after the other: disjoint shards, manifest once both are done
     assert build_cache(teacher, refs, tmp_path, cfg, rank=1, world=2, progress=False) is None
@@ -242,9 +243,8 @@ def test_vit_t_student_loads_with_the_registry(tmp_path, teacher_ckpt, reference
     from mobilesam.build import build_image_encoder
 
     torch.manual_seed(0)
-    export_student(
-        build_image_encoder(STUDENT_PRESETS["vit_t"]), str(teacher_ckpt), tmp_path / "s.pt"
-    )
+    student = build_image_encoder(STUDENT_PRESETS["vit_t"])
+    export_student(student, read_teacher_heads(teacher_ckpt), tmp_path / "s.pt")
     model = sam_model_registry["vit_t"](checkpoint=tmp_path / "s.pt")
     pred = SamPredictor(model)
     pred.set_image(load_image(reference, "picture1.jpg")[::4, ::4].copy())
@@ -319,9 +319,9 @@ def test_eval_miou_identical_and_different(tmp_path, sources, teacher_ckpt, refe
         res = run_cli(
             "eval",
             "miou",
-            "--model",
+            "--checkpoint",
             str(model),
-            "--reference",
+            "--reference-checkpoint",
             str(teacher_ckpt),
             "--data",
             sources[0],
@@ -361,13 +361,36 @@ def test_semi_coupled_mode_trains(tmp_path, cache_dir, teacher_ckpt):
             assert torch.equal(student_sd[k], v)
 
 
-def test_finetune_decoder_stage(tmp_path, cache_dir, teacher_ckpt):
-    s = train(
-        _cfg(
-            cache_dir, tmp_path, teacher_ckpt, max_steps=1, mask_points=2, finetune_decoder_steps=2
-        ),
-        progress=False,
+def test_finetune_decoder_stage(tmp_path, cache_dir, teacher_ckpt, monkeypatch):
+    """The decoder stage, which uses the teacher's prompt encoder and mask decoder: the
+    teacher's checkpoint is read once and its image encoder never built (only the student)."""
+    from mobilesam.modeling.image_encoder import ImageEncoderViT
+    from mobilesam.modeling.tiny_vit import TinyViT
+
+    built, teacher_reads = [], []
+    for cls in (ImageEncoderViT, TinyViT):
+        real_init = cls.__init__
+
+        def init(self, *args, _real=real_init, **kw):
+            built.append(type(self).__name__)
+            _real(self, *args, **kw)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    real_load = torch.load
+
+    def load(f, *args, **kw):
+        if Path(str(f)) == Path(teacher_ckpt):
+            teacher_reads.append(kw.get("weights_only"))
+        return real_load(f, *args, **kw)
+
+    monkeypatch.setattr(torch, "load", load)
+    cfg = _cfg(
+        cache_dir, tmp_path, teacher_ckpt, max_steps=1, mask_points=2, finetune_decoder_steps=2
     )
+    s = train(cfg, progress=False)
+    monkeypatch.undo()
+    assert built == ["TinyViT"]  # the student; the teacher's encoder is never built
+    assert teacher_reads == [True]  # once, with weights_only=True
     assert len(s["finetune_decoder_losses"]) == 2
     teacher_sd = torch.load(teacher_ckpt, weights_only=True)
     student_sd = torch.load(tmp_path / "student.pt", weights_only=True)
@@ -383,25 +406,6 @@ def test_finetune_decoder_stage(tmp_path, cache_dir, teacher_ckpt):
         if k.startswith("prompt_encoder.")
     )
     build_sam(tmp_path / "student.pt")  # still an official-format checkpoint
-
-
-def test_cli_train_flags_cover_train_config(tmp_path):
-    """Every TrainConfig field is a flag (and a TOML key) with TrainConfig's default."""
-    import dataclasses
-
-    from mobilesam.cli import build_parser
-    from mobilesam.cli.distill import apply_config
-
-    base = ["distill", "train", "--cache", "c", "--out", "o", "--teacher-checkpoint", "t"]
-    args = apply_config(build_parser(), base)
-    d = TrainConfig(cache="c", out="o", teacher_checkpoint="t")
-    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)} == (
-        dataclasses.asdict(d)
-    )
-    config = tmp_path / "recipe.toml"
-    config.write_text("[train]\nmin_lr_ratio = 0.1\nfinetune_decoder = 3\nnum-workers = 4\n")
-    args = apply_config(build_parser(), [*base, "--config", str(config), "--num-workers", "1"])
-    assert (args.min_lr_ratio, args.finetune_decoder_steps, args.num_workers) == (0.1, 3, 1)
 
 
 class _Planted:
@@ -431,6 +435,32 @@ def test_resume_refuses_a_planted_checkpoint(tmp_path, cache_dir, teacher_ckpt):
     assert set(state) >= {"student", "optimizer", "scheduler", "step", "rng", "config"}
 
 
+def test_a_crash_while_writing_the_manifest_leaves_the_old_one(
+    tmp_path, cache_dir, teacher, monkeypatch
+):
+    """manifest.json marks a finished cache: it is written atomically, never half."""
+    from mobilesam.training.cache import write_manifest
+
+    for side in cache_dir.glob("shard_*.json"):
+        shutil.copy(side, tmp_path / side.name)
+    n_shards = len(list(tmp_path.glob("shard_*.json")))
+    (tmp_path / "manifest.json").write_text("old")
+    real_write = Path.write_text
+
+    def crash(self, text, *args, **kw):  # half the text reaches the disk, then it fails
+        real_write(self, text[: len(text) // 2], *args, **kw)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_manifest(tmp_path, n_shards, teacher, CacheConfig(), "fixture", None)
+    monkeypatch.undo()
+    assert (tmp_path / "manifest.json").read_text() == "old"
+    assert not list(tmp_path.glob("*.part"))
+    assert write_manifest(tmp_path, n_shards, teacher, CacheConfig(), "fixture", None)
+    assert json.loads((tmp_path / "manifest.json").read_text())["n_entries"] == 8
+
+
 def test_unreadable_manifest_is_one_line_naming_it(tmp_path):
     for text in ("{not json", '{"shards": 3}', "[]"):
         (tmp_path / "manifest.json").write_text(text)
@@ -450,7 +480,7 @@ def test_cache_is_content_addressed_and_works_from_anywhere(
     for name in ("a.jpg", "b.png"):
         (photos / name).write_bytes((Path(sources[0]) / name).read_bytes())
     monkeypatch.chdir(tmp_path)
-    refs = collect_images(["photos"])  # relative paths, as a user would give them
+    refs = collect_image_refs(["photos"])  # relative paths, as a user would give them
     cfg = CacheConfig(shard_size=1)
     manifest = build_cache(teacher, refs, tmp_path / "cache", cfg, progress=False)
     recorded = [e["path"] for s in manifest["shards"] for e in s["entries"]]

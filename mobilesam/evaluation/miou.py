@@ -63,6 +63,8 @@ def _best(pred: SamPredictor, **kw: Any) -> np.ndarray:
 
 
 def _two_points(rng: np.random.Generator, h: int, w: int, d: float) -> np.ndarray | None:
+    """Two (x, y) points ``d`` pixels apart inside a ``h×w`` image, shape (2, 2); None after
+    100 tries (``d`` too long for the image)."""
     for _ in range(100):
         p = rng.uniform([0, 0], [w, h])
         angle = rng.uniform(0, 2 * math.pi)
@@ -80,8 +82,15 @@ def score_image(
     distances: tuple[float, ...] = (),
     seed: int = 0,
 ) -> Scores:
-    """IoUs for ``n_prompts`` prompts of each kind; both predictors have the image set."""
-    assert reference.original_size is not None
+    """IoUs for ``n_prompts`` prompts of each kind in ``kinds`` (``point``, ``box``) and each
+    distance in ``distances`` (pixels), drawn from ``seed``; both predictors have the same
+    image set.
+
+    Raises:
+        ValueError: ``reference`` has no image set.
+    """
+    if reference.original_size is None:
+        raise ValueError("score_image needs an image set on both predictors (set_image)")
     h, w = reference.original_size
     rng = np.random.default_rng(seed)
     out = Scores()
@@ -110,6 +119,7 @@ def score_image(
 
 
 def markdown_table(summary: dict[str, dict[str, float]], title: str) -> str:
+    """A Markdown table of :meth:`Scores.summary`: mIoU, std, 95% interval and n per kind."""
     lines = [f"### {title}", "", "| prompt | mIoU | std | 95% CI | n |", "|---|---|---|---|---|"]
     for kind, s in summary.items():
         lo, hi = s["ci95"]

@@ -1,12 +1,14 @@
 """The teacher-embedding cache: the teacher encoder runs once per image (and per augmented
-view), and its ``256×64×64`` embeddings are stored in checksummed shards.
+view), and its ``(C, h, w)`` embeddings (``256×64×64`` for SAM) are stored in checksummed
+shards.
 
 Layout of ``CACHE/``: ``shard_00000.pt`` (``{"embeddings": (N, C, h, w)}`` in the cache
 dtype) with a sidecar ``shard_00000.json`` (its sha256, entries with their keys and views,
 and the fingerprint of the settings that made it), and ``manifest.json`` once every shard
-exists. A rerun verifies finished shards by checksum and fingerprint and skips them; a
-corrupt or truncated shard is recomputed. Under ``torchrun`` each rank takes the shards
-``i % world == rank``. Older shards, which also hold ``keys`` and ``views``, read the same.
+exists. Every file is written atomically, so a crash never leaves half of one. A rerun
+verifies finished shards by checksum and fingerprint and skips them; a corrupt or truncated
+shard is recomputed. Under ``torchrun`` each rank takes the shards ``i % world == rank``.
+Older shards, which also hold ``keys`` and ``views``, read the same.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def build_cache(
     world: int = 1,
     progress: bool = True,
 ) -> dict[str, Any] | None:
-    """Compute the missing shards of this rank; returns the manifest if it is complete."""
+    """Compute this rank's missing shards of the cache of ``refs`` (each image plus
+    ``cfg.views`` augmented views) in ``out``: shard ``i`` belongs to rank ``i % world``; a
+    finished shard whose checksum and fingerprint (teacher, ``cfg``, keys, sources' content)
+    match is skipped. Rank 0 then writes ``manifest.json`` if every shard exists and returns
+    the manifest; other ranks, or an incomplete cache, return None."""
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {cfg.dtype!r}")
     out = Path(out)
@@ -226,7 +232,8 @@ def write_manifest(
         "shards": shards,
         "n_entries": sum(len(s["entries"]) for s in shards),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    text = json.dumps(manifest, indent=1)
+    atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(text))
     return manifest
 
 
@@ -239,7 +246,7 @@ class CacheReader:
         self.root = Path(cache_dir)
         path = self.root / "manifest.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `mobilesam distill cache` first")
+            raise FileNotFoundError(f"{path} not found: build the cache first (build_cache)")
         try:
             self.manifest = json.loads(path.read_text())
             shards = self.manifest["shards"]
@@ -247,7 +254,7 @@ class CacheReader:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(
                 f"{path} is not a readable cache manifest ({type(exc).__name__}: {exc}); "
-                "rebuild the cache with `mobilesam distill cache`"
+                "rebuild the cache (build_cache)"
             ) from None
         self.index: list[tuple[int, int]] = [
             (s, j)
@@ -265,6 +272,7 @@ class CacheReader:
         return {**self.__dict__, "_loaded": {}}
 
     def shard_of(self, i: int) -> int:
+        """The shard index of entry ``i``."""
         return self.index[i][0]
 
     def verify(self, s: int | None = None) -> None:
@@ -278,7 +286,7 @@ class CacheReader:
             if stamp in self._verified:
                 continue
             if sha256_file(path) != meta["sha256"]:
-                raise OSError(f"{path} fails its checksum: rerun `mobilesam distill cache`")
+                raise OSError(f"{path} fails its checksum: rebuild the cache (build_cache)")
             self._verified.add(stamp)
 
     def _shard(self, s: int) -> dict[str, Any]:
@@ -321,6 +329,8 @@ class CacheReader:
         return path if path.is_absolute() else (self.root / path).resolve()
 
     def entry(self, i: int) -> tuple[ImageRef, View, torch.Tensor]:
+        """Entry ``i``: its image, its view, and the teacher embedding ``(C, h, w)`` in the
+        cache dtype (memory-mapped; its shard checksummed on first use)."""
         s, j = self.index[i]
         rec = self.manifest["shards"][s]["entries"][j]
         ref = ImageRef(rec["key"], str(self.source_path(rec["path"])), rec["member"])

@@ -2,8 +2,9 @@
 shards read in place (no unpacking), with a deterministic subset/split and recorded
 augmentation views.
 
-Every image has a stable ``key`` (its path relative to the source, or ``tarname/member``),
-so selection and ordering do not depend on the file system's listing order.
+Every image has a stable ``key`` (``folder/relative/path`` for a file found in a source
+folder, the file's name for an image given alone, ``tarname/member`` for a tar member), so
+selection and ordering do not depend on the file system's listing order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ log = logging.getLogger("mobilesam.training")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where one image lives: a file, or a member of a tar file."""
+    """Where one image lives: the file ``path``, or the member ``member`` of the tar file
+    ``path``; ``key`` names it stably (see the module's docstring)."""
 
     key: str
     path: str
@@ -39,6 +41,7 @@ class View:
     crop: tuple[int, int, int, int] | None = None
 
     def apply(self, image: np.ndarray) -> np.ndarray:
+        """The view of an ``H×W×C`` image, as a contiguous array (a copy where it differs)."""
         out = image[:, ::-1] if self.flip else image
         if self.crop is not None:
             x0, y0, x1, y1 = self.crop
@@ -54,8 +57,15 @@ class View:
         return View(bool(d.get("flip", False)), tuple(crop) if crop else None)  # type: ignore[arg-type]
 
 
-def collect_images(sources: list[str]) -> list[ImageRef]:
-    """Images under ``sources`` (folders, image files, ``.tar`` files), sorted by key."""
+def collect_image_refs(sources: list[str]) -> list[ImageRef]:
+    """References to the images of ``sources`` (folders, searched recursively for images and
+    ``.tar`` files; image files; ``.tar`` files), sorted by key. Nothing is decoded; tar files
+    are listed, not unpacked.
+
+    Raises:
+        FileNotFoundError: a source is none of those.
+        ValueError: two images share a key (two source folders with the same name).
+    """
     refs: list[ImageRef] = []
     for src in sources:
         path = Path(src)
@@ -97,6 +107,8 @@ class ImageReader:
         self._tars: dict[str, tarfile.TarFile] = {}
 
     def read(self, ref: ImageRef) -> np.ndarray:
+        """The image as ``H×W×3`` uint8 RGB; raises ``OSError``, ``ValueError`` or
+        ``tarfile.TarError`` if it cannot be read or decoded."""
         if ref.member is None:
             return read_rgb(ref.path)
         tar = self._tars.get(ref.path)
@@ -152,8 +164,10 @@ def select(
 
 
 def augment_views(ref: ImageRef, size: tuple[int, int], n: int, seed: int) -> list[View]:
-    """The identity view plus ``n`` random views (flip, resized crop covering 50–100% of each
-    side), drawn from a generator seeded by the key so they are reproducible."""
+    """The identity view plus ``n`` random views of an image of ``size`` (h, w) pixels: a flip
+    (probability 0.5) and a crop covering 50–100% of each side, not resized (the model's
+    preprocessing resizes every view alike). Drawn from a generator seeded by ``ref.key`` and
+    ``seed``, so they are reproducible."""
     h, w = size
     rng = np.random.default_rng(int(unit_hash(ref.key, f"aug{seed}") * 2**32))
     views = [View()]

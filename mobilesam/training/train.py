@@ -1,24 +1,29 @@
 """Student training, the paper's decoupled distillation: the student image encoder alone is
-trained to reproduce the cached teacher embeddings (MSE).
+trained to reproduce the cached teacher embeddings (MSE), or, in semi-coupled mode, the
+teacher's masks through its frozen prompt encoder and mask decoder.
 
 AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on GPU,
 DistributedDataParallel under ``torchrun`` (NCCL on GPU, gloo on CPU; rank 0 logs and
 saves), atomic checkpoints every ``save_every`` steps and exact resumption (model,
-optimizer, scheduler, RNG and data order). The result, ``RUN/student.pt``, is an
-official-format checkpoint: the student encoder plus the teacher's prompt encoder and mask
-decoder under their original keys.
+optimizer, scheduler, RNG and data order; see :mod:`.resume`). Of the teacher only the
+prompt encoder and mask decoder are read (:mod:`.teacher`). The result, ``RUN/student.pt``,
+is an official-format checkpoint: the student encoder plus the teacher's prompt encoder and
+mask decoder under their original keys.
+
+``train`` reads top to bottom: checks and resume state, :func:`_prepare_run`, the loop of
+:func:`_train_step`, then :func:`_finish`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -27,9 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._atomic import atomic_write
-from ..build import build_image_encoder, build_sam
-from ..checkpoint import read_state_dict
-from ..modeling.sam import Sam
+from ..build import build_image_encoder
 from ..modeling.tiny_vit import TinyViTConfig
 from ..progress import progress_bar
 from ..transforms import ResizeLongestSide
@@ -37,6 +40,14 @@ from .cache import CacheReader, to_model_input
 from .data import ImageReader
 from .distributed import setup_distributed
 from .losses import mask_distillation_loss
+from .resume import (
+    check_resume_config,
+    load_resume_state,
+    rng_state,
+    set_rng_state,
+    trim_metrics,
+)
+from .teacher import TeacherHeads, build_teacher_heads, export_student, read_teacher_heads
 
 #: Student encoders. ``vit_t`` is MobileSAM's TinyViT-5M; ``vit_t_small`` is a ~4× cheaper
 #: TinyViT for quick experiments.
@@ -58,7 +69,7 @@ RESUMABLE_CHANGES = frozenset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run depends on (stored in its checkpoints)."""
+    """Everything a run depends on (stored in its checkpoints and ``config.json``)."""
 
     cache: str
     out: str
@@ -66,7 +77,7 @@ class TrainConfig:
     student: str = "vit_t"
     mode: str = "decoupled"
     epochs: int = 8
-    batch_size: int = 8
+    batch_size: int = 8  # per process
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # default: 5% of all steps
@@ -83,9 +94,9 @@ class TrainConfig:
 
 
 class CacheDataset(torch.utils.data.Dataset):
-    """``(student input (3, S, S), teacher embedding (C, h, w) float32, (h, w) of the resized
-    image inside the padded input)`` per cache entry. Each DataLoader worker gets its own copy
-    of ``cache`` (without its loaded shards) and opens its own tar files."""
+    """``(student input (3, S, S) float32, teacher embedding (C, h, w) float32, (h, w) of the
+    resized image inside the padded input (int64))`` per cache entry. Each DataLoader worker
+    gets its own copy of ``cache`` (without its loaded shards) and opens its own tar files."""
 
     def __init__(self, cache: CacheReader, img_size: int) -> None:
         self.cache = cache
@@ -127,106 +138,298 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _check_resume_config(saved: dict[str, Any] | None, cfg: TrainConfig, last: Path) -> None:
-    """Refuse to resume ``last`` with settings other than those it was trained with (bar
-    :data:`RESUMABLE_CHANGES`)."""
-    if saved is None:  # a checkpoint without its config: nothing to compare
-        return
-    now = asdict(cfg)
-    differ = [k for k in now if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
-    if differ:
-        detail = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in differ)
-        raise ValueError(
-            f"cannot resume {last} with different settings ({detail}). Resume with the run's "
-            "own settings (its config.json), or start a new run in another directory"
-        )
+@dataclass(frozen=True)
+class _Run:
+    """The fixed parts of one invocation, built by :func:`_prepare_run`; the step count is
+    the loop's. ``model`` is ``student``, wrapped in DDP when ``world > 1``; ``total`` is the
+    run's length in steps (the schedule's), ``steps_per_epoch`` per rank."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    dataset: CacheDataset
+    heads: TeacherHeads
+    student: nn.Module
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total: int
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Before resuming from ``step``: drop the rows the run will log again (steps after it, and
-    the decoder stage, which restarts from scratch) and a line cut short by a crash."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "step" in row and row["step"] <= step:
-            keep.append(line + "\n")
-    atomic_write(path, lambda tmp: tmp.write_text("".join(keep)))
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a distillation; returns the end-of-run summary.
 
+    ``stop_after`` ends this invocation after that many steps in all (as an interruption
+    would), leaving ``last.pt`` to resume from; the schedule still spans the whole run.
 
-def _rng_state() -> dict[str, Any]:
-    """Every RNG's state as tensors, numbers and plain containers only, so that ``last.pt``
-    loads with ``weights_only=True``."""
-    version, keys, gauss = random.getstate()
-    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": {
-            "version": version,
-            "keys": torch.tensor(keys, dtype=torch.int64),
-            "gauss": gauss,
-        },
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    A new run refuses an ``out`` that holds a ``last.pt``; ``resume`` refuses settings other
+    than the checkpoint's (bar :data:`RESUMABLE_CHANGES`) and drops the ``metrics.jsonl`` rows
+    logged after the checkpoint's step.
+    """
+    _check_config(cfg)
+    rank, world, device = setup_distributed(cfg.device)
+    saved = _resume_state(cfg, resume)  # None for a new run
+    run = _prepare_run(cfg, rank, world, device)
+    step = first_step = _restore(run, saved) if saved is not None else 0
+    del saved  # its tensors now live in the model and the optimizer
+    end = run.total if stop_after is None else min(run.total, stop_after)
+    bar = progress_bar(run.total, "distill", unit="step", enabled=progress and rank == 0)
+    bar.update(step)
+    start, losses = time.perf_counter(), []
+    run.model.train()
+    with _open_metrics(run, resume, step) as metrics:
+        while step < end:
+            epoch, in_epoch = divmod(step, run.steps_per_epoch)
+            for x, target, sizes in _epoch_loader(run, epoch, in_epoch):
+                loss, grad_norm = _train_step(run, x, target, sizes, step)
+                step += 1
+                losses.append(loss)
+                row = {"step": step, "epoch": epoch, "loss": loss, "grad_norm": grad_norm}
+                _log_metrics(metrics, run, row, start)
+                bar.update(1)
+                if step % cfg.save_every == 0:
+                    _save_last(run, step)
+                if step >= end:
+                    break
+    bar.close()
+    _save_last(run, step)
+    summary = {
+        "steps": step,
+        "steps_this_run": step - first_step,
+        "seconds": round(time.perf_counter() - start, 2),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "student": cfg.student,
     }
+    return _finish(run, summary)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["keys"].tolist()), py["gauss"]))
-    keys = npy["keys"].numpy().astype(np.uint32)
-    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _check_config(cfg: TrainConfig) -> None:
+    """Refuse an unknown student or mode, or a missing teacher checkpoint."""
+    if cfg.student not in STUDENT_PRESETS:
+        raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if not Path(cfg.teacher_checkpoint).is_file():
+        raise FileNotFoundError(f"teacher checkpoint {cfg.teacher_checkpoint} not found")
 
 
-def load_resume_state(path: Path) -> dict[str, Any]:
-    """``last.pt`` loaded with ``weights_only=True``: tensors, numbers and plain containers
-    only, so a planted file cannot run code. Anything else is refused, naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refusals come in several types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(
-            f"refusing to resume from {path}: it is not a plain training checkpoint (tensors, "
-            f"numbers and containers only; loaded with weights_only=True): {reason}"
-        ) from None
+def _resume_state(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Create ``cfg.out``; with ``resume``, its ``last.pt`` (checked against ``cfg``), else
+    None after making sure no run is there to be overwritten."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    if not resume:
+        if last.is_file():
+            raise FileExistsError(
+                f"{last} exists: resume=True continues that run; a new run needs another out folder"
+            )
+        return None
+    if not last.is_file():
+        raise FileNotFoundError(f"resume=True, but there is no checkpoint at {last}")
+    state = load_resume_state(last)
+    check_resume_config(state.get("config"), asdict(cfg), RESUMABLE_CHANGES, last)
+    return state
 
 
-def export_student(
-    encoder: nn.Module,
-    teacher_checkpoint: str,
-    path: Path,
-    mask_decoder: nn.Module | None = None,
-) -> None:
-    """Official-format checkpoint: ``image_encoder.*`` from the student, ``prompt_encoder.*``
-    and ``mask_decoder.*`` from the teacher (or the fine-tuned ``mask_decoder``), as a plain
-    fp32 state dict."""
-    teacher = read_state_dict(teacher_checkpoint)
-    sd = {f"image_encoder.{k}": v.detach().float().cpu() for k, v in encoder.state_dict().items()}
-    for k, v in teacher.items():
-        if k.startswith(("prompt_encoder.", "mask_decoder.")):
-            sd[k] = v
-    if mask_decoder is not None:
-        for k, v in mask_decoder.state_dict().items():
-            sd[f"mask_decoder.{k}"] = v.detach().float().cpu()
-    atomic_write(path, lambda tmp: torch.save(sd, tmp))
+def _open_cache(cfg: TrainConfig, student: TinyViTConfig) -> CacheReader:
+    """The cache, refused if its sources changed (unless ``allow_stale_cache``) or if its
+    embeddings do not have the student's channels; with DataLoader workers, every shard's
+    checksum is verified here, once, rather than in every worker every epoch."""
+    cache = CacheReader(cfg.cache)
+    stale = [] if cfg.allow_stale_cache else cache.stale_sources()
+    if stale:
+        raise ValueError(
+            f"the cache {cfg.cache} is stale: {', '.join(stale)} changed since it was built "
+            "(rebuild the cache, or train with allow_stale_cache=True)"
+        )
+    emb_shape = cache.manifest["embedding_shape"]
+    if emb_shape[0] != student.out_chans:
+        raise ValueError(f"student outputs {student.out_chans} channels, cache has {emb_shape}")
+    if cfg.num_workers > 0:
+        cache.verify()
+    return cache
+
+
+def _schedule(cfg: TrainConfig, n_entries: int, world: int) -> tuple[int, int, int]:
+    """``(steps per epoch and rank, total steps, warm-up steps)`` for ``n_entries`` cached
+    entries shared by ``world`` ranks."""
+    steps_per_epoch = n_entries // world // cfg.batch_size  # epoch_order's length
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_entries} cached entries over {world} rank(s) do not fill one batch of "
+            f"{cfg.batch_size}"
+        )
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 20)
+    return steps_per_epoch, total, warmup
+
+
+def _prepare_run(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> _Run:
+    """The cache, the teacher's prompt encoder and mask decoder (read once; never its image
+    encoder), the student (initialised from ``cfg.seed``), its optimizer and LR schedule, as
+    a new run starts them."""
+    enc_cfg = STUDENT_PRESETS[cfg.student]
+    cache = _open_cache(cfg, enc_cfg)
+    steps_per_epoch, total, warmup = _schedule(cfg, len(cache), world)
+    _, grid_h, grid_w = cache.manifest["embedding_shape"]
+    heads = read_teacher_heads(cfg.teacher_checkpoint)
+    heads = build_teacher_heads(heads, (grid_h, grid_w), enc_cfg.img_size, device)
+    torch.manual_seed(cfg.seed)  # after the heads: the student's init depends on the seed only
+    student = build_image_encoder(enc_cfg).to(device)
+    model = student
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio)
+    )
+    return _Run(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        out=Path(cfg.out),
+        dataset=CacheDataset(cache, enc_cfg.img_size),
+        heads=heads,
+        student=student,
+        model=model,
+        opt=opt,
+        sched=sched,
+        steps_per_epoch=steps_per_epoch,
+        total=total,
+    )
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> int:
+    """Load ``last.pt``'s student, optimizer, scheduler and RNG states; returns its step."""
+    run.student.load_state_dict(state["student"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _open_metrics(run: _Run, resume: bool, step: int) -> contextlib.AbstractContextManager:
+    """Rank 0: write ``config.json`` (a new run's, atomically; a resumed run keeps its own),
+    trim ``metrics.jsonl`` back to ``step`` on resume, and open it for appending. Other
+    ranks get None."""
+    if run.rank != 0:
+        return contextlib.nullcontext(None)
+    config, metrics = run.out / "config.json", run.out / "metrics.jsonl"
+    if not (resume and config.is_file()):
+        text = json.dumps(asdict(run.cfg), indent=2)
+        atomic_write(config, lambda tmp: tmp.write_text(text))
+    if resume:
+        trim_metrics(metrics, step)
+    return open(metrics, "a" if resume else "w")  # noqa: SIM115 (the caller's with closes it)
+
+
+def _epoch_loader(run: _Run, epoch: int, in_epoch: int) -> torch.utils.data.DataLoader:
+    """Batches of this rank's rest of ``epoch``, from its ``in_epoch``-th step on."""
+    bs = run.cfg.batch_size
+    order = epoch_order(run.dataset.cache, epoch, run.cfg.seed, run.rank, run.world)
+    order = order[in_epoch * bs : run.steps_per_epoch * bs]
+    return torch.utils.data.DataLoader(
+        run.dataset, batch_size=bs, sampler=order, num_workers=run.cfg.num_workers
+    )
+
+
+def _train_step(
+    run: _Run, x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor, step: int
+) -> tuple[float, float]:
+    """One optimizer step on a batch (``x`` (B, 3, S, S), ``target`` (B, C, h, w), ``sizes``
+    (B, 2)); returns the loss and the gradient norm before clipping."""
+    cfg, device = run.cfg, run.device
+    x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pred = run.model(x)
+    if cfg.mode == "decoupled":
+        loss = F.mse_loss(pred.float(), target)
+    else:  # prompts drawn from (seed, rank, step): reproducible, also on resume
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.rank * 7919 + step)
+        pe, md = run.heads.prompt_encoder, run.heads.mask_decoder
+        loss = mask_distillation_loss(pred.float(), target, sizes, pe, md, cfg.mask_points, gen)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(run.student.parameters(), cfg.clip_grad)
+    run.opt.step()
+    run.sched.step()
+    return loss.detach().item(), float(grad_norm)
+
+
+def _log_metrics(metrics: IO[str] | None, run: _Run, row: dict[str, Any], start: float) -> None:
+    """Append ``row`` with the learning rate and the seconds since ``start`` to
+    ``metrics.jsonl`` (rank 0 only: other ranks pass None), flushed at once."""
+    if metrics is None:
+        return
+    seconds = round(time.perf_counter() - start, 3)
+    row = {**row, "lr": run.sched.get_last_lr()[0], "seconds": seconds}
+    metrics.write(json.dumps(row) + "\n")
+    metrics.flush()
+
+
+def _save_last(run: _Run, step: int) -> None:
+    """Rank 0: ``last.pt`` (student, optimizer, scheduler, step, RNG, config), atomically."""
+    if run.rank != 0:
+        return
+    ckpt = {
+        "student": run.student.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "step": step,
+        "rng": rng_state(),
+        "config": asdict(run.cfg),
+    }
+    atomic_write(run.out / "last.pt", lambda tmp: torch.save(ckpt, tmp))
+
+
+def _finish(run: _Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """End of the encoder stage. Under DDP, check that every rank holds the same weights
+    (``ranks_in_sync``). Then, on rank 0 of a complete run: the optional decoder stage,
+    ``student.pt`` and ``summary.json`` (atomically). Returns ``summary``, completed."""
+    if run.world > 1:
+        summary["ranks_in_sync"] = _ranks_in_sync(run.student, run.world)
+    if run.rank == 0 and summary["steps"] >= run.total:
+        decoder = None
+        if run.cfg.finetune_decoder_steps > 0:
+            decoder, ft_losses = finetune_decoder(
+                run.student, run.heads, run.cfg, run.dataset, run.device, run.out
+            )
+            summary["finetune_decoder_losses"] = [ft_losses[0], ft_losses[-1]]
+        export_student(run.student, run.heads.state_dict, run.out / "student.pt", decoder)
+        summary["checkpoint"] = str(run.out / "student.pt")
+        text = json.dumps(summary, indent=2)
+        atomic_write(run.out / "summary.json", lambda tmp: tmp.write_text(text))
+    if run.world > 1:
+        dist.barrier()
+    return summary
+
+
+def _ranks_in_sync(student: nn.Module, world: int) -> bool:
+    """Whether DDP kept every rank's weights identical (sum and sum of squares compared)."""
+    flat = torch.cat([p.detach().double().flatten() for p in student.parameters()])
+    digest = torch.stack([flat.sum(), (flat * flat).sum()])
+    gathered = [torch.zeros_like(digest) for _ in range(world)]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def finetune_decoder(
     student: nn.Module,
-    teacher: Sam,
+    teacher: TeacherHeads,
     cfg: TrainConfig,
     dataset: CacheDataset,
     device: torch.device,
@@ -235,7 +438,7 @@ def finetune_decoder(
     """Second stage: the student encoder frozen, a copy of the teacher's mask decoder trained
     for ``cfg.finetune_decoder_steps`` steps with the mask loss against the teacher's own
     masks (random points and their boxes). Single process; not resumable mid-stage.
-    Returns the decoder and its losses (also appended to ``metrics.jsonl``)."""
+    Returns the decoder and its losses (also appended to ``out/metrics.jsonl``)."""
     decoder = copy.deepcopy(teacher.mask_decoder).requires_grad_(True).train()
     student.eval().requires_grad_(False)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
@@ -267,201 +470,3 @@ def finetune_decoder(
             losses.append(loss.detach().item())
             metrics.write(json.dumps({"finetune_step": i + 1, "loss": losses[-1]}) + "\n")
     return decoder, losses
-
-
-def train(
-    cfg: TrainConfig,
-    resume: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a distillation; returns the end-of-run summary.
-
-    ``stop_after`` ends this invocation after that many steps in all (as an interruption
-    would), leaving ``last.pt`` to resume from; the schedule still spans the whole run.
-
-    A new run refuses an ``out`` that holds a ``last.pt``; ``resume`` refuses settings other
-    than the checkpoint's (bar :data:`RESUMABLE_CHANGES`) and drops the ``metrics.jsonl`` rows
-    logged after the checkpoint's step.
-    """
-    if cfg.student not in STUDENT_PRESETS:
-        raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
-    if not Path(cfg.teacher_checkpoint).is_file():
-        raise FileNotFoundError(f"teacher checkpoint {cfg.teacher_checkpoint} not found")
-    rank, world, device = setup_distributed(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    last = out / "last.pt"
-    state = None
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        state = load_resume_state(last)
-        _check_resume_config(state.get("config"), cfg, last)
-    elif last.is_file():
-        raise FileExistsError(
-            f"{last} exists: pass --resume (resume=True) to continue that run, or choose "
-            "another --out directory for a new one"
-        )
-    torch.manual_seed(cfg.seed)
-
-    enc_cfg = STUDENT_PRESETS[cfg.student]
-    student = build_image_encoder(enc_cfg).to(device)
-    cache = CacheReader(cfg.cache)
-    stale = [] if cfg.allow_stale_cache else cache.stale_sources()
-    if stale:
-        raise ValueError(
-            f"the cache {cfg.cache} is stale: {', '.join(stale)} changed since it was built "
-            "(rebuild the cache, or allow_stale_cache=True / --allow-stale-cache)"
-        )
-    emb_shape = cache.manifest["embedding_shape"]
-    if emb_shape[0] != enc_cfg.out_chans:
-        raise ValueError(f"student outputs {enc_cfg.out_chans} channels, cache has {emb_shape}")
-    model: nn.Module = student
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(cache) // world // cfg.batch_size  # epoch_order's length
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(cache)} cached entries over {world} rank(s) do not fill one batch of "
-            f"{cfg.batch_size}"
-        )
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio)
-    )
-    step = 0
-    if state is not None:
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _set_rng_state(state["rng"])
-        del state
-    if rank == 0 and not (resume and (out / "config.json").is_file()):
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-    if cfg.num_workers > 0:  # checksums once, here, rather than in every worker every epoch
-        cache.verify()
-    dataset = CacheDataset(cache, enc_cfg.img_size)
-    frozen = None  # the teacher's prompt encoder and mask decoder, frozen (mask losses)
-    if cfg.mode == "semi-coupled" or cfg.finetune_decoder_steps > 0:
-        frozen = build_sam(cfg.teacher_checkpoint).to(device)
-        frozen.requires_grad_(False)
-    autocast = device.type == "cuda"
-    metrics = None
-    if rank == 0:
-        if resume:
-            _trim_metrics(out / "metrics.jsonl", step)
-        metrics = open(out / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115
-    bar = progress_bar(total, "distill", unit="step", enabled=progress and rank == 0)
-    bar.update(step)
-    start, first_step, losses = time.perf_counter(), step, []
-
-    def save() -> None:
-        if rank != 0:
-            return
-        ckpt = {
-            "student": student.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "rng": _rng_state(),
-            "config": asdict(cfg),
-        }
-        atomic_write(last, lambda tmp: torch.save(ckpt, tmp))
-
-    model.train()
-    while step < total:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = epoch_order(cache, epoch, cfg.seed, rank, world)
-        order = order[in_epoch * cfg.batch_size : steps_per_epoch * cfg.batch_size]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers
-        )
-        for x, target, sizes in loader:
-            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = model(x)
-            if cfg.mode == "decoupled":
-                loss = F.mse_loss(pred.float(), target)
-            else:  # prompts drawn from (seed, rank, step): reproducible, also on resume
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
-                loss = mask_distillation_loss(
-                    pred.float(),
-                    target,
-                    sizes,
-                    frozen.prompt_encoder,
-                    frozen.mask_decoder,
-                    cfg.mask_points,
-                    gen,
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-            opt.step()
-            sched.step()
-            step += 1
-            loss_value = loss.detach().item()
-            losses.append(loss_value)
-            if metrics is not None:
-                metrics.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": loss_value,
-                            "grad_norm": float(grad_norm),
-                            "lr": sched.get_last_lr()[0],
-                            "seconds": round(time.perf_counter() - start, 3),
-                        }
-                    )
-                    + "\n"
-                )
-                metrics.flush()
-            bar.update(1)
-            if step % cfg.save_every == 0:
-                save()
-            if step >= total or (stop_after is not None and step >= stop_after):
-                break
-        if stop_after is not None and step >= stop_after:
-            break
-    bar.close()
-    save()
-    summary = {
-        "steps": step,
-        "steps_this_run": step - first_step,
-        "seconds": round(time.perf_counter() - start, 2),
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "student": cfg.student,
-    }
-    if world > 1:  # DDP must have kept every rank's weights identical: check, and record
-        flat = torch.cat([p.detach().double().flatten() for p in student.parameters()])
-        digest = torch.stack([flat.sum(), (flat * flat).sum()])
-        gathered = [torch.zeros_like(digest) for _ in range(world)]
-        dist.all_gather(gathered, digest)
-        summary["ranks_in_sync"] = all(torch.equal(g, gathered[0]) for g in gathered)
-    if rank == 0:
-        assert metrics is not None
-        metrics.close()
-    if rank == 0 and step >= total:
-        decoder = None
-        if cfg.finetune_decoder_steps > 0:
-            assert frozen is not None
-            decoder, ft_losses = finetune_decoder(student, frozen, cfg, dataset, device, out)
-            summary["finetune_decoder_losses"] = [ft_losses[0], ft_losses[-1]]
-        export_student(student, cfg.teacher_checkpoint, out / "student.pt", decoder)
-        summary["checkpoint"] = str(out / "student.pt")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if world > 1:
-        dist.barrier()
-    return summary
