@@ -37,7 +37,7 @@ from mobilesam.build import build_image_encoder  # noqa: E402
 from mobilesam.evaluation.miou import Scores, score_image  # noqa: E402
 from mobilesam.image_io import read_rgb  # noqa: E402
 from mobilesam.training.cache import CacheConfig, CacheReader, build_cache  # noqa: E402
-from mobilesam.training.data import collect_images  # noqa: E402
+from mobilesam.training.data import collect_image_refs  # noqa: E402
 from mobilesam.training.train import STUDENT_PRESETS, TrainConfig, train  # noqa: E402
 from mobilesam.transforms import to_rgb_uint8  # noqa: E402
 
@@ -150,7 +150,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         write_corpus(tmp / "corpus")
-        refs = collect_images([str(tmp / "corpus")])
+        refs = collect_image_refs([str(tmp / "corpus")])
         print(f"{len(refs)} training photos × {1 + args.views} views", flush=True)
         build_cache(
             teacher,

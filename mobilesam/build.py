@@ -62,30 +62,41 @@ def build_image_encoder(cfg: EncoderConfig) -> nn.Module:
     return TinyViT(cfg) if isinstance(cfg, TinyViTConfig) else ImageEncoderViT(cfg)
 
 
+def build_prompt_encoder(cfg: SamConfig, img_size: int, grid: tuple[int, int]) -> PromptEncoder:
+    """SAM's prompt encoder for ``img_size``-pixel square inputs and a ``grid`` ``(h, w)``
+    image embedding."""
+    return PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim,
+        image_embedding_size=grid,
+        input_image_size=(img_size, img_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
+
+
+def build_mask_decoder(cfg: SamConfig) -> MaskDecoder:
+    """SAM's mask decoder (two-way transformer, upscaling, hypernetworks, IoU head)."""
+    return MaskDecoder(
+        transformer_dim=cfg.prompt_embed_dim,
+        transformer=TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim,
+            num_heads=cfg.decoder_heads,
+        ),
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+    )
+
+
 def build_sam_from_config(cfg: SamConfig) -> Sam:
     """An untrained :class:`Sam` in eval mode, with randomly initialised weights."""
     enc = cfg.encoder
     grid = enc.img_size // encoder_stride(enc)
     model = Sam(
         image_encoder=build_image_encoder(enc),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(enc.img_size, enc.img_size),
-            mask_in_chans=cfg.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=cfg.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth,
-                embedding_dim=cfg.prompt_embed_dim,
-                mlp_dim=cfg.decoder_mlp_dim,
-                num_heads=cfg.decoder_heads,
-            ),
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        ),
+        prompt_encoder=build_prompt_encoder(cfg, enc.img_size, (grid, grid)),
+        mask_decoder=build_mask_decoder(cfg),
     )
     return model.eval()
 

@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from ..build import SamConfig
+from ..build import SamConfig, build_mask_decoder, build_prompt_encoder
 from ..checkpoint import CheckpointError, check_state_dict, read_state_dict
 from ..modeling.mask_decoder import MaskDecoder
 from ..modeling.prompt_encoder import PromptEncoder
-from ..modeling.transformer import TwoWayTransformer
 
 #: Key prefixes of the teacher's tensors that the student keeps.
 HEAD_PREFIXES: tuple[str, ...] = ("prompt_encoder.", "mask_decoder.")
@@ -71,24 +70,8 @@ def build_teacher_heads(
         checkpoint.CheckpointError: ``heads`` do not fit (names every offending key).
     """
     cfg = SamConfig()
-    prompt_encoder = PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim,
-        image_embedding_size=embedding_size,
-        input_image_size=(img_size, img_size),
-        mask_in_chans=cfg.mask_in_chans,
-    )
-    mask_decoder = MaskDecoder(
-        transformer_dim=cfg.prompt_embed_dim,
-        transformer=TwoWayTransformer(
-            depth=cfg.decoder_depth,
-            embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim,
-            num_heads=cfg.decoder_heads,
-        ),
-        num_multimask_outputs=cfg.num_multimask_outputs,
-        iou_head_depth=cfg.iou_head_depth,
-        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-    )
+    prompt_encoder = build_prompt_encoder(cfg, img_size, embedding_size)
+    mask_decoder = build_mask_decoder(cfg)
     for prefix, module in (("prompt_encoder.", prompt_encoder), ("mask_decoder.", mask_decoder)):
         check_state_dict(module, heads, prefix)
         part = {k[len(prefix) :]: v for k, v in heads.items() if k.startswith(prefix)}
