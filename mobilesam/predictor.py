@@ -14,7 +14,7 @@ from .modeling.image_cache import ImageCache, weights_key
 from .modeling.mask_decoder import select_outputs
 from .modeling.sam import Sam
 from .precision import PrecisionLike, precision_name, resolve_precision
-from .prompts import check_box, check_mask_input, check_points, check_prompt_reach
+from .prompts import prepare_prompts
 from .transforms import ResizeLongestSide, resize_to_input, to_rgb_uint8
 
 #: A real image embedding varies over the image: the median over channels of its spatial
@@ -182,24 +182,23 @@ class SamPredictor:
             float32, low-res logits ``(C, 256, 256)`` float32; ``C`` is 3 or 1.
         """
         self._require_image()
+        p = prepare_prompts(
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.transform,
+            self.original_size,
+            self.model.prompt_encoder.mask_input_size,
+        )
         coords_t = labels_t = box_t = mask_t = None
-        if point_coords is not None or point_labels is not None:
-            coords, labels = check_points(point_coords, point_labels)
-            check_prompt_reach("point_coords", coords, self.original_size)
-            coords = self.transform.apply_coords(coords, self.original_size)
-            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
-        if box is not None:
-            checked = check_box(box)
-            check_prompt_reach("box", checked, self.original_size)
-            b = self.transform.apply_boxes(checked, self.original_size)
-            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
-        if mask_input is not None:
-            mask_t = torch.as_tensor(
-                check_mask_input(mask_input, (1, *self.model.prompt_encoder.mask_input_size)),
-                dtype=torch.float,
-                device=self.device,
-            )[None]
+        if p.coords is not None:
+            coords_t = torch.as_tensor(p.coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(p.labels, dtype=torch.int, device=self.device)[None]
+        if p.box is not None:
+            box_t = torch.as_tensor(p.box, dtype=torch.float, device=self.device)
+        if p.mask is not None:
+            mask_t = torch.as_tensor(p.mask, device=self.device)[None]
         masks, iou, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
         )

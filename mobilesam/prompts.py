@@ -8,8 +8,14 @@ top-left and bottom-right corners.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .transforms import ResizeLongestSide
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
 
@@ -83,6 +89,43 @@ def check_prompt_reach(name: str, coords: object, original_size: tuple[int, int]
             f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
             f"got {values.max():.3g}"
         )
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """One image's checked prompts, in the input frame (the resized image), as the
+    predictors pass them on. Absent prompts are None."""
+
+    coords: np.ndarray | None  # (N, 2) float64 (x, y) pixels
+    labels: np.ndarray | None  # (N,) int64
+    box: np.ndarray | None  # (1, 4) float64 XYXY pixels
+    mask: np.ndarray | None  # (1, 4h, 4w) float32 low-res logits
+
+
+def prepare_prompts(
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    transform: ResizeLongestSide,
+    original_size: tuple[int, int],
+    mask_size: tuple[int, int],
+) -> Prompts:
+    """Check ``SamPredictor.predict``'s prompts (points and box in the original image frame,
+    ``(H, W)`` ``original_size``) and map them to the input frame with ``transform``;
+    ``mask_input`` must be ``(1, *mask_size)``. ValueError names the argument at fault."""
+    coords = labels = boxes = mask = None
+    if point_coords is not None or point_labels is not None:
+        coords, labels = check_points(point_coords, point_labels)
+        check_prompt_reach("point_coords", coords, original_size)
+        coords = transform.apply_coords(coords, original_size)
+    if box is not None:
+        boxes = check_box(box)
+        check_prompt_reach("box", boxes, original_size)
+        boxes = transform.apply_boxes(boxes, original_size)
+    if mask_input is not None:
+        mask = check_mask_input(mask_input, (1, *mask_size))
+    return Prompts(coords, labels, boxes, mask)
 
 
 def point_sequence(

@@ -19,7 +19,7 @@ import torch
 from ..modeling.mask_decoder import select_outputs
 from ..postprocess import upscale_masks
 from ..predictor import check_embedding, require_image
-from ..prompts import check_box, check_mask_input, check_points, check_prompt_reach, point_sequence
+from ..prompts import point_sequence, prepare_prompts
 from ..transforms import ResizeLongestSide, prepare_image, to_rgb_uint8
 
 VARIANTS = ("fp32", "int8", "fp16")
@@ -87,6 +87,9 @@ class OnnxPredictor:
             )
         pre = self.meta["preprocessing"]
         self.img_size = int(pre["img_size"])
+        #: ``(h, w)`` of ``mask_input`` and the low-res logits: 4× the embedding grid, whose
+        #: cell is 16 input pixels
+        self.mask_size = (self.img_size // 4, self.img_size // 4)
         self.mask_threshold = float(pre["mask_threshold"])
         self._mean = tuple(float(v) for v in pre["pixel_mean"])
         self._std = tuple(float(v) for v in pre["pixel_std"])
@@ -128,23 +131,22 @@ class OnnxPredictor:
         """Same arguments and outputs as ``SamPredictor.predict``."""
         self._require_image()
         assert self.original_size is not None and self.input_size is not None
-        points = boxes = None
-        if point_coords is not None or point_labels is not None:
-            c, lab = check_points(point_coords, point_labels)
-            check_prompt_reach("point_coords", c, self.original_size)
-            c = self.transform.apply_coords(c, self.original_size)
-            points = (torch.from_numpy(c)[None], torch.from_numpy(lab)[None])
-        if box is not None:
-            b = check_box(box)
-            check_prompt_reach("box", b, self.original_size)
-            boxes = torch.from_numpy(self.transform.apply_boxes(b, self.original_size))
+        p = prepare_prompts(
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.transform,
+            self.original_size,
+            self.mask_size,
+        )
+        points = None
+        if p.coords is not None:
+            points = (torch.from_numpy(p.coords)[None], torch.from_numpy(p.labels)[None])
+        boxes = None if p.box is None else torch.from_numpy(p.box)
         coords, labels = point_sequence(points, boxes, batch=1)
-        if mask_input is not None:
-            mask = check_mask_input(mask_input, (1, 256, 256))[None]
-            has_mask = np.ones(1, np.float32)
-        else:
-            mask = np.zeros((1, 1, 256, 256), np.float32)
-            has_mask = np.zeros(1, np.float32)
+        mask = np.zeros((1, 1, *self.mask_size), np.float32) if p.mask is None else p.mask[None]
+        has_mask = np.array([0.0 if p.mask is None else 1.0], np.float32)
         iou, low_res = self._decoder.run(
             None,
             {
