@@ -64,6 +64,11 @@ def describe_machine(threads: int, peak: float) -> str:
     )
 
 
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of the script's docstring."""
+    return argparse.ArgumentParser(description=" ".join((doc or "").split("\n\n")[0].split()))
+
+
 def add_official_argument(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--official",

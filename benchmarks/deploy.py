@@ -8,7 +8,6 @@ Usage: ``python benchmarks/deploy.py [--threads 2] [--repeats 5] [--official PAT
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REFERENCE,
     add_official_argument,
+    argument_parser,
     describe_machine,
     import_official,
     machine_info,
@@ -75,7 +75,7 @@ def agreement(pred, ref_masks: dict, images: dict, cases: list) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)

@@ -5,7 +5,7 @@ embeddings (decoupled distillation) fits the teacher's frozen decoder.
   image content).
 - Student: a smaller TinyViT (``vit_t_small``) from random weights.
 - Training data: the reference photos except ``picture1.jpg`` and ``picture4.jpg``, plus
-  scikit-image's sample images, each with random flips and resized crops (cached views).
+  scikit-image's sample images, each with random flips and crops (cached views).
 - Held out: ``picture1.jpg`` and ``picture4.jpg``.
 
 Reports the student-vs-teacher mIoU on the held-out photos (point and box prompts) before,
@@ -18,7 +18,6 @@ Usage: ``python benchmarks/distill_proxy.py [--minutes 20] [--views 6] [--json P
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -30,7 +29,14 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REFERENCE, RESULTS, machine_info, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    REFERENCE,
+    RESULTS,
+    argument_parser,
+    machine_info,
+    print_table,
+    write_json,
+)
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
 from mobilesam.build import build_image_encoder  # noqa: E402
@@ -131,7 +137,7 @@ def build_student_sam(student: str, state_dict: dict):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget")
     ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--student", default="vit_t_small")

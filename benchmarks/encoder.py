@@ -16,7 +16,6 @@ Usage: ``python benchmarks/encoder.py [--threads 2] [--repeats 9] [--official PA
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REFERENCE,
     add_official_argument,
+    argument_parser,
     describe_machine,
     import_official,
     machine_info,
@@ -92,7 +92,7 @@ def interleaved(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     ap.add_argument(

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REFERENCE,
     add_official_argument,
+    argument_parser,
     describe_machine,
     import_official,
     machine_info,
@@ -163,7 +164,7 @@ def match(a_path: Path, b_path: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--images", nargs="+", default=["picture1.jpg", "picture4.jpg"])
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     ap.add_argument("--threads", type=int, default=2)

@@ -16,7 +16,6 @@ Usage: ``python benchmarks/serve.py [--clients 16] [--requests 400] [--threads 2
 
 from __future__ import annotations
 
-import argparse
 import resource
 import socket
 import sys
@@ -29,7 +28,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REFERENCE, describe_machine, machine_info, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    REFERENCE,
+    argument_parser,
+    describe_machine,
+    machine_info,
+    print_table,
+    write_json,
+)
 
 from mobilesam import build_sam  # noqa: E402
 
@@ -116,7 +122,7 @@ def fairness(base: str, image_id: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
