@@ -166,7 +166,7 @@ class SamAutomaticMaskGenerator:
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
 
-    @torch.no_grad()
+    @torch.inference_mode()  # returns only numpy and Python values: no tensor escapes
     def generate(
         self,
         image: np.ndarray,

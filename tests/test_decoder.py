@@ -173,6 +173,37 @@ def test_cache_follows_weight_changes(fixture_model, golden):
         pred.predict(pts, labels)
 
 
+def test_predict_runs_in_inference_mode_without_leaking_it(fixture_model, golden):
+    """``predict`` decodes in inference mode (and may rebuild the image cache there); what it
+    leaves behind still works with the plain torch API, in place and with autograd on."""
+    model = build_sam(FIXTURE_CKPT)
+    pred = SamPredictor(model)
+    pred.set_embedding(torch.from_numpy(golden["img0/embedding"]), (770, 769))
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.mul_(1.0)  # stale cache: rebuilt inside predict
+    masks, scores, low = pred.predict(np.array([[420.0, 385.0]]), np.array([1]))
+    assert isinstance(masks, np.ndarray) and not pred.features.is_inference()
+    point = pred.transform.apply_coords(np.array([[420.0, 385.0]]), pred.original_size)
+    t_masks, t_scores, t_low = pred.predict_torch(
+        torch.tensor(point, dtype=torch.float32)[None], torch.tensor([[1]])
+    )
+    assert not t_low.is_inference()
+    t_low.add_(0.0)  # an inference tensor would refuse this outside inference mode
+    np.testing.assert_array_equal(t_masks[0].numpy(), masks)
+    np.testing.assert_array_equal(t_scores[0].numpy(), scores)
+    with torch.enable_grad():
+        emb = pred.get_image_embedding().clone().requires_grad_()
+        model.mask_decoder(
+            emb,
+            model.prompt_encoder.get_dense_pe(),
+            *model.prompt_encoder(
+                (torch.tensor([[[100.0, 100.0]]]), torch.tensor([[1]])), None, None
+            ),
+            multimask_output=True,
+        )[0].sum().backward()
+    assert emb.grad is not None
+
+
 def test_mask_input_uses_the_plain_order(embedded, cases):
     """A dense prompt per call (``mask_input``) cannot share the image products; the predictor
     falls back to SAM's order and returns the same shapes."""
