@@ -200,7 +200,7 @@ def test_training_resumes_exactly(tmp_path, cache_dir, teacher_ckpt):
     resumed = train(b, resume=True, progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["save_every"] == 1
     assert resumed["steps"] == 3 and resumed["steps_this_run"] == 1
-    a_sd = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
+    a_sd = torch.load(straight / "student.pt", weights_only=True)
     b_sd = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
     assert a_sd.keys() == b_sd.keys()
     # Resuming replays the same steps. The same kernels give bit-identical weights (a SIGKILL
@@ -231,12 +231,22 @@ def test_training_resumes_exactly(tmp_path, cache_dir, teacher_ckpt):
     assert model.image_encoder.cfg.embed_dims == STUDENT_PRESETS["vit_t_small"].embed_dims
 
 
-def test_loss_falls(tmp_path, cache_dir, teacher_ckpt):
-    s = train(
-        _cfg(cache_dir, tmp_path, teacher_ckpt, max_steps=8, epochs=4, lr=3e-3), progress=False
-    )
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(losses) == 8 and s["last_loss"] == losses[-1]
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory, cache_dir, teacher_ckpt) -> tuple[Path, dict]:
+    """Two epochs of ``vit_t_small`` on the cache, uninterrupted, in this process (a DataLoader
+    worker, as in the CLI runs it is compared with): its folder and summary."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    cfg = TrainConfig(
+        cache=str(cache_dir), out=str(out), teacher_checkpoint=str(teacher_ckpt),
+        student="vit_t_small", epochs=2, batch_size=2, lr=2e-3, warmup_steps=1, num_workers=1,
+    )  # fmt: skip
+    return out, train(cfg, progress=False)
+
+
+def test_loss_falls(uninterrupted_run):
+    out, summary = uninterrupted_run
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == summary["steps"] == 8 and summary["last_loss"] == losses[-1]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
 
 
@@ -522,7 +532,7 @@ def test_cache_is_content_addressed_and_works_from_anywhere(
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, cache_dir, teacher_ckpt
+    tmp_path, cache_dir, teacher_ckpt, uninterrupted_run
 ):
     """`distill train` in a subprocess (a DataLoader worker, two epochs) is killed with SIGKILL
     mid-epoch, resumed with --resume, and ends with the weights of an uninterrupted run: equal
@@ -542,12 +552,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         ]  # fmt: skip
 
     steps_per_epoch = len(CacheReader(cache_dir)) // 2
-    # the uninterrupted run in this process: the same settings, kernels and thread count
-    straight = TrainConfig(
-        cache=str(cache_dir), out=str(tmp_path / "a"), teacher_checkpoint=str(teacher_ckpt),
-        student="vit_t_small", epochs=2, batch_size=2, lr=2e-3, warmup_steps=1, num_workers=1,
-    )  # fmt: skip
-    train(straight, progress=False)
+    straight = uninterrupted_run[0]  # the same settings, in this process
     proc = subprocess.Popen(command(tmp_path / "b"), stderr=subprocess.PIPE)
     last, deadline, step = tmp_path / "b" / "last.pt", time.monotonic() + 300, 0
     while time.monotonic() < deadline and step < steps_per_epoch + 1:  # into the 2nd epoch
@@ -565,7 +570,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         command(tmp_path / "b", "--resume"), capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr
-    a_sd = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
+    a_sd = torch.load(straight / "student.pt", weights_only=True)
     b_sd = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
     lr, total = 2e-3, 2 * steps_per_epoch
     diffs = []

@@ -90,14 +90,20 @@ BAD_EMBEDDINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def real_embedding(embedded) -> torch.Tensor:
+    """picture1's fp32 embedding, degraded by the guard tests in place of a fresh encoder run
+    (which would only reproduce it)."""
+    return embedded["picture1.jpg"].get_image_embedding()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bad", sorted(BAD_EMBEDDINGS))
-def test_guard_fires_on_every_torch_path(reference, dtype, bad):
+def test_guard_fires_on_every_torch_path(reference, real_embedding, dtype, bad):
     model = sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT)
     pred = SamPredictor(model, dtype=dtype)
-    encoder = model.image_encoder
-    real = encoder.forward
-    encoder.forward = lambda x: BAD_EMBEDDINGS[bad](real(x))
+    # the encoder in `dtype` returns picture1's embedding, degraded
+    model.image_encoder.forward = lambda x: BAD_EMBEDDINGS[bad](real_embedding.to(x.dtype))
     with pytest.raises(DegenerateEmbeddingError, match="SamPredictor"):
         pred.set_image(load_image(reference, "picture1.jpg"))
     assert not pred.is_image_set
@@ -105,16 +111,15 @@ def test_guard_fires_on_every_torch_path(reference, dtype, bad):
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 @pytest.mark.parametrize("bad", sorted(BAD_EMBEDDINGS))
-def test_guard_fires_on_every_onnx_path(export_dir, reference, variant, bad):
+def test_guard_fires_on_every_onnx_path(export_dir, reference, real_embedding, variant, bad):
     from mobilesam.onnx import OnnxPredictor
 
     pred = OnnxPredictor(export_dir, encoder=variant, decoder=variant)
-    session = pred._encoder
 
-    class Broken:  # the exported encoder, its output degraded
+    class Broken:  # the exported encoder, picture1's embedding degraded
         def run(self, names, feeds):
-            (out,) = session.run(names, feeds)
-            return [BAD_EMBEDDINGS[bad](torch.from_numpy(out)).numpy()]
+            assert feeds["image"].shape == (1, 3, 1024, 1024)
+            return [BAD_EMBEDDINGS[bad](real_embedding.clone()).numpy()]
 
     pred._encoder = Broken()
     with pytest.raises(DegenerateEmbeddingError, match=f"OnnxPredictor \\({variant}"):
