@@ -200,7 +200,7 @@ def test_training_resumes_exactly(tmp_path, cache_dir, teacher_ckpt):
     resumed = train(b, resume=True, progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["save_every"] == 1
     assert resumed["steps"] == 3 and resumed["steps_this_run"] == 1
-    a_sd = torch.load(straight / "student.pt", weights_only=True)
+    a_sd = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
     b_sd = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
     assert a_sd.keys() == b_sd.keys()
     # Resuming replays the same steps. The same kernels give bit-identical weights (a SIGKILL
