@@ -191,19 +191,11 @@ class SamPredictor:
             self.original_size,
             self.model.prompt_encoder.mask_input_size,
         )
-        coords_t = labels_t = box_t = mask_t = None
-        if p.coords is not None:
-            coords_t = torch.as_tensor(p.coords, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(p.labels, dtype=torch.int, device=self.device)[None]
-        if p.box is not None:
-            box_t = torch.as_tensor(p.box, dtype=torch.float, device=self.device)
-        if p.mask is not None:
-            mask_t = torch.as_tensor(p.mask, device=self.device)[None]
         # inference mode skips autograd's bookkeeping on the decoder's few hundred small
         # operations (3-7% of a call); only numpy arrays leave it
         with torch.inference_mode():
             masks, iou, low_res = self.predict_torch(
-                coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
+                *p.tensors(self.device), multimask_output, return_logits=return_logits
             )
             return (
                 (masks[0].float() if return_logits else masks[0]).cpu().numpy(),

@@ -101,6 +101,24 @@ class Prompts:
     box: np.ndarray | None  # (1, 4) float64 XYXY pixels
     mask: np.ndarray | None  # (1, 4h, 4w) float32 low-res logits
 
+    def tensors(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The batch of one that ``SamPredictor.predict_torch`` takes, on ``device``:
+        coordinates ``(1, N, 2)`` float32, labels ``(1, N)`` int64, box ``(1, 4)`` float32 and
+        mask ``(1, 1, 4h, 4w)`` float32, each None where absent."""
+
+        def batch_of_one(a: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if a is None else torch.as_tensor(a, dtype=dtype, device=device)[None]
+
+        box = batch_of_one(self.box, torch.float32)
+        return (
+            batch_of_one(self.coords, torch.float32),
+            batch_of_one(self.labels, torch.int64),
+            None if box is None else box[0],
+            batch_of_one(self.mask, torch.float32),
+        )
+
 
 def prepare_prompts(
     point_coords: np.ndarray | None,

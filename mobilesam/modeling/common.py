@@ -112,14 +112,9 @@ def window_unpartition(
     return x.contiguous()
 
 
-def conv_transpose_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """``(C, O, 2, 2)`` kernel → ``(C, 4·O)`` matrix with sub-pixel-major columns."""
-    c, o = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o)
-
-
 def conv_transpose_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A kernel-2, stride-2 transposed convolution as a matrix product on pixels in rows:
-    the :func:`conv_transpose_weight` matrix ``(C, 4·O)`` and the bias repeated per
-    sub-pixel ``(4·O,)``."""
-    return conv_transpose_weight(conv), conv.bias.repeat(4)
+    the ``(C, O, 2, 2)`` kernel as a ``(C, 4·O)`` matrix with sub-pixel-major columns, and
+    the bias repeated per sub-pixel ``(4·O,)``."""
+    c, o = conv.weight.shape[:2]
+    return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o), conv.bias.repeat(4)

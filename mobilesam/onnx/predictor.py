@@ -140,12 +140,11 @@ class OnnxPredictor:
             self.original_size,
             self.mask_size,
         )
-        points = None
-        if p.coords is not None:
-            points = (torch.from_numpy(p.coords)[None], torch.from_numpy(p.labels)[None])
-        boxes = None if p.box is None else torch.from_numpy(p.box)
+        coords, labels, boxes, mask = p.tensors()
+        points = None if coords is None else (coords, labels)
         coords, labels = point_sequence(points, boxes, batch=1)
-        mask = np.zeros((1, 1, *self.mask_size), np.float32) if p.mask is None else p.mask[None]
+        if mask is None:
+            mask = torch.zeros(1, 1, *self.mask_size)
         has_mask = np.array([0.0 if p.mask is None else 1.0], np.float32)
         iou, low_res = self._decoder.run(
             None,
@@ -153,7 +152,7 @@ class OnnxPredictor:
                 "image_embeddings": self.features,
                 "point_coords": coords.numpy().astype(np.float32),
                 "point_labels": labels.numpy().astype(np.float32),
-                "mask_input": mask.astype(np.float32),
+                "mask_input": mask.numpy(),
                 "has_mask_input": has_mask,
             },
         )

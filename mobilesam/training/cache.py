@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._atomic import atomic_write
@@ -44,12 +43,6 @@ class CacheConfig:
     dtype: str = "float16"
     views: int = 0
     seed: int = 0
-
-
-def to_model_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
-    """``H×W×3`` uint8 → ``(3, S, S)`` float32 on the CPU, exactly as
-    ``SamPredictor.set_image`` prepares it (:func:`~mobilesam.transforms.prepare_image`)."""
-    return prepare_image(rgb, img_size)[0][0]
 
 
 def source_stamp(ref: ImageRef) -> dict[str, Any]:
@@ -168,7 +161,7 @@ def _compute_shard(
             unreadable.append(ref.key)
             continue
         view = augment_views(ref, image.shape[:2], cfg.views, cfg.seed)[v]
-        x = to_model_input(view.apply(image), teacher.img_size).to(teacher.device)
+        x = prepare_image(view.apply(image), teacher.img_size)[0][0].to(teacher.device)
         embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
         views.append(view.to_json())
         stamp = dict(stamps[ref.path])
