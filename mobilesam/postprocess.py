@@ -183,8 +183,8 @@ class ThresholdedBlocks(NamedTuple):
         n, nbr, nbc = above.shape
         full = above.new_empty(n, nbr * BLOCK, nbc * BLOCK)
         # each block row's first pixel row, then that row repeated (long contiguous copies)
-        first_row = above[..., None].expand(n, nbr, nbc, BLOCK).reshape(n, nbr, 1, -1)
-        full.view(n, nbr, BLOCK, -1).copy_(first_row.expand(-1, -1, BLOCK, -1))
+        first_row = above[..., None].expand(n, nbr, nbc, BLOCK).reshape(n, nbr, 1, nbc * BLOCK)
+        full.view(n, nbr, BLOCK, nbc * BLOCK).copy_(first_row.expand(-1, -1, BLOCK, -1))
         blocks = full.view(n, nbr, BLOCK, nbc, BLOCK)
         (m, i, j), inside = self._computed(k)
         if len(m):
@@ -267,8 +267,8 @@ class ThresholdedBlocks(NamedTuple):
         return MaskRuns(
             h,
             w,
-            top.reshape(n, -1)[:, :w].contiguous(),
-            bottom.reshape(n, -1)[:, :w].contiguous(),
+            top.reshape(n, nbc * b)[:, :w].contiguous(),  # sizes given: n may be 0
+            bottom.reshape(n, nbc * b)[:, :w].contiguous(),
             index[valid],
             row[valid],
             col[valid],

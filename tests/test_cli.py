@@ -359,6 +359,12 @@ def test_everything_writes_json_and_overlay_then_skips(capsys, tmp_path, referen
     assert "redoing 2 image(s) made with other settings or another checkpoint" in (
         capsys.readouterr().out
     )
+    # another photo now takes the name "a" (names depend on which photos sit side by side):
+    # a.jpg's result must not pass for it
+    (photos / "a.jpg").rename(photos / "a.png")
+    planned = plan_outputs([str(photos)], exclude=out)
+    todo = still_to_do(planned, out, meta, overwrite=False)
+    assert sorted(f.name for f, _ in todo) == ["a.png", "broken.jpg"]
 
 
 def test_everything_without_images_is_a_usage_error(capsys, tmp_path):

@@ -84,3 +84,20 @@ def test_threshold_path_of_upscale_masks():
     masks = upscale_masks(x, (1024, 1023), (770, 769), 1024, threshold=0.0)
     assert masks.dtype == torch.bool
     assert torch.equal(masks, upscale_masks(x, (1024, 1023), (770, 769), 1024) > 0.0)
+
+
+def test_no_masks_at_all():
+    """Zero masks (a batch, or a chunk whose every mask the generator's filters dropped) give
+    empty results of the right shape, not a reshape error."""
+    assert upscale_masks(torch.zeros(0, 3, 64, 64), (256, 250), (77, 76), 256, 0.0).shape == (
+        0,
+        3,
+        77,
+        76,
+    )
+    grid = block_grid((64, 64), (256, 250), (77, 76), 256, torch.zeros(1))
+    blocks = threshold_blocks(torch.randn(3, 64, 64), grid, (0.0, 1.0))
+    none = blocks.select(torch.zeros(3, dtype=torch.bool))
+    assert none.masks(0).shape == (0, 77, 76) and none.counts(1).shape == (0,)
+    runs = none.runs(1)
+    assert runs.top.shape == runs.bottom.shape == (0, 76)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from .._atomic import atomic_write
@@ -81,13 +82,15 @@ def cmd_everything(args: argparse.Namespace) -> int:
     bar = progress_bar(len(todo), "everything", unit="img", enabled=not args.quiet)
     failed, total_masks, total_s = 0, 0, 0.0
     for image_path, rel in todo:
-        try:
-            n, seconds = process_image(gen, image_path, out / rel, meta, bar)
-            total_masks, total_s = total_masks + n, total_s + seconds
+        try:  # only an unreadable photo is skipped; a failure to write stops the run
+            image = read_rgb(image_path)
         except (OSError, ValueError) as exc:
             failed += 1
             print(f"\nmobilesam: skipping {image_path}: {describe(exc)}", file=sys.stderr)
             bar.update(1)
+            continue
+        n, seconds = process_image(gen, image, image_path, out / rel, meta, bar)
+        total_masks, total_s = total_masks + n, total_s + seconds
     bar.close()
     done = len(todo) - failed
     print(
@@ -144,7 +147,7 @@ def still_to_do(
         json_path = (out / rel).with_name(rel.name + ".json")
         if overwrite or not json_path.exists():
             todo.append((f, rel))
-        elif not is_done(json_path, meta):
+        elif not is_done(json_path, meta, f):
             todo.append((f, rel))
             stale += 1
     if len(todo) < len(images):
@@ -154,9 +157,11 @@ def still_to_do(
     return todo
 
 
-def is_done(json_path: Path, meta: dict[str, Any]) -> bool:
-    """Whether ``json_path`` holds a finished result made with the same settings and the same
-    checkpoint content (sha256) as ``meta``; unreadable files count as not done."""
+def is_done(json_path: Path, meta: dict[str, Any], image_path: Path) -> bool:
+    """Whether ``json_path`` holds a finished result for ``image_path`` (output names depend
+    on which photos sit side by side, so a name can pass to another photo) made with the
+    same settings and the same checkpoint content (sha256) as ``meta``; unreadable files
+    count as not done."""
     try:
         record = json.loads(json_path.read_text())
     except (OSError, ValueError):
@@ -165,15 +170,28 @@ def is_done(json_path: Path, meta: dict[str, Any]) -> bool:
         isinstance(record, dict)
         and record.get("settings") == meta["settings"]
         and record.get("model", {}).get("sha256") == meta["model"]["sha256"]
+        and _same_file(record.get("image", {}).get("file_name"), image_path)
     )
 
 
+def _same_file(recorded: object, image_path: Path) -> bool:
+    try:
+        return isinstance(recorded, str) and Path(recorded).resolve() == image_path.resolve()
+    except OSError:
+        return False
+
+
 def process_image(
-    gen: Any, image_path: Path, out_stem: Path, meta: dict[str, Any], bar: Any = None
+    gen: Any,
+    image: np.ndarray,
+    image_path: Path,
+    out_stem: Path,
+    meta: dict[str, Any],
+    bar: Any = None,
 ) -> tuple[int, float]:
-    """Segment one photo and write its overlay, then its JSON; returns ``(masks, seconds)``.
-    ``bar`` advances by a fraction of one image per batch of prompt points."""
-    image = read_rgb(image_path)
+    """Segment one photo (``image``, read from ``image_path``) and write its overlay, then its
+    JSON; returns ``(masks, seconds)``. ``bar`` advances by a fraction of one image per batch
+    of prompt points."""
     start = time.perf_counter()
     shown = 0.0
 
