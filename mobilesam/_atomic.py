@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     ``atomic_write(p, lambda tmp: tmp.write_text(text))``.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
+    # a name of its own: two writers of one path never share (or replace) a temporary file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
         write(tmp)
         os.replace(tmp, path)

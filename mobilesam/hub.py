@@ -5,7 +5,7 @@ The zoo lists the official checkpoints (MobileSAM ``vit_t`` and SAM ``vit_b`` /
 :func:`torch.hub.download_url_to_file` (streams to a temporary file with a progress bar on
 stderr); this module adds the zoo, a connect/read timeout, full SHA-256 and size checks,
 and errors that say where to put a copy downloaded by hand. The file is fetched into
-``<file>.part`` in the cache directory, verified, then moved into place by
+a ``<file>.….part`` sibling in the cache directory, verified, then moved into place by
 :func:`mobilesam._atomic.atomic_write`, so the final path never holds a partial or
 unverified file.
 

@@ -579,3 +579,21 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         assert d.max() <= 2 * lr * total, k
         diffs.append(d.flatten())
     assert torch.cat(diffs).mean() <= 0.02 * lr
+
+
+def test_tar_members_are_stamped_by_their_own_bytes(sources):
+    """A tar member's content key is the member's sha256, read from the member alone: the
+    whole tar (thousands of images in SA-1B) is never hashed to key one image."""
+    import hashlib
+
+    from mobilesam.training.cache import SourceStamps
+
+    tar_path = sources[1]
+    with tarfile.open(tar_path) as tar:
+        member = tar.extractfile("sa_1.jpg").read()
+    stamps = SourceStamps()
+    stamp = stamps(tar_path, "sa_1.jpg")
+    assert stamp["sha256"] == hashlib.sha256(member).hexdigest()
+    assert stamp["size"] == Path(tar_path).stat().st_size
+    assert stamps(tar_path, "missing.jpg")["sha256"] is None
+    stamps.close()

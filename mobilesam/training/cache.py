@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,17 +46,45 @@ class CacheConfig:
     seed: int = 0
 
 
-def source_stamp(ref: ImageRef) -> dict[str, Any]:
-    """What the cache records of an image's source file (the tar file for a member): its
-    absolute path, size, modification time (ns) and sha256. A changed file changes the
+class SourceStamps:
+    """What the cache records of each image's source: the file's absolute path, size and
+    modification time (ns), and the sha256 of the image's own bytes: the file's, or for a
+    tar member the member's (never the whole tar, which may hold thousands of other images).
+    Tar files stay open and their member tables are read once. A changed image changes its
     stamp, so its entries are recomputed; a missing one stamps as ``None``."""
-    path = Path(ref.path).resolve()
-    try:
-        st = path.stat()
-        digest = sha256_file(path)
-    except OSError:
-        return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+    def __init__(self) -> None:
+        self._stamps: dict[tuple[str, str | None], dict[str, Any]] = {}
+        self._tars: dict[Path, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+
+    def __call__(self, path: str | Path, member: str | None = None) -> dict[str, Any]:
+        key = (str(path), member)
+        if key not in self._stamps:
+            self._stamps[key] = self._stamp(Path(path).resolve(), member)
+        return self._stamps[key]
+
+    def _stamp(self, path: Path, member: str | None) -> dict[str, Any]:
+        try:
+            st = path.stat()
+            digest = sha256_file(path) if member is None else self._member_sha256(path, member)
+        except (OSError, KeyError, tarfile.TarError):
+            return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
+        return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+    def _member_sha256(self, path: Path, member: str) -> str:
+        if path not in self._tars:
+            tar = tarfile.open(path, "r:")  # noqa: SIM115 (kept open; see close)
+            self._tars[path] = (tar, {m.name: m for m in tar.getmembers()})
+        tar, members = self._tars[path]
+        f = tar.extractfile(members[member])
+        if f is None:
+            raise KeyError(member)
+        return hashlib.sha256(f.read()).hexdigest()
+
+    def close(self) -> None:
+        for tar, _ in self._tars.values():
+            tar.close()
+        self._tars.clear()
 
 
 def _relative_to(source: str, cache_dir: Path) -> str:
@@ -117,14 +146,11 @@ def build_cache(
     teacher.eval()
     bar = progress_bar(len(mine), f"cache (rank {rank})", unit="shard", enabled=progress)
     done = skipped = 0
-    stamps: dict[str, dict[str, Any]] = {}  # source path → stamp, hashed once per build
+    stamps = SourceStamps()  # each image hashed once per build
     for i in mine:
         shard_path = out / f"shard_{i:05d}.pt"
-        for ref, _ in shards[i]:
-            if ref.path not in stamps:
-                stamps[ref.path] = source_stamp(ref)
         # the sources' content is part of the key: an edited photo invalidates its shard
-        keys = [f"{ref.key}#{v}#{stamps[ref.path]['sha256']}" for ref, v in shards[i]]
+        keys = [f"{ref.key}#{v}#{stamps(ref.path, ref.member)['sha256']}" for ref, v in shards[i]]
         fp = _fingerprint(teacher_sha256, cfg, keys)
         if _shard_ok(shard_path, fp):
             skipped += 1
@@ -134,6 +160,7 @@ def build_cache(
         bar.update(1)
     bar.close()
     reader.close()
+    stamps.close()
     log.info("rank %d: %d shards computed, %d verified and skipped", rank, done, skipped)
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -150,7 +177,7 @@ def _compute_shard(
     fingerprint: str,
     cfg: CacheConfig,
     reader: ImageReader,
-    stamps: dict[str, dict[str, Any]],
+    stamps: SourceStamps,
 ) -> None:
     embs, views, records, unreadable = [], [], [], []
     image, image_key = None, None
@@ -164,7 +191,7 @@ def _compute_shard(
         x = prepare_image(view.apply(image), teacher.img_size)[0][0].to(teacher.device)
         embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
         views.append(view.to_json())
-        stamp = dict(stamps[ref.path])
+        stamp = dict(stamps(ref.path, ref.member))
         where = _relative_to(stamp.pop("path"), path.parent)  # relative to the cache folder
         records.append(
             {"key": ref.key, "path": where, "member": ref.member, "view": v} | {"source": stamp}
@@ -292,28 +319,29 @@ class CacheReader:
         return self._loaded[s]
 
     def stale_sources(self, limit: int = 5) -> list[str]:
-        """Source files whose size, modification time or content no longer match what the
-        cache recorded (up to ``limit``; the sha256 is computed only when size or time
-        differ)."""
+        """Source files holding an image whose size, modification time and content no longer
+        match what the cache recorded (up to ``limit``; the image's sha256, a tar member's
+        own, is computed only when the file's size or time differ)."""
         stale: list[str] = []
-        seen: set[str] = set()
-        for shard in self.manifest["shards"]:
-            for rec in shard["entries"]:
+        stamps = SourceStamps()
+        try:
+            for rec in (r for shard in self.manifest["shards"] for r in shard["entries"]):
                 src, path = rec.get("source"), str(self.source_path(rec["path"]))
-                if src is None or path in seen:
+                if src is None or path in stale:
                     continue
-                seen.add(path)
                 try:
                     st = Path(path).stat()
                     same = (st.st_size, st.st_mtime_ns) == (src["size"], src["mtime_ns"])
-                    if not same and sha256_file(Path(path)) == src["sha256"]:
-                        same = True
                 except OSError:
                     same = False
+                if not same:  # moved or copied files keep their content: compare that
+                    same = stamps(path, rec.get("member"))["sha256"] == src["sha256"]
                 if not same:
                     stale.append(path)
                     if len(stale) >= limit:
-                        return stale
+                        break
+        finally:
+            stamps.close()
         return stale
 
     def source_path(self, recorded: str) -> Path:

@@ -35,7 +35,7 @@ from .._atomic import atomic_write
 from ..build import build_image_encoder
 from ..modeling.tiny_vit import TinyViTConfig
 from ..progress import progress_bar
-from ..transforms import ResizeLongestSide, prepare_image
+from ..transforms import prepare_image
 from .cache import CacheReader
 from .data import ImageReader
 from .distributed import setup_distributed
@@ -111,8 +111,8 @@ class CacheDataset(torch.utils.data.Dataset):
             self._images = ImageReader()
         ref, view, target = self.cache.entry(i)
         image = view.apply(self._images.read(ref))
-        size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], self.img_size)
-        return prepare_image(image, self.img_size)[0][0], target.float(), torch.tensor(size)
+        x, size = prepare_image(image, self.img_size)
+        return x[0], target.float(), torch.tensor(size)
 
 
 def epoch_order(cache: CacheReader, epoch: int, seed: int, rank: int, world: int) -> list[int]:
