@@ -108,6 +108,22 @@ def test_detections_file_and_errors(tiny_coco, tmp_path):
         "--max-images", "1",
     )  # fmt: skip
     assert result["images"] == 1 and result["settings"]["detections"].endswith("dets.json")
+    # a detector that finds nothing in image 2: its objects are misses, not left out
+    first_only = [d for d in dets if d["image_id"] == 1]
+    (tmp_path / "first.json").write_text(json.dumps(first_only))
+    partial = _eval(
+        tiny_coco, FIXTURE_CKPT, tmp_path / "p", "--detections", str(tmp_path / "first.json")
+    )
+    assert partial["images"] == 2 and partial["prompts"] == len(first_only)
+    assert partial["AP"] < 0.9
+    from mobilesam.evaluation.coco import read_detections
+
+    (tmp_path / "bad.json").write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match="bad.json must hold a list"):
+        read_detections(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 1, 1]}]))
+    with pytest.raises(ValueError, match="detection 0 must have image_id, category_id and bbox"):
+        read_detections(tmp_path / "bad2.json")
     res = subprocess.run(
         [sys.executable, "-m", "mobilesam", "eval", "coco", "--checkpoint", str(FIXTURE_CKPT),
          "--images", str(tiny_coco), "--annotations", str(tmp_path / "nope.json")],

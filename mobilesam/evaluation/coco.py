@@ -54,6 +54,20 @@ def box_prompts(gt: Any, detections: list[dict] | None) -> dict[int, list[tuple[
     return prompts
 
 
+def read_detections(path: str | Path) -> list[dict]:
+    """A COCO results file: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
+    "score"}`` (score optional). ValueError naming the file and the first bad record."""
+    dets = json.loads(Path(path).read_text())
+    if not isinstance(dets, list):
+        raise ValueError(f"{path} must hold a list of detections, got {type(dets).__name__}")
+    for i, det in enumerate(dets):
+        if not (isinstance(det, dict) and {"image_id", "category_id", "bbox"} <= det.keys()):
+            raise ValueError(
+                f"{path}: detection {i} must have image_id, category_id and bbox, got {det!r:.80}"
+            )
+    return dets
+
+
 def segment_image(
     predictor: SamPredictor, image: np.ndarray, prompts: list, multimask: bool
 ) -> list[dict]:
@@ -88,19 +102,17 @@ def evaluate_coco(
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         gt = COCO(str(annotations))
-    dets = None
-    if settings.detections is not None:
-        dets = json.loads(Path(settings.detections).read_text())
+    dets = None if settings.detections is None else read_detections(settings.detections)
     prompts = box_prompts(gt, dets)
-    image_ids = sorted(i for i in gt.getImgIds() if i in prompts)
-    if settings.max_images is not None:
-        image_ids = image_ids[: settings.max_images]
+    # every image counts: the objects of an image the detector found nothing in are misses
+    image_ids = sorted(gt.getImgIds())[: settings.max_images]
     results: list[dict] = []
     for done, image_id in enumerate(image_ids, 1):
-        info = gt.loadImgs(image_id)[0]
-        image = read_rgb(Path(images_dir) / info["file_name"])
-        for r in segment_image(predictor, image, prompts[image_id], settings.multimask):
-            results.append({"image_id": image_id, **r})
+        if prompts.get(image_id):
+            info = gt.loadImgs(image_id)[0]
+            image = read_rgb(Path(images_dir) / info["file_name"])
+            for r in segment_image(predictor, image, prompts[image_id], settings.multimask):
+                results.append({"image_id": image_id, **r})
         if progress is not None:
             progress(done, len(image_ids))
     stats = [-1.0] * len(METRICS)
