@@ -90,14 +90,14 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     """``im`` as ``H×W×3`` uint8 RGB, without clipping high-bit-depth modes."""
     if im.mode.startswith("I;16"):
         return to_rgb_uint8(np.array(im).astype(np.uint16))
-    if im.mode == "I":  # 32-bit integers: 16-bit PNGs decode to this
+    if im.mode == "I":  # 32-bit integers (older Pillow decodes 16-bit PNGs to this): 16-bit
         values = np.array(im)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise ValueError(
                 f"32-bit integer image with values {values.min()}..{values.max()}; "
                 "expected 0..65535"
             )
-        return to_rgb_uint8(values.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8))
+        return to_rgb_uint8(values.astype(np.uint16))  # one scale, whatever the values
     if im.mode == "F":
         return to_rgb_uint8(np.array(im))
     return np.array(im.convert("RGB"))

@@ -69,6 +69,9 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped():
         expected = np.round(ramp * (255.0 / 65535.0)).astype(np.uint8)
         assert out.shape == (16, 64, 3) and out.dtype == np.uint8
         np.testing.assert_array_equal(out[..., 0], expected)  # 0..255, not 2 levels
+    # a dark 16-bit image (all values under 256) keeps the 16-bit scale: nearly black
+    dark = _encoded(Image.fromarray(np.full((4, 4), 200, np.int32), mode="I"), "TIFF")
+    assert read_rgb(dark).max() == 1
     floats = Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), mode="F")
     out = read_rgb(_encoded(floats, "TIFF"))
     assert out.min() == 0 and out.max() == 255

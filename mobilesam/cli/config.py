@@ -107,8 +107,7 @@ class ConfigFileParser(CliParser):
 
     def _checked_item(self, action: argparse.Action, where: str, value: Any) -> Any:
         """One value (a TOML string or number) through the option's type and choices."""
-        wrong_number = action.type is int and isinstance(value, float)
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or wrong_number:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             self.error(f"{where} has the wrong type: {value!r}")
         if action.type is not None:
             try:

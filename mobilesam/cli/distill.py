@@ -9,7 +9,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import add_command, add_group, add_out_arg, add_quiet_arg
+from .common import (
+    add_command,
+    add_group,
+    add_out_arg,
+    add_quiet_arg,
+    number_at_least,
+)
 from .config import ConfigFileParser
 
 if TYPE_CHECKING:
@@ -39,6 +45,9 @@ torchrun --nproc_per_node 8 -m mobilesam distill train --config configs/mobilesa
 mobilesam distill train --cache cache/ --student vit_t_small --teacher-checkpoint t.pth \\
     --out run/ --resume
 """
+
+#: Argument types of the counts and shares (usage errors, exit 2, before any work).
+COUNT0, COUNT1, SHARE = number_at_least(0), number_at_least(1), number_at_least(0.0, float, 1.0)
 
 
 def _logging() -> None:
@@ -141,7 +150,7 @@ def add_cache_parser(steps: argparse._SubParsersAction) -> None:
     )
     add_out_arg(c, None, "cache folder")
     c.add_argument(
-        "--fraction", type=float, default=1.0, help="subset, e.g. 0.01 = 1%% (default 1)"
+        "--fraction", type=SHARE, default=1.0, help="subset, e.g. 0.01 = 1%% (default 1)"
     )
     c.add_argument(
         "--split",
@@ -151,12 +160,12 @@ def add_cache_parser(steps: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--val-fraction",
-        type=float,
+        type=SHARE,
         default=0.0,
         help="share held out as the val split (default 0)",
     )
-    c.add_argument("--views", type=int, default=0, help="augmented views per image (default 0)")
-    c.add_argument("--shard-size", type=int, default=64, help="images per shard (default 64)")
+    c.add_argument("--views", type=COUNT0, default=0, help="augmented views per image (default 0)")
+    c.add_argument("--shard-size", type=COUNT1, default=64, help="images per shard (default 64)")
     c.add_argument(
         "--dtype",
         default="float16",
@@ -171,7 +180,7 @@ def add_cache_parser(steps: argparse._SubParsersAction) -> None:
 def add_train_parser(steps: argparse._SubParsersAction) -> None:
     """``distill train``: one flag per :class:`~mobilesam.training.train.TrainConfig` field
     (its destination is the field's name, its default the field's default)."""
-    from ..training.train import TrainConfig
+    from ..training.train import STUDENT_PRESETS, TrainConfig
 
     d = TrainConfig(cache="", out="", teacher_checkpoint="")
     t = add_command(steps, "train", cmd_train, TRAIN_EXAMPLES, config_section="train")
@@ -185,7 +194,12 @@ def add_train_parser(steps: argparse._SubParsersAction) -> None:
         help="teacher checkpoint: the source of the prompt encoder and mask decoder",
     )
     add_out_arg(t, None, "run folder (last.pt, metrics.jsonl, summary.json, student.pt)")
-    t.add_argument("--student", default=d.student, help="vit_t (TinyViT-5M) or vit_t_small")
+    t.add_argument(
+        "--student",
+        default=d.student,
+        choices=list(STUDENT_PRESETS),
+        help="vit_t (TinyViT-5M) or vit_t_small",
+    )
     t.add_argument(
         "--mode",
         default=d.mode,
@@ -194,13 +208,13 @@ def add_train_parser(steps: argparse._SubParsersAction) -> None:
         "teacher's frozen decoder (the ablation)",
     )
     t.add_argument(
-        "--mask-points", type=int, default=d.mask_points, help="semi-coupled: prompts per image"
+        "--mask-points", type=COUNT1, default=d.mask_points, help="semi-coupled: prompts per image"
     )
     t.add_argument(
         "--finetune-decoder",
         "--finetune-decoder-steps",
         dest="finetune_decoder_steps",
-        type=int,
+        type=COUNT0,
         default=d.finetune_decoder_steps,
         metavar="STEPS",
         help="optional second stage: fine-tune the mask decoder for STEPS steps on the frozen "
@@ -220,22 +234,22 @@ def add_train_parser(steps: argparse._SubParsersAction) -> None:
 def add_schedule_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     """The optimisation and run options of ``distill train``, defaults from ``d`` (a
     TrainConfig)."""
-    t.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    t.add_argument("--epochs", type=COUNT1, default=d.epochs, help=f"(default {d.epochs})")
+    t.add_argument("--batch-size", type=COUNT1, default=d.batch_size, help="per process")
     t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's")
     t.add_argument(
-        "--warmup-steps", type=int, default=d.warmup_steps, help="default: 5%% of all steps"
+        "--warmup-steps", type=COUNT0, default=d.warmup_steps, help="default: 5%% of all steps"
     )
     t.add_argument(
         "--min-lr-ratio",
-        type=float,
+        type=SHARE,
         default=d.min_lr_ratio,
         help="the cosine decay ends at lr × this",
     )
     t.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm limit")
-    t.add_argument("--save-every", type=int, default=d.save_every, help="steps between last.pt")
+    t.add_argument("--save-every", type=COUNT1, default=d.save_every, help="steps between last.pt")
     t.add_argument("--seed", type=int, default=d.seed, help="data order and init seed")
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    t.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
-    t.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many")
+    t.add_argument("--num-workers", type=COUNT0, default=d.num_workers, help="DataLoader workers")
+    t.add_argument("--max-steps", type=COUNT1, default=d.max_steps, help="stop after this many")
