@@ -96,8 +96,10 @@ class SamAutomaticMaskGenerator:
             4 on CPU, where small batches stay in cache and run faster. Does not change the
             result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the image encoder
-            (see :mod:`mobilesam.precision`); everything after it runs in float32.
+        precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
+            :mod:`mobilesam.precision`); it converts ``model.image_encoder`` in place, as
+            :class:`SamPredictor` does. ``None`` (default) leaves the encoder as it is.
+            Everything after the encoder runs in float32.
 
     Attributes:
         settings: the checked arguments (:class:`~mobilesam.amg.settings.AmgSettings`); each

@@ -11,8 +11,8 @@ import torch
 
 from ..masks import (
     batched_mask_to_box,
-    batched_nms,
     mask_to_rle,
+    nms,
     remove_small_regions,
     rle_to_mask,
     uncrop_boxes_xyxy,
@@ -72,10 +72,7 @@ class Candidates:
     def nms(self, scores: torch.Tensor, iou_threshold: float) -> Candidates:
         """The rows box NMS keeps (highest ``(N,)`` score first; a box whose IoU with a kept
         one is ``> iou_threshold`` goes), in score order."""
-        keep = batched_nms(
-            self.boxes.float(), scores, torch.zeros(len(self), dtype=torch.long), iou_threshold
-        )
-        return self.select(keep)
+        return self.select(nms(self.boxes.float(), scores, iou_threshold))
 
     def uncrop(self, crop_box: list[int]) -> Candidates:
         """Boxes and points shifted from the crop ``crop_box`` (XYXY) to the image, and

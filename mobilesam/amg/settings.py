@@ -73,9 +73,7 @@ class AmgSettings:
     def _check_counts(self) -> None:
         _check_positive_int("points_per_batch", self.points_per_batch)
         _check_positive_int("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor)
-        n_layers = self.crop_n_layers
-        if not (isinstance(n_layers, int) and n_layers >= 0):
-            raise ValueError(f"crop_n_layers must be an int >= 0, got {n_layers!r}")
+        _check_int("crop_n_layers", self.crop_n_layers, 0)
         if self.decoder_batch_size is not None:
             _check_positive_int("decoder_batch_size", self.decoder_batch_size)
         _check_positive_int("max_upsample_bytes", self.max_upsample_bytes)
@@ -130,16 +128,23 @@ def _check_number(name: str, value: object, lo: float, hi: float) -> None:
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    _check_int(name, value, 1)
+
+
+def _check_int(name: str, value: object, lo: int) -> None:
+    """An int (Python or NumPy, not bool) of at least ``lo``, or ValueError naming ``name``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
 def _check_grid(grid: np.ndarray, layer: int) -> np.ndarray:
-    g = np.asarray(grid, dtype=np.float64)
+    """The grid as a read-only float64 copy (a caller's later edit cannot bypass the check)."""
+    g = np.array(grid, dtype=np.float64)
     if g.ndim != 2 or g.shape[1] != 2 or g.shape[0] == 0:
         raise ValueError(f"point_grids[{layer}] must have shape (N, 2), got {g.shape}")
     if not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
         raise ValueError(f"point_grids[{layer}] must hold (x, y) in [0, 1]")
+    g.flags.writeable = False
     return g
 
 
