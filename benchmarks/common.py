@@ -16,6 +16,7 @@ from types import ModuleType
 
 import torch
 
+from mobilesam._atomic import atomic_write
 from mobilesam.timing import matmul_peak, time_fn  # noqa: F401 (re-exported for the scripts)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -126,5 +127,6 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
 def write_json(name: str, data: dict, out: str | None) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
+    text = json.dumps(data, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))  # an interrupted run keeps the old
     return path

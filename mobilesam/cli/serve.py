@@ -63,7 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def allowed_hosts(bind: str, extra: list[str]) -> tuple[str, ...]:
     """Host names the server answers to: the loopback names, the bound address unless it is
     a wildcard, and ``--allow-host`` values (``*`` for any)."""
-    from ..serve.app import LOOPBACK_HOSTS, host_name
+    from ..serve.middleware import host_name
+    from ..serve.state import LOOPBACK_HOSTS
 
     hosts = list(LOOPBACK_HOSTS)
     if bind not in ("0.0.0.0", "::", ""):

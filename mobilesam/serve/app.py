@@ -30,12 +30,12 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from ..modeling.sam import Sam
-from .middleware import MULTIPART_SLACK, AccessRules, BodyLimit, host_name
+from .middleware import AccessRules, BodyLimit
 from .routes import router
 from .schemas import openapi_with_limits, validation_error_response
-from .state import LOOPBACK_HOSTS, ServerSettings, ServerState
+from .state import ServerSettings, ServerState
 
-__all__ = ["LOOPBACK_HOSTS", "ServerSettings", "create_app", "host_name"]
+__all__ = ["ServerSettings", "create_app"]
 
 
 def create_app(
@@ -52,7 +52,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.middleware("http")(AccessRules(settings.allowed_hosts))
     # outermost: an oversized body is refused before any of it is parsed or spooled to disk
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
     app.include_router(router)
     app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
     return app

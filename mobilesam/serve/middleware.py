@@ -78,17 +78,19 @@ def cross_origin(headers: Mapping[str, str], host_header: str) -> str | None:
 
 
 class BodyLimit:
-    """ASGI middleware: request bodies over ``limit`` bytes get 413. A ``Content-Length``
-    over the limit is refused before reading; a body without one (chunked) is counted as it
-    arrives and cut off at the limit, so nothing larger is ever buffered or spooled."""
+    """ASGI middleware: request bodies over ``upload_limit`` bytes (plus
+    :data:`MULTIPART_SLACK` for the multipart framing) get 413. A ``Content-Length`` over the
+    limit is refused before reading; a body without one (chunked) is counted as it arrives
+    and cut off at the limit, so nothing larger is ever buffered or spooled."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, upload_limit: int) -> None:
+        self.app, self.limit = app, upload_limit + MULTIPART_SLACK
+        self.detail = f"request body over the {upload_limit}-byte upload limit"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        detail = f"request body over the {self.limit - MULTIPART_SLACK}-byte upload limit"
+        detail = self.detail
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await _refuse(send, detail)
