@@ -48,11 +48,20 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
-class ChecksumError(RuntimeError):
-    """A downloaded (or cached) checkpoint does not match its published checksum or size."""
+class _FetchError(RuntimeError):
+    """A zoo checkpoint that could not be installed. ``url`` is where it comes from and
+    ``dest`` where a copy fetched by hand belongs (front ends word their own hints)."""
+
+    def __init__(self, message: str, url: str, dest: Path) -> None:
+        super().__init__(message)
+        self.url, self.dest = url, dest
 
 
-class DownloadError(RuntimeError):
+class ChecksumError(_FetchError):
+    """A downloaded checkpoint does not match its published checksum or size."""
+
+
+class DownloadError(_FetchError):
     """A checkpoint could not be fetched (offline, DNS, refused, timeout, HTTP error...)."""
 
 
@@ -328,13 +337,17 @@ def _fetch(url: str, tmp: Path, entry: ZooEntry, timeout: float, progress: bool)
             f"Downloading the {entry.name!r} weights failed: "
             f"{_describe_network_error(exc, timeout)}.\n"
             "This machine may be offline, or the host may be unreachable.\n"
-            f"{by_hand}({_LOCAL_COPY})."
+            f"{by_hand}({_LOCAL_COPY}).",
+            url,
+            dest,
         ) from exc
     except OSError as exc:  # the cache directory: not creatable, not writable, disk full
         raise DownloadError(
             f"Could not write the {entry.name!r} weights into {tmp.parent}: {exc}.\n"
             f"Set MOBILESAM_CACHE or pass cache_dir to use another directory.\n"
-            f"{by_hand}({_LOCAL_COPY})."
+            f"{by_hand}({_LOCAL_COPY}).",
+            url,
+            dest,
         ) from exc
     bad = _mismatch(tmp, entry)
     if bad is not None:
@@ -344,7 +357,9 @@ def _fetch(url: str, tmp: Path, entry: ZooEntry, timeout: float, progress: bool)
             f"    expected {bad.what} {bad.expected}\n"
             f"    actual   {bad.what} {bad.actual}\n"
             "The bad download was deleted. Retry later, or download the file yourself, "
-            f"check its {bad.what}, and save it as\n    {dest}\n({_LOCAL_COPY})."
+            f"check its {bad.what}, and save it as\n    {dest}\n({_LOCAL_COPY}).",
+            url,
+            dest,
         )
 
 

@@ -228,7 +228,10 @@ def test_download_failure_says_where_to_put_the_file_and_which_flag(capsys, monk
     from mobilesam import hub
 
     def offline(name, **kwargs):
-        raise hub.DownloadError("Downloading failed: offline.\nmore\n(or use build_sam(path)).")
+        entry = hub.MODEL_ZOO["mobilesam"]
+        dest = hub.default_cache_dir() / entry.filename
+        message = "Downloading failed: offline.\nmore\n(or use build_sam(path))."
+        raise hub.DownloadError(message, entry.url, dest)
 
     monkeypatch.setenv("MOBILESAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hub, "download_weights", offline)

@@ -52,23 +52,15 @@ def download(name: str, checkpoint_flag: str) -> Path:
     DownloadError or ChecksumError) becomes a RuntimeError that keeps the first line of the
     library's message and gives the hint in the command line's terms: where to save a copy
     fetched by hand, or ``checkpoint_flag`` to use a file one already has."""
-    from ..hub import (
-        ChecksumError,
-        DownloadError,
-        default_cache_dir,
-        download_weights,
-        resolve_entry,
-    )
+    from ..hub import ChecksumError, DownloadError, download_weights
 
     try:
         return download_weights(name, progress=True)
     except (DownloadError, ChecksumError) as exc:
-        entry = resolve_entry(name)
         lines = str(exc).strip().splitlines()
         reason = lines[0].rstrip(".:") if lines else type(exc).__name__
-        dest = default_cache_dir().absolute() / entry.filename
         raise RuntimeError(
-            f"{reason}. To install it by hand, download {entry.url} and save it as {dest}; "
+            f"{reason}. To install it by hand, download {exc.url} and save it as {exc.dest}; "
             f"or pass {checkpoint_flag} PATH with a checkpoint file you already have"
         ) from exc
 
