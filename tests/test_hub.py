@@ -366,6 +366,7 @@ def test_offline_raises_download_error_with_manual_instructions(cache: Path) -> 
     assert str(cache / "mobile_sam.pt") in message
     assert "offline" in message
     assert "build_sam(path)" in message and "--" not in message  # the library's terms
+    assert (info.value.url, info.value.dest) == (url, cache / "mobile_sam.pt")
     assert _leftovers(cache) == []
 
 
