@@ -94,7 +94,6 @@ USAGE_ERRORS = [
     ("distill train --cache c --out o --teacher-checkpoint t --mode coupled", "invalid choice"),
     ("distill train --cache c --out o --teacher-checkpoint t --epochs x", "expected int"),
     ("distill train --cache c --out o --teacher-checkpoint t --epochs 0", "at least 1"),
-    ("distill train --cache c --out o --teacher-checkpoint t --student big", "invalid choice"),
     ("distill train --cache c --out o --teacher-checkpoint t --min-lr-ratio 2", "at most 1"),
     ("distill cache --checkpoint {ckpt} --data {dir} --out {out} --shard-size 0", "least 1"),
     ("distill cache --checkpoint {ckpt} --data {dir} --out {out} --views -1", "least 0"),

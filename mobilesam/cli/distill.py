@@ -180,7 +180,7 @@ def add_cache_parser(steps: argparse._SubParsersAction) -> None:
 def add_train_parser(steps: argparse._SubParsersAction) -> None:
     """``distill train``: one flag per :class:`~mobilesam.training.train.TrainConfig` field
     (its destination is the field's name, its default the field's default)."""
-    from ..training.train import STUDENT_PRESETS, TrainConfig
+    from ..training.train import TrainConfig
 
     d = TrainConfig(cache="", out="", teacher_checkpoint="")
     t = add_command(steps, "train", cmd_train, TRAIN_EXAMPLES, config_section="train")
@@ -194,12 +194,7 @@ def add_train_parser(steps: argparse._SubParsersAction) -> None:
         help="teacher checkpoint: the source of the prompt encoder and mask decoder",
     )
     add_out_arg(t, None, "run folder (last.pt, metrics.jsonl, summary.json, student.pt)")
-    t.add_argument(
-        "--student",
-        default=d.student,
-        choices=list(STUDENT_PRESETS),
-        help="vit_t (TinyViT-5M) or vit_t_small",
-    )
+    t.add_argument("--student", default=d.student, help="vit_t (TinyViT-5M) or vit_t_small")
     t.add_argument(
         "--mode",
         default=d.mode,
