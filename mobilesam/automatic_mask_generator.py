@@ -93,7 +93,7 @@ class SamAutomaticMaskGenerator:
         output_mode: ``"binary_mask"`` (``H×W`` bool arrays), ``"uncompressed_rle"`` or
             ``"coco_rle"`` (needs pycocotools).
         decoder_batch_size: points per decoder call; default: ``points_per_batch`` on GPU,
-            4 on CPU, where small batches stay in cache and run faster. Does not change the
+            8 on CPU, where small batches stay in cache and run faster. Does not change the
             result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see

@@ -31,6 +31,11 @@ from .settings import AmgSettings
 Stage = Callable[[str], AbstractContextManager[None]]
 
 
+#: Prompts per decoder call on CPU: measured on a 2-core Xeon (AMX), 16×16 grid, 4 took
+#: 5% longer and 16 took 4% longer than 8.
+CPU_DECODER_BATCH = 8
+
+
 class BatchFilter:
     """Decodes and filters batches of prompt points on the image (or crop) that ``predictor``
     holds.
@@ -95,7 +100,9 @@ class BatchFilter:
         coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[:, None, :]
         labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=device)
         # small groups stay in cache on CPU, where they run faster than one large batch
-        step = self.settings.decoder_batch_size or (len(points) if device.type != "cpu" else 4)
+        step = self.settings.decoder_batch_size or (
+            len(points) if device.type != "cpu" else CPU_DECODER_BATCH
+        )
         low, iou, index = [], [], []
         for i in range(0, len(points), step):
             sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])

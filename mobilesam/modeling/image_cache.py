@@ -22,13 +22,18 @@ def weights_key(*modules: nn.Module) -> tuple:
     """A fingerprint that changes whenever any parameter or buffer of ``modules`` is replaced
     (``.to(dtype/device)``, new ``Parameter``) or modified in place (``load_state_dict``,
     optimiser steps bump the tensor version counter)."""
-    key = []
-    for m in modules:
-        for sub in m.modules():  # cheaper than .parameters(), which de-duplicates
-            for t in (*sub._parameters.values(), *sub._buffers.values()):
-                if t is not None:
-                    key.append((t.data_ptr(), t._version, t.dtype, t.device))
-    return tuple(key)
+    # a plain walk of the module dicts: about half the cost of ``modules()`` and
+    # ``parameters()``, whose generators de-duplicate (this runs on every ``predict``)
+    tensors: list[torch.Tensor | None] = []
+    stack = list(modules)
+    while stack:
+        sub = stack.pop()
+        if sub is None:  # a registered empty submodule slot
+            continue
+        tensors += sub._parameters.values()
+        tensors += sub._buffers.values()
+        stack += sub._modules.values()
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None)
 
 
 def _center(rows: torch.Tensor) -> torch.Tensor:
