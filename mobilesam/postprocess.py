@@ -320,10 +320,11 @@ def threshold_blocks(
     # pixels past the image's bottom and right edges never compare true
     nbr, nbc = lo.shape[1:]
     pad_rows, pad_cols = nbr * BLOCK - grid.rows.size, nbc * BLOCK - grid.cols.size
+    # (integer indices touch only the edge blocks; a boolean mask would sweep all of them)
     if pad_rows:
-        values[mixed[:, 1] == nbr - 1, BLOCK - pad_rows :] = -torch.inf
+        values[(mixed[:, 1] == nbr - 1).nonzero()[:, 0], BLOCK - pad_rows :] = -torch.inf
     if pad_cols:
-        values[mixed[:, 2] == nbc - 1, :, BLOCK - pad_cols :] = -torch.inf
+        values[(mixed[:, 2] == nbc - 1).nonzero()[:, 0], :, BLOCK - pad_cols :] = -torch.inf
     return ThresholdedBlocks(grid, tuple(thresholds), above, decided, mixed, values)
 
 
