@@ -99,7 +99,7 @@ class SamAutomaticMaskGenerator:
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
             :mod:`mobilesam.precision`); it converts ``model.image_encoder`` in place, as
             :class:`SamPredictor` does. ``None`` (default) leaves the encoder as it is.
-            Everything after the encoder runs in float32.
+            bf16 also runs the decoder's upscaling tail; the rest runs in float32.
 
     Attributes:
         settings: the checked arguments (:class:`~mobilesam.amg.settings.AmgSettings`); each

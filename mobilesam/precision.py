@@ -1,10 +1,11 @@
 """One precision setting for the whole product: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
-Reduced precision runs the image encoder, where it pays: on a CPU with bf16 units (AVX512-BF16
-or AMX) TinyViT runs about twice as fast in bf16. The prompt encoder, the mask decoder and
-the mask postprocessing stay in float32: measured on such a CPU the bf16 decoder is no faster
-(its per-prompt work is bound by memory traffic and operation count, not by products), and
-float32 logits keep every mask decision and IoU score as the float32 model makes them.
+Reduced precision runs where it pays: on a CPU with bf16 units (AVX512-BF16 or AMX) TinyViT
+runs about twice as fast in bf16, and the decoder's upscaling tail (two products, a LayerNorm
+and two GELUs on ~3 M values per prompt) about 1.4× as fast. The prompt encoder, the
+decoder's transformer (bound by memory traffic and operation count, not by products; measured
+no faster in bf16), the IoU scores and the mask postprocessing stay in float32, so scores and
+the returned logits are float32.
 
 ``"auto"`` picks bf16 only where the CPU reports bf16 units *and* a quick check (a few
 512×512 products, about 20 ms, once per process) finds bf16 faster; otherwise float32. It

@@ -81,9 +81,11 @@ class SamPredictor:
             ``encoder.half()``. Without ``dtype`` or ``precision`` the encoder is left as
             it is (float32 as loaded).
         precision: the same as a name: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
-            :mod:`mobilesam.precision`). The prompt encoder, the decoder and the mask
-            postprocessing always run in float32: inputs, embeddings and outputs are
-            float32, and every embedding is checked (:class:`DegenerateEmbeddingError`).
+            :mod:`mobilesam.precision`). With bf16 the decoder's upscaling tail (its
+            product-heavy part) runs in bf16 too; the prompt encoder, the decoder's
+            transformer, the IoU scores and the mask postprocessing always run in float32:
+            inputs, embeddings and outputs are float32, and every embedding is checked
+            (:class:`DegenerateEmbeddingError`).
     """
 
     def __init__(
@@ -102,7 +104,7 @@ class SamPredictor:
             chosen = resolve_precision(dtype if precision is None else precision, device)
             sam_model.image_encoder.to(chosen)
         self.model = sam_model
-        #: The image encoder's dtype; everything else runs in float32.
+        #: The image encoder's dtype (and, for bf16, the decoder's upscaling tail's).
         self.dtype = chosen
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
@@ -297,6 +299,9 @@ class SamPredictor:
                 pe.get_dense_pe(),
                 pe.no_mask_dense(1),
                 key,
+                # bf16 where the encoder runs bf16: the upscaling tail is the decoder's one
+                # product-heavy part (fp16 stays float32: it is slow on CPUs)
+                torch.bfloat16 if self.dtype == torch.bfloat16 else None,
             )
         return self._decoder_cache
 

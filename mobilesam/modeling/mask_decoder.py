@@ -178,9 +178,13 @@ class MaskDecoder(nn.Module):
         x = _gelu(x, act1, inplace)
         x = _conv_transpose_2x2(x, *second, ws)  # (b, 16p, C/8)
         x = _gelu(x, act2, inplace)
-        xt = x.transpose(1, 2)
-        out = None if ws is None else ws.get("hyper", (b, hyper.shape[1], xt.shape[-1]), x)
-        return torch.matmul(hyper, xt, out=out)
+        if ws is None:
+            return hyper @ x.transpose(1, 2)
+        # one 2-D product per prompt: a batched one copies the transposed operand in bf16
+        out = ws.get("hyper", (b, hyper.shape[1], x.shape[1]), x)
+        for i in range(b):
+            torch.mm(hyper[i], x[i].t(), out=out[i])
+        return out
 
     def prepare(
         self,
@@ -188,12 +192,16 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         key: tuple = (),
+        tail_dtype: torch.dtype | None = None,
     ) -> ImageCache:
         """The per-image products of the fast decoding order (see
         :mod:`~mobilesam.modeling.decoder_cache`): ``image_embeddings`` and ``image_pe``
         ``(1, C, h, w)``, ``dense_prompt_embeddings`` ``(1, C, 1 or h, 1 or w)`` shared by
-        every prompt."""
-        return prepare_image_cache(self, image_embeddings, image_pe, dense_prompt_embeddings, key)
+        every prompt; ``tail_dtype`` as in
+        :func:`~mobilesam.modeling.image_cache.prepare_image_cache`."""
+        return prepare_image_cache(
+            self, image_embeddings, image_pe, dense_prompt_embeddings, key, tail_dtype
+        )
 
     def predict_masks_cached(
         self,
@@ -222,7 +230,10 @@ class MaskDecoder(nn.Module):
         """Low-res logits ``(B, T, 4h, 4w)`` of the prompts in ``decoded`` for the mask tokens
         whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
         ``decoded.hyper``, prompts included)."""
-        a, z, ew, bias = first_conv_factors(cache, decoded.image)
+        dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
+        a, z, ew, bias = (
+            None if t is None else t.to(dtype) for t in first_conv_factors(cache, decoded.image)
+        )
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -236,8 +247,8 @@ class MaskDecoder(nn.Module):
             return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
         h, w = cache.size
-        second = (cache.weights.up2_w, cache.weights.up2_b)
-        return self.upscale(first_conv, hyper_in, hyper_in.shape[0], h, w, second)
+        masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, cache.second)
+        return masks.to(hyper_in.dtype)
 
     def predict_masks(
         self,
