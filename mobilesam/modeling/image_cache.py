@@ -82,9 +82,9 @@ class ImageCache:
     layers: list[_LayerCache]
     final_k: _AttnImageSide
     final_v: _AttnImageSide
-    upscale: torch.Tensor  # (N, 4·C/4) X·diag(g)·W_up1 (first transposed conv as a matrix)
-    #: the second transposed convolution as ``(weight matrix, bias)``, in the tail's dtype
-    second: tuple[torch.Tensor, torch.Tensor]
+    #: ``(N, 4·C/4)`` X·diag(g)·W_up1 (first transposed conv as a matrix), in the upscaling
+    #: tail's dtype, which it defines for :meth:`MaskDecoder.masks_from_decoded`
+    upscale: torch.Tensor
     size: tuple[int, int]  # (h, w) of the embedding grid
     weights: DecoderWeights  # weight-derived constants, rebuilt with the cache
 
@@ -92,18 +92,19 @@ class ImageCache:
 @dataclass
 class DecoderWeights:
     """Rearrangements of the decoder's weights that every prompt uses, made once per cache
-    (so they follow the weights exactly as the cache does)."""
+    (so they follow the weights exactly as the cache does). The weights used only by the
+    upscaling tail (``up1_b``, ``up2_w``, ``up2_b``) are in the tail's dtype."""
 
     tokens: torch.Tensor  # (1 + M, C) IoU token, then the M mask tokens
     hyper_w: list[torch.Tensor]  # per hypernetwork layer: (M, in, out) stacked Wᵀ
     hyper_b: list[torch.Tensor]  # per hypernetwork layer: (M, 1, out)
     up1_w: torch.Tensor  # (C, 4·C/4) first transposed convolution as a matrix
-    up1_b: torch.Tensor  # (4·C/4,)
+    up1_b: torch.Tensor  # (4·C/4,), tail dtype
     up2_w: torch.Tensor  # (C/4, 4·C/8) second transposed convolution as a matrix
-    up2_b: torch.Tensor  # (4·C/8,)
+    up2_b: torch.Tensor  # (4·C/8,), tail dtype
 
     @classmethod
-    def of(cls, decoder: nn.Module) -> DecoderWeights:
+    def of(cls, decoder: nn.Module, tail_dtype: torch.dtype | None = None) -> DecoderWeights:
         mlps = decoder.output_hypernetworks_mlps
         depth = len(mlps[0].layers)
         up1_w, up1_b = conv_transpose_matrix(decoder.output_upscaling[0])
@@ -113,9 +114,9 @@ class DecoderWeights:
             hyper_w=[torch.stack([m.layers[i].weight.t() for m in mlps]) for i in range(depth)],
             hyper_b=[torch.stack([m.layers[i].bias[None] for m in mlps]) for i in range(depth)],
             up1_w=up1_w,
-            up1_b=up1_b,
-            up2_w=up2_w,
-            up2_b=up2_b,
+            up1_b=up1_b.to(tail_dtype or up1_b.dtype),
+            up2_w=up2_w.to(tail_dtype or up2_w.dtype),
+            up2_b=up2_b.to(tail_dtype or up2_b.dtype),
         )
 
     def hypernetworks(self, tokens: torch.Tensor, which: range) -> torch.Tensor:
@@ -168,7 +169,7 @@ def prepare_image_cache(
             no-mask embedding).
         key: :func:`weights_key` of the modules the cache derives from.
         tail_dtype: the upscaling tail's dtype (default: the decoder's). ``torch.bfloat16``
-            runs its products, LayerNorm and GELUs in bf16 (about 1.5× faster on CPUs with
+            runs its products, LayerNorm and GELUs in bf16 (about 1.4× faster on CPUs with
             bf16 units); the transformer, the IoU scores and the returned logits stay in the
             decoder's dtype.
     """
@@ -209,14 +210,13 @@ def prepare_image_cache(
         g = g * gamma
     xg = x * g
     fa = tf.final_attn_token_to_image
-    weights = DecoderWeights.of(decoder)
+    weights = DecoderWeights.of(decoder, tail_dtype)
     return ImageCache(
         key=key,
         layers=layers,
         final_k=_attn_side(fa, fa.k_proj, xg, pe),
         final_v=_attn_side(fa, fa.v_proj, xg, None),
-        upscale=(xg @ weights.up1_w).to(tail_dtype or x.dtype),
-        second=(weights.up2_w.to(tail_dtype or x.dtype), weights.up2_b.to(tail_dtype or x.dtype)),
+        upscale=(xg @ weights.up1_w).to(weights.up2_w.dtype),
         size=(h, w),
         weights=weights,
     )

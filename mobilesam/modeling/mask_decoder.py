@@ -231,9 +231,8 @@ class MaskDecoder(nn.Module):
         whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
         ``decoded.hyper``, prompts included)."""
         dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
-        a, z, ew, bias = (
-            None if t is None else t.to(dtype) for t in first_conv_factors(cache, decoded.image)
-        )
+        a, z, ew, bias = first_conv_factors(cache, decoded.image)  # bias: in the tail's dtype
+        a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -247,7 +246,8 @@ class MaskDecoder(nn.Module):
             return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
         h, w = cache.size
-        masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, cache.second)
+        second = (cache.weights.up2_w, cache.weights.up2_b)
+        masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, second)
         return masks.to(hyper_in.dtype)
 
     def predict_masks(
