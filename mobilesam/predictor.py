@@ -289,10 +289,13 @@ class SamPredictor:
     def decoder_cache(self) -> ImageCache:
         """The current image's prompt-independent decoder products (see
         :mod:`~mobilesam.modeling.decoder_cache`), rebuilt from the embedding whenever the
-        prompt encoder's or decoder's weights, dtype or device changed since."""
+        embedding (in place) or the prompt encoder's or decoder's weights, dtype or device
+        changed since."""
         self._require_image()
         pe, decoder = self.model.prompt_encoder, self.model.mask_decoder
-        key = weights_key(pe, decoder)
+        assert self.features is not None
+        # the cache derives from the embedding too: an in-place change of it invalidates
+        key = (weights_key(pe, decoder), self.features.data_ptr(), self.features._version)
         if self._decoder_cache is None or self._decoder_cache.key != key:
             self._decoder_cache = decoder.prepare(
                 self.features.to(pe.no_mask_embed.weight),
@@ -327,8 +330,12 @@ class SamPredictor:
         if input_size is None:
             t = self.transform
             input_size = t.get_preprocess_shape(original_size[0], original_size[1], t.target_length)
+        features = features.to(self.device, torch.float32)
+        # restoring the embedding already held (a server's click after click) keeps its
+        # decoder cache; decoder_cache() still checks it against the weights and embedding
+        kept = self._decoder_cache if features is self.features else None
         self.reset_image()
-        self.features = features.to(self.device, torch.float32)
+        self.features, self._decoder_cache = features, kept
         self._set_sizes(original_size, input_size)
         self.is_image_set = True
         self.decoder_cache()

@@ -173,6 +173,29 @@ def test_cache_follows_weight_changes(fixture_model, golden):
         pred.predict(pts, labels)
 
 
+def test_cache_kept_for_the_same_embedding_and_follows_it(fixture_model, golden):
+    """Restoring the embedding already held (as the server does per click) keeps the cache;
+    a new embedding, or an in-place change of the held one, rebuilds it."""
+    pred = SamPredictor(build_sam(FIXTURE_CKPT))
+    emb = torch.from_numpy(golden["img0/embedding"]).clone()
+    pred.set_embedding(emb, (770, 769))
+    cache = pred.decoder_cache()
+    pred.set_embedding(pred.get_image_embedding(), (770, 769))
+    assert pred.decoder_cache() is cache
+    pts, labels = np.array([[420.0, 385.0]]), np.array([1])
+    before, _, _ = pred.predict(pts, labels, return_logits=True)
+    with torch.no_grad():
+        pred.get_image_embedding().mul_(0.5)
+    after, _, _ = pred.predict(pts, labels, return_logits=True)
+    fresh = SamPredictor(build_sam(FIXTURE_CKPT))
+    fresh.set_embedding(emb, (770, 769))  # emb is the held tensor: halved too
+    expected, _, _ = fresh.predict(pts, labels, return_logits=True)
+    assert pred.decoder_cache() is not cache and not np.allclose(after, before)
+    np.testing.assert_array_equal(after, expected)
+    pred.set_embedding(emb.clone(), (770, 769))
+    assert pred.decoder_cache() is not cache
+
+
 def test_predict_runs_in_inference_mode_without_leaking_it(fixture_model, golden):
     """``predict`` decodes in inference mode (and may rebuild the image cache there); what it
     leaves behind still works with the plain torch API, in place and with autograd on."""

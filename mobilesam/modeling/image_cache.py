@@ -75,8 +75,9 @@ class _LayerCache:
 @dataclass
 class ImageCache:
     """Everything the decoder computes from one image alone. Built by
-    :func:`prepare_image_cache`; valid while :attr:`key` equals :func:`weights_key` of the
-    decoder and prompt encoder (the predictor checks this on every call)."""
+    :func:`prepare_image_cache`; valid while :attr:`key` (the caller's fingerprint of what
+    it derives from: :func:`weights_key` of the decoder and prompt encoder, and the
+    embedding) is unchanged (the predictor checks this on every call)."""
 
     key: tuple
     layers: list[_LayerCache]
