@@ -97,10 +97,11 @@ def normalize_and_pad(
 
 
 def resize_to_input(rgb: np.ndarray, img_size: int) -> torch.Tensor:
-    """``H×W×3`` uint8 RGB → ``(1, 3, h, w)`` float32 0-255, resized so that ``max(h, w) ==
-    img_size`` (:meth:`ResizeLongestSide.apply_image`): what ``set_torch_image`` takes."""
+    """``H×W×3`` uint8 RGB → ``(1, 3, h, w)`` uint8, resized so that ``max(h, w) ==
+    img_size`` (:meth:`ResizeLongestSide.apply_image`): what ``set_torch_image`` takes. It
+    stays uint8 (a quarter of float32's bytes) until the device converts it."""
     resized = ResizeLongestSide(img_size).apply_image(rgb)
-    return torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+    return torch.from_numpy(resized).permute(2, 0, 1)[None]
 
 
 def prepare_image(

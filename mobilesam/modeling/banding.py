@@ -59,11 +59,6 @@ def row_bands(height: int, width: int, multiple: int = 1, tokens: int | None = N
     return range(0, height, rows)
 
 
-def gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
-    return torch.ops.aten.gelu_(x, approximate=act.approximate)
-
-
 def inverted_bottleneck(
     x: torch.Tensor,
     conv1: Conv2d_BN,

@@ -118,3 +118,8 @@ def conv_transpose_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch
     the bias repeated per sub-pixel ``(4·O,)``."""
     c, o = conv.weight.shape[:2]
     return conv.weight.permute(0, 2, 3, 1).reshape(c, 4 * o), conv.bias.repeat(4)
+
+
+def gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
+    return torch.ops.aten.gelu_(x, approximate=act.approximate)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d, conv_transpose_matrix
+from .common import MLP, LayerNorm2d, conv_transpose_matrix, gelu_
 from .decoder_cache import DecodedTokens, decode_tokens, first_conv_factors
 from .image_cache import ImageCache, prepare_image_cache
 from .transformer import TwoWayTransformer
@@ -317,9 +317,7 @@ def _write_subpixel_rows(dst: torch.Tensor, x: torch.Tensor, w: int, inplace: bo
 
 def _gelu(x: torch.Tensor, act: nn.Module, inplace: bool) -> torch.Tensor:
     """``act(x)`` (an ``nn.GELU``), in place when no gradient is recorded."""
-    if inplace:
-        return torch.ops.aten.gelu_(x, approximate=act.approximate)
-    return act(x)
+    return gelu_(x, act) if inplace else act(x)
 
 
 def _conv_transpose_2x2(

@@ -36,13 +36,12 @@ from .banding import (
     banded_rows,
     conv3x3_rows,
     conv_out,
-    gelu_,
     inverted_bottleneck,
     nchw,
     nhwc,
     row_bands,
 )
-from .common import LayerNorm2d, window_partition, window_unpartition
+from .common import LayerNorm2d, gelu_, window_partition, window_unpartition
 
 
 @dataclass(frozen=True)
