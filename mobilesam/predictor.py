@@ -295,7 +295,9 @@ class SamPredictor:
         pe, decoder = self.model.prompt_encoder, self.model.mask_decoder
         assert self.features is not None
         # the cache derives from the embedding too: an in-place change of it invalidates
-        key = (weights_key(pe, decoder), self.features.data_ptr(), self.features._version)
+        # (inference tensors, made under torch.inference_mode, keep no version counter)
+        f = self.features
+        key = (weights_key(pe, decoder), f.data_ptr(), 0 if f.is_inference() else f._version)
         if self._decoder_cache is None or self._decoder_cache.key != key:
             self._decoder_cache = decoder.prepare(
                 self.features.to(pe.no_mask_embed.weight),
