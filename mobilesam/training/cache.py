@@ -50,12 +50,14 @@ class SourceStamps:
     """What the cache records of each image's source: the file's absolute path, size and
     modification time (ns), and the sha256 of the image's own bytes: the file's, or for a
     tar member the member's (never the whole tar, which may hold thousands of other images).
-    Tar files stay open and their member tables are read once. A changed image changes its
-    stamp, so its entries are recomputed; a missing one stamps as ``None``."""
+    Tar members are read through ``reader`` (the build's own, so each tar is opened once).
+    A changed image changes its stamp, so its entries are recomputed; a missing one stamps as
+    ``None``."""
 
-    def __init__(self) -> None:
+    def __init__(self, reader: ImageReader | None = None) -> None:
         self._stamps: dict[tuple[str, str | None], dict[str, Any]] = {}
-        self._tars: dict[Path, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+        self._own_reader = reader is None
+        self._reader = ImageReader() if reader is None else reader
 
     def __call__(self, path: str | Path, member: str | None = None) -> dict[str, Any]:
         key = (str(path), member)
@@ -66,25 +68,18 @@ class SourceStamps:
     def _stamp(self, path: Path, member: str | None) -> dict[str, Any]:
         try:
             st = path.stat()
-            digest = sha256_file(path) if member is None else self._member_sha256(path, member)
+            if member is None:
+                digest = sha256_file(path)
+            else:
+                digest = hashlib.sha256(self._reader.member_bytes(str(path), member)).hexdigest()
         except (OSError, KeyError, tarfile.TarError):
             return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
         return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
 
-    def _member_sha256(self, path: Path, member: str) -> str:
-        if path not in self._tars:
-            tar = tarfile.open(path, "r:")  # noqa: SIM115 (kept open; see close)
-            self._tars[path] = (tar, {m.name: m for m in tar.getmembers()})
-        tar, members = self._tars[path]
-        f = tar.extractfile(members[member])
-        if f is None:
-            raise KeyError(member)
-        return hashlib.sha256(f.read()).hexdigest()
-
     def close(self) -> None:
-        for tar, _ in self._tars.values():
-            tar.close()
-        self._tars.clear()
+        """Close the tar files, unless the reader was given (its owner closes it)."""
+        if self._own_reader:
+            self._reader.close()
 
 
 def _relative_to(source: str, cache_dir: Path) -> str:
@@ -146,7 +141,7 @@ def build_cache(
     teacher.eval()
     bar = progress_bar(len(mine), f"cache (rank {rank})", unit="shard", enabled=progress)
     done = skipped = 0
-    stamps = SourceStamps()  # each image hashed once per build
+    stamps = SourceStamps(reader)  # each image hashed once per build
     for i in mine:
         shard_path = out / f"shard_{i:05d}.pt"
         # the sources' content is part of the key: an edited photo invalidates its shard

@@ -104,20 +104,27 @@ class ImageReader:
     every other front door (:func:`mobilesam.image_io.read_rgb`), keeping tar files open."""
 
     def __init__(self) -> None:
-        self._tars: dict[str, tarfile.TarFile] = {}
+        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
 
     def read(self, ref: ImageRef) -> np.ndarray:
         """The image as ``H×W×3`` uint8 RGB; raises ``OSError``, ``ValueError`` or
         ``tarfile.TarError`` if it cannot be read or decoded."""
         if ref.member is None:
             return read_rgb(ref.path)
-        tar = self._tars.get(ref.path)
-        if tar is None:
-            tar = self._tars[ref.path] = tarfile.open(ref.path, "r:")  # noqa: SIM115 (kept open; see close)
-        f = tar.extractfile(ref.member)
+        return read_rgb(self.member_bytes(ref.path, ref.member))
+
+    def member_bytes(self, path: str, member: str) -> bytes:
+        """The bytes of tar member ``member`` of ``path`` (the tar stays open); raises
+        ``KeyError`` for a missing member, ``OSError`` or ``tarfile.TarError``."""
+        if path not in self._tars:
+            tar = tarfile.open(path, "r:")  # noqa: SIM115 (kept open; see close)
+            # a name table: TarFile.getmember searches its member list linearly
+            self._tars[path] = (tar, {m.name: m for m in tar.getmembers()})
+        tar, members = self._tars[path]
+        f = tar.extractfile(members[member])
         if f is None:
-            raise OSError(f"{ref.member} is not a file in {ref.path}")
-        return read_rgb(f.read())
+            raise OSError(f"{member} is not a file in {path}")
+        return f.read()
 
     def try_read(self, ref: ImageRef) -> np.ndarray | None:
         """The image, or ``None`` (logged) if it cannot be read."""
@@ -128,8 +135,8 @@ class ImageReader:
             return None
 
     def close(self) -> None:
-        for t in self._tars.values():
-            t.close()
+        for tar, _ in self._tars.values():
+            tar.close()
         self._tars.clear()
 
 
