@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import native
 from .common import MLP, LayerNorm2d, conv_transpose_matrix, gelu_
 from .decoder_cache import DecodedTokens, decode_tokens, first_conv_factors
 from .image_cache import ImageCache, prepare_image_cache
@@ -233,6 +234,12 @@ class MaskDecoder(nn.Module):
         dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
         a, z, ew, bias = first_conv_factors(cache, decoded.image)  # bias: in the tail's dtype
         a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
+        h, w = cache.size
+        second = (cache.weights.up2_w, cache.weights.up2_b)
+        kernel = self._native_tail(cache.upscale, hyper_in)
+        if kernel is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
+            norm = self.output_upscaling[1]
+            return kernel(cache.upscale, a, z, ew, bias, norm, *second, hyper_in, (h, w))
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -245,10 +252,27 @@ class MaskDecoder(nn.Module):
             y = torch.baddbmm(shared, zr.transpose(1, 2), ew[rows], out=out)
             return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
-        h, w = cache.size
-        second = (cache.weights.up2_w, cache.weights.up2_b)
         masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, second)
         return masks.to(hyper_in.dtype)
+
+    def _native_tail(
+        self, upscale: torch.Tensor, hyper_in: torch.Tensor
+    ) -> native.UpscaleTail | None:
+        """The native fused tail where it applies: eager float32 CPU inference, exact-erf
+        GELUs (the decoder's), native kernels available; else None."""
+        if (
+            upscale.device.type != "cpu"
+            or upscale.dtype != torch.float32
+            or hyper_in.dtype != torch.float32
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            or not all(
+                isinstance(act, nn.GELU) and act.approximate == "none"
+                for act in (self.output_upscaling[2], self.output_upscaling[4])
+            )
+        ):
+            return None
+        return native.upscale_tail()
 
     def predict_masks(
         self,

@@ -1,0 +1,165 @@
+/* SAM's mask-decoder upscaling tail, fused per chunk of image tokens (float32, CPU).
+ *
+ * For each prompt b and image token p (grid position (i, j) of an h x w grid):
+ *   y   = shared[p] + z[b, :, p]^T ew[b]        first transposed conv, factored (4 x G values)
+ *   y   = y * a[b, p] + bias1                   per-token scale of the factored form, bias
+ *   y   = GELU(LayerNorm_G(y))                  per sub-pixel (a, b), G channels
+ *   x2  = GELU(y W2 + b2)                       second transposed conv: 4 x O values per sub-pixel
+ *   out = hyper[b] . x2                         T mask logits per sub-sub-pixel
+ * and sub-pixel (a, b) of sub-pixel (c, d) of token (i, j) is output pixel
+ * (4i + 2a + c, 4j + 2b + d). Every intermediate of a chunk stays in the core's cache, the
+ * products go to the BLAS sgemm_ that PyTorch links (MKL), and the chunks of all prompts are
+ * shared between OpenMP threads. The Python side (mobilesam/native/__init__.py) documents the
+ * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
+            const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+            const float *beta, float *c, const int *ldc);
+
+/* Column-major C(m, n) = op(A) op(B) + beta C. */
+static void gemm(char ta, char tb, int m, int n, int k, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc) {
+    const float one = 1.0f;
+    sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+/* exp(x) for x <= 0 (Cody-Waite reduction, degree-6 polynomial: ~1 ulp), vectorisable. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+
+/* In-place exact-erf GELU, x * (1 + erf(x / sqrt 2)) / 2, with erf by Abramowitz & Stegun
+ * 7.1.26 (absolute error <= 1.5e-7), the same formula as PyTorch's vectorised CPU erf. */
+static void gelu(float *restrict x, long n) {
+    for (long i = 0; i < n; i++) {
+        float v = x[i];
+        float u = v * 0.70710678118654752f;
+        float au = fabsf(u);
+        float t = 1.0f / (1.0f + 0.3275911f * au);
+        float poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t
+                       - 0.284496736f) * t + 0.254829592f) * t;
+        float erf_abs = 1.0f - poly * exp_nonpositive(-au * au);
+        x[i] = 0.5f * v * (1.0f + copysignf(erf_abs, u));
+    }
+}
+
+/* y (p, 4G) += shared rows, then y = y * a + bias1, LayerNorm over each G-channel group. */
+static void scale_and_norm(float *restrict y, const float *restrict shared,
+                           const float *restrict a, const float *restrict bias1,
+                           const float *restrict lnw, const float *restrict lnb, float eps,
+                           int p, int G) {
+    for (int q = 0; q < p; q++) {
+        float s = a ? a[q] : 1.0f;
+        float *row = y + (long)q * 4 * G;
+        const float *sh = shared + (long)q * 4 * G;
+        for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + sh[c]) * s + bias1[c];
+        for (int g = 0; g < 4; g++) {
+            float *v = row + g * G;
+            float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+            for (int c = 0; c < G; c++) mean += v[c];
+            mean /= (float)G;
+#pragma omp simd reduction(+ : var)
+            for (int c = 0; c < G; c++) var += (v[c] - mean) * (v[c] - mean);
+            float r = 1.0f / sqrtf(var / (float)G + eps);
+            for (int c = 0; c < G; c++) v[c] = (v[c] - mean) * r * lnw[c] + lnb[c];
+        }
+    }
+}
+
+/* x2t (4O, rows) channel-major: += b2, GELU; then logits lg (T, 4, rows):
+ * lg[t][s][r] = sum_c hyper[t][c] x2t[s O + c][r] for sub-sub-pixel s. */
+static void second_act_and_hyper(float *restrict x2t, float *restrict lg,
+                                 const float *restrict b2, const float *restrict hyper,
+                                 int rows, int O, int T) {
+    for (int k = 0; k < 4 * O; k++) {
+        float *col = x2t + (long)k * rows;
+        for (int r = 0; r < rows; r++) col[r] += b2[k];
+    }
+    gelu(x2t, 4L * O * rows);
+    for (int s = 0; s < 4; s++)  /* column-major (rows, T) with ld 4 rows */
+        gemm('N', 'N', rows, T, O, x2t + (long)s * O * rows, rows, hyper, O, 0.0f,
+             lg + (long)s * rows, 4 * rows);
+}
+
+/* Write lg (T, 4 [c, d], 4p [pp, a, b]) of grid rows r0.. (p = nrows * w tokens) into out
+ * (T, 4h, 4w): pixel (4i + 2a + c, 4j + 2b + d). */
+static void scatter(const float *restrict lg, float *restrict out, int T, int r0, int nrows,
+                    int h, int w) {
+    const long rows = 4L * nrows * w, W4 = 4L * w;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < nrows; i++)
+            for (int a = 0; a < 2; a++)
+                for (int c = 0; c < 2; c++) {
+                    float *dst = out + ((long)t * 4 * h + 4L * (r0 + i) + 2 * a + c) * W4;
+                    const float *s0 = lg + ((long)t * 4 + 2 * c) * rows + 4L * i * w + 2 * a;
+                    const float *s1 = s0 + rows; /* d = 1 */
+                    for (int j = 0; j < w; j++) {
+                        dst[4 * j + 0] = s0[4 * j];     /* b = 0, d = 0 */
+                        dst[4 * j + 1] = s1[4 * j];     /* b = 0, d = 1 */
+                        dst[4 * j + 2] = s0[4 * j + 1]; /* b = 1, d = 0 */
+                        dst[4 * j + 3] = s1[4 * j + 1]; /* b = 1, d = 1 */
+                    }
+                }
+}
+
+int mobilesam_upscale_tail_f32(const float *shared, const float *z, long z_batch_stride,
+                               const float *ew, const float *a, const float *bias1,
+                               const float *lnw, const float *lnb, float eps, const float *w2,
+                               const float *b2, const float *hyper, float *out, int batch,
+                               int h, int w, int m, int G, int O, int T, int rows_per_chunk,
+                               int threads) {
+    const long N = (long)h * w;
+    const int chunks = (h + rows_per_chunk - 1) / rows_per_chunk;
+    const int P = rows_per_chunk * w;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *y = malloc(sizeof(float) * (size_t)P * 4 * G);
+        float *x2t = malloc(sizeof(float) * (size_t)P * 16 * O);
+        float *lg = malloc(sizeof(float) * (size_t)P * 16 * T);
+        failed = !y || !x2t || !lg;
+#pragma omp for schedule(static)
+        for (long task = 0; task < (long)batch * chunks; task++) {
+            if (failed) continue;
+            const int b = (int)(task / chunks), r0 = (int)(task % chunks) * rows_per_chunk;
+            const int nrows = r0 + rows_per_chunk > h ? h - r0 : rows_per_chunk;
+            const int p = nrows * w;
+            const long p0 = (long)r0 * w;
+            if (m > 0)  /* y = z^T ew (column-major: (4G, p) = ew^T (4G, m) z (m, p)) */
+                gemm('N', 'T', 4 * G, p, m, ew + (long)b * m * 4 * G, 4 * G,
+                     z + b * z_batch_stride + p0, (int)N, 0.0f, y, 4 * G);
+            else
+                memset(y, 0, sizeof(float) * (size_t)p * 4 * G);
+            scale_and_norm(y, shared + p0 * 4 * G, a ? a + b * N + p0 : NULL, bias1, lnw, lnb,
+                           eps, p, G);
+            gelu(y, (long)p * 4 * G);
+            /* x2t (4O, 4p) = W2^T y^T; column-major (4p, 4O) = y (4p, G) W2 (G, 4O) */
+            gemm('T', 'T', 4 * p, 4 * O, G, y, G, w2, 4 * O, 0.0f, x2t, 4 * p);
+            second_act_and_hyper(x2t, lg, b2, hyper + (long)b * T * O, 4 * p, O, T);
+            scatter(lg, out + (long)b * T * 16 * N, T, r0, nrows, h, w);
+        }
+        free(y);
+        free(x2t);
+        free(lg);
+    }
+    return failed;
+}

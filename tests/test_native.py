@@ -1,0 +1,112 @@
+"""The native fused upscaling tail (:mod:`mobilesam.native`) against the PyTorch tail.
+
+Both compute the same per-pixel arithmetic in a different order of rounding: products of at
+most 256 float32 terms, LayerNorm and GELU (the kernel's erf is the same Abramowitz-Stegun
+formula as PyTorch's vectorised one, ~1e-7 absolute). So they agree to a few float32 ulps of
+the largest logit; 2e-5 of it is the tolerance used throughout the decoder tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mobilesam import build_sam, native
+from mobilesam.modeling.decoder_cache import decode_tokens
+
+from .helpers import FIXTURE_CKPT
+
+pytestmark = pytest.mark.skipif(
+    native.upscale_tail() is None, reason=f"native kernels unavailable: {native.status()}"
+)
+
+
+def _both_tails(decoder, cache, sparse, multimask, monkeypatch):
+    with torch.inference_mode():
+        decoded = decode_tokens(decoder, cache, sparse, multimask)
+        fused = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
+        with monkeypatch.context() as m:
+            m.setattr(native, "upscale_tail", lambda: None)
+            plain = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
+    return fused, plain
+
+
+def _assert_close(fused, plain):
+    assert fused.shape == plain.shape and fused.dtype == plain.dtype
+    assert (fused - plain).abs().max() <= 2e-5 * plain.abs().max()
+
+
+@pytest.mark.parametrize("multimask", [True, False, None])
+def test_native_tail_matches_torch_on_the_fixture(fixture_model, golden, multimask, monkeypatch):
+    """Real weights and embedding, a batch of 3 prompts, every token selection."""
+    pe, decoder = fixture_model.prompt_encoder, fixture_model.mask_decoder
+    emb = torch.from_numpy(golden["img1/embedding"])
+    points = torch.tensor([[[500.0, 400.0]], [[100.0, 900.0]], [[1000.0, 20.0]]])
+    with torch.no_grad():
+        sparse, _ = pe(points=(points, torch.ones(3, 1, dtype=torch.int64)), boxes=None, masks=None)
+        cache = decoder.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
+    fused, plain = _both_tails(decoder, cache, sparse, multimask, monkeypatch)
+    _assert_close(fused, plain)
+
+
+@pytest.mark.parametrize("side", [5, 20, 64])
+def test_native_tail_on_other_grids_and_depths(side, monkeypatch):
+    """Random weights on grids whose rows split into uneven tasks (5: one task; 20: tasks of
+    6 rows and a last one of 2), and a transformer of depth 0 (no factored terms)."""
+    torch.manual_seed(side)
+    model = build_sam(FIXTURE_CKPT)
+    decoder = model.mask_decoder
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        emb = torch.randn(1, 256, side, side)
+        pe = torch.randn(1, 256, side, side)
+        dense = model.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
+        sparse = torch.randn(2, 3, 256)
+        for depth in (2, 0):
+            decoder.transformer.layers = decoder.transformer.layers[:depth]
+            cache = decoder.prepare(emb, pe, dense)
+            fused, plain = _both_tails(decoder, cache, sparse, True, monkeypatch)
+            assert fused.shape == (2, 3, 4 * side, 4 * side)
+            _assert_close(fused, plain)
+
+
+def test_native_tail_not_used_where_it_does_not_apply(fixture_model, golden):
+    """Gradients, bf16 tails and a tanh GELU keep the PyTorch tail."""
+    decoder = fixture_model.mask_decoder
+    hyper = torch.zeros(1, 3, 32)
+    upscale = torch.zeros(4096, 256)
+    assert decoder._native_tail(upscale, hyper) is None  # gradients enabled
+    with torch.no_grad():
+        assert decoder._native_tail(upscale, hyper) is not None
+        assert decoder._native_tail(upscale.bfloat16(), hyper) is None
+        act = decoder.output_upscaling[4]
+        try:
+            act.approximate = "tanh"
+            assert decoder._native_tail(upscale, hyper) is None
+        finally:
+            act.approximate = "none"
+
+
+def test_native_build_is_reused_and_can_be_turned_off(tmp_path):
+    """The library is built once per cache directory; ``MOBILESAM_NATIVE=0`` turns it off."""
+    code = "import mobilesam.native as n; print(n.status())"
+    env = {**os.environ, "MOBILESAM_CACHE": str(tmp_path)}
+
+    def run(**extra):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run().startswith("on")
+    (built,) = (tmp_path / "native").glob("*/upscale_tail.so")
+    stamp = built.stat().st_mtime_ns
+    assert run().startswith("on") and built.stat().st_mtime_ns == stamp
+    assert run(MOBILESAM_NATIVE="0").startswith("off: MOBILESAM_NATIVE")
+    assert run(CC="/nonexistent/cc", PATH="/nonexistent").startswith("off")
