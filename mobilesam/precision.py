@@ -2,7 +2,9 @@
 
 Reduced precision runs where it pays: on a CPU with bf16 units (AVX512-BF16 or AMX) TinyViT
 runs about twice as fast in bf16, and the decoder's upscaling tail (two products, a LayerNorm
-and two GELUs on ~3 M values per prompt) about 1.4× as fast. The prompt encoder, the
+and two GELUs on ~3 M values per prompt) about 1.4× as fast, where the fused float32 tail
+of :mod:`mobilesam.native` is not built (that one is faster still, and exact, so bf16 keeps
+it). The prompt encoder, the
 decoder's transformer (bound by memory traffic and operation count, not by products; measured
 no faster in bf16), the IoU scores and the mask postprocessing stay in float32, so scores and
 the returned logits are float32.

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from mobilesam import build_sam, native
+from mobilesam import SamPredictor, build_sam, native
 from mobilesam.modeling.decoder_cache import decode_tokens
 
 from .helpers import FIXTURE_CKPT
@@ -90,6 +90,15 @@ def test_native_tail_not_used_where_it_does_not_apply(fixture_model, golden):
             assert decoder._native_tail(upscale, hyper) is None
         finally:
             act.approximate = "none"
+
+
+def test_bf16_predictor_keeps_the_native_float32_tail(fixture_model, golden):
+    """With the fused float32 tail available, bf16 precision does not trade it for PyTorch's
+    slower bf16 tail: the encoder runs bf16, the tail float32."""
+    pred = SamPredictor(build_sam(FIXTURE_CKPT), precision="bf16")
+    pred.set_embedding(torch.from_numpy(golden["img0/embedding"]), (770, 769))
+    assert pred.dtype == torch.bfloat16
+    assert pred.decoder_cache().upscale.dtype == torch.float32
 
 
 def test_native_build_is_reused_and_can_be_turned_off(tmp_path):

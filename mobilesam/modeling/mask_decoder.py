@@ -199,7 +199,11 @@ class MaskDecoder(nn.Module):
         :mod:`~mobilesam.modeling.decoder_cache`): ``image_embeddings`` and ``image_pe``
         ``(1, C, h, w)``, ``dense_prompt_embeddings`` ``(1, C, 1 or h, 1 or w)`` shared by
         every prompt; ``tail_dtype`` as in
-        :func:`~mobilesam.modeling.image_cache.prepare_image_cache`."""
+        :func:`~mobilesam.modeling.image_cache.prepare_image_cache`. Where the fused
+        float32 tail of :mod:`mobilesam.native` runs (CPU), a reduced ``tail_dtype`` is not
+        used: that tail is faster than PyTorch's bf16 one, and exact."""
+        if tail_dtype is not None and self._native_tail(image_embeddings, check_grad=False):
+            tail_dtype = None
         return prepare_image_cache(
             self, image_embeddings, image_pe, dense_prompt_embeddings, key, tail_dtype
         )
@@ -256,15 +260,14 @@ class MaskDecoder(nn.Module):
         return masks.to(hyper_in.dtype)
 
     def _native_tail(
-        self, upscale: torch.Tensor, hyper_in: torch.Tensor
+        self, *tensors: torch.Tensor, check_grad: bool = True
     ) -> native.UpscaleTail | None:
-        """The native fused tail where it applies: eager float32 CPU inference, exact-erf
-        GELUs (the decoder's), native kernels available; else None."""
+        """The native fused tail where it applies to ``tensors`` (the tail's inputs): eager
+        float32 CPU inference, exact-erf GELUs (the decoder's), native kernels available;
+        else None."""
         if (
-            upscale.device.type != "cpu"
-            or upscale.dtype != torch.float32
-            or hyper_in.dtype != torch.float32
-            or torch.is_grad_enabled()
+            any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+            or (check_grad and torch.is_grad_enabled())
             or torch.jit.is_tracing()
             or not all(
                 isinstance(act, nn.GELU) and act.approximate == "none"

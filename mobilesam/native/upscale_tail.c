@@ -13,38 +13,10 @@
  * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
  */
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-void sgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
-            const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
-            const float *beta, float *c, const int *ldc);
-
-/* Column-major C(m, n) = op(A) op(B) + beta C. */
-static void gemm(char ta, char tb, int m, int n, int k, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, int ldc) {
-    const float one = 1.0f;
-    sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-/* exp(x) for x <= 0 (Cody-Waite reduction, degree-6 polynomial: ~1 ulp), vectorisable. */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
-}
+#include "common.h"
 
 /* In-place exact-erf GELU, x * (1 + erf(x / sqrt 2)) / 2, with erf by Abramowitz & Stegun
  * 7.1.26 (absolute error <= 1.5e-7), the same formula as PyTorch's vectorised CPU erf. */
