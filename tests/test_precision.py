@@ -155,7 +155,7 @@ def test_bf16_decoder_tail_on_the_same_embedding(reference, cases, monkeypatch):
     rounds a handful of times, so the logits may move by a few 2⁻⁸ of their largest
     magnitude (measured: 0.8%; allowed: 3%). Measured mask IoU: mean 0.997, worst 0.980."""
     name = cases["images"][0]
-    monkeypatch.setattr(native, "upscale_tail", lambda: None)
+    monkeypatch.setattr(native, "kernels", lambda: None)
     fp32 = SamPredictor(sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT))
     fp32.set_image(load_image(reference, name))
     bf16 = SamPredictor(sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT), precision="bf16")

@@ -113,11 +113,13 @@ class BatchFilter:
             rows = passed.any(1).nonzero()[:, 0]
             if len(rows) == 0:
                 continue
-            kept = decoded.select(rows)
+            # (selecting copies the factored image tokens, ~2 MB per prompt: only when needed)
+            kept = decoded if len(rows) == len(passed) else decoded.select(rows)
             masks = decoder.masks_from_decoded(cache, kept, kept.hyper)  # (r, 3, 256, 256)
             keep = passed[rows]
-            low.append(masks[keep])
-            iou.append(kept.iou[keep])
+            every = bool(keep.all())
+            low.append(masks.flatten(0, 1) if every else masks[keep])
+            iou.append(kept.iou.flatten() if every else kept.iou[keep])
             index.append((i + rows)[:, None].expand(keep.shape)[keep])
         if not low:
             empty = coords_t.new_zeros(0)

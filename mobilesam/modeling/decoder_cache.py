@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import native
 from .image_cache import ImageCache, _AttnImageSide, _center, _LayerCache
 from .transformer import Attention
 
@@ -160,23 +161,34 @@ def _token_to_image(
     img: _ImageTokens,
     k_side: _AttnImageSide,
     v_side: _AttnImageSide,
+    kernels: native.DecoderKernels | None = None,
 ) -> torch.Tensor:
     """Attention of ``queries`` ``(B, T, C)`` (positional encoding included) over the factored
-    image tokens: keys ``K + PE``, values ``K``. Returns ``(B, T, C)``."""
+    image tokens: keys ``K + PE``, values ``K``; with ``kernels``, scores, softmax and pooling
+    run as one native pass over the image. Returns ``(B, T, C)``."""
     heads = attn.num_heads
     d = attn.internal_dim // heads
     qh = attn.split_heads(attn.q_proj(queries)) * d**-0.5  # (B, H, T, d)
-    weights = torch.softmax(_factored_scores(qh, k_side, img, attn, attn.k_proj), dim=-1)
-    b, h, t, n = weights.shape
-    out = None
-    if img.a is not None:
-        weights.mul_(img.a[:, None, None, :])
-    if img.z is not None:
+    b, h, t, _ = qh.shape
+    if kernels is not None:
+        coef = None
+        if img.z is not None:  # the keys' low-rank part, per query: (B, H·T, m)
+            e = attn.split_heads(img.project(attn.k_proj.weight))  # (B, H, m, d)
+            coef = (qh @ e.transpose(-1, -2)).reshape(b, h * t, -1)
+        shared, pooled = kernels.token_attention(
+            qh, k_side.img, k_side.pe, coef, img.z, img.a, v_side.img
+        )  # (B, H, T, d), (B, H·T, m)
+    else:
+        weights = torch.softmax(_factored_scores(qh, k_side, img, attn, attn.k_proj), dim=-1)
+        n = weights.shape[-1]
+        if img.a is not None:
+            weights.mul_(img.a[:, None, None, :])
+        pooled = None if img.z is None else weights.view(b, h * t, n) @ img.z.transpose(1, 2)
+        shared = _per_prompt(weights, v_side.img)  # (B, H, T, d)
+    out = shared
+    if pooled is not None:
         ev = attn.split_heads(img.project(attn.v_proj.weight))  # (B, H, m, d)
-        pooled = weights.view(b, h * t, n) @ img.z.transpose(1, 2)  # (B, H·T, m)
-        out = pooled.view(b, h, t, -1) @ ev
-    shared = _per_prompt(weights, v_side.img)  # (B, H, T, d)
-    out = shared if out is None else out + shared
+        out = pooled.view(b, h, t, -1) @ ev + out
     out = out + attn.v_proj.bias.view(heads, 1, d)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
 
@@ -211,10 +223,15 @@ def _image_to_token(
     return weights.view(b, heads * t, n), rows, vh
 
 
-def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNorm) -> None:
+def _layer_norm_factored(
+    img: _ImageTokens,
+    cache: _LayerCache,
+    norm: nn.LayerNorm,
+    kernels: native.DecoderKernels | None = None,
+) -> None:
     """LayerNorm of ``P = a ⊙ (X·diag(g) + zᵀ·e)`` (the tokens after the update), in place
     and in factored form: ``a`` becomes ``a·r`` and two fixed rows are added; the existing
-    coefficients stay as they are."""
+    coefficients stay as they are. With ``kernels`` the statistics are one native pass."""
     z, e, a = img.z, img.e, img.a
     c = e.shape[-1]
     # statistics of Q = X·diag(g) + zᵀ·e (P = a ⊙ Q): the mean is linear
@@ -224,23 +241,32 @@ def _layer_norm_factored(img: _ImageTokens, cache: _LayerCache, norm: nn.LayerNo
     e_centred = _center(e)
     m = e.shape[1]
     lhs = torch.cat([e_centred @ e_centred.transpose(1, 2), e.sum(-1)[:, None, :]], 1)
-    both = lhs @ z  # (B, m + 1, N)
-    acc, mean = both[:, :m], both[:, m].add_(cache.x_sum).div_(c)  # mean (B, N)
+    segments = []  # (start, stop, values, cached cross products) per run of rows
     update, fixed = 0, 0
     for start, stop, values in img.segments:
         if values is None:  # fixed rows: cached products, in the same order
-            k = stop - start
-            acc[:, start:stop].add_(cache.cross_c[fixed : fixed + k], alpha=2.0)
-            fixed += k
+            segments.append((start, stop, None, cache.cross_c[fixed : fixed + stop - start]))
+            fixed += stop - start
         else:
-            b, h, t, _ = values.shape
-            block = acc[:, start:stop].view(b, h, t, -1)
-            _per_prompt(values, cache.cross_u[update], out=block, alpha=2.0)
+            segments.append((start, stop, values, cache.cross_u[update]))
             update += 1
-    var = (cache.x_sq + (acc.mul_(z)).sum(1)) / c  # (B, N), var(Q)
-    if a is not None:
-        var.mul_(a * a)
-    r = torch.rsqrt(var.clamp(min=0) + norm.eps)  # 1/σ of P, (B, N)
+    if kernels is not None:
+        mean, r = kernels.layer_norm_stats(
+            z, lhs, segments, cache.x_sum, cache.x_sq, a, c, norm.eps
+        )
+    else:
+        both = lhs @ z  # (B, m + 1, N)
+        acc, mean = both[:, :m], both[:, m].add_(cache.x_sum).div_(c)  # mean (B, N)
+        for start, stop, values, cross in segments:
+            if values is None:
+                acc[:, start:stop].add_(cross, alpha=2.0)
+            else:
+                b, h, t, _ = values.shape
+                _per_prompt(values, cross, out=acc[:, start:stop].view(b, h, t, -1), alpha=2.0)
+        var = (cache.x_sq + (acc.mul_(z)).sum(1)) / c  # (B, N), var(Q)
+        if a is not None:
+            var.mul_(a * a)
+        r = torch.rsqrt(var.clamp(min=0) + norm.eps)  # 1/σ of P, (B, N)
     a = r if a is None else a * r
     img.a = a
     e.mul_(norm.weight)
@@ -291,11 +317,12 @@ def decode_tokens(
     n_rows = len(tf.layers) * (heads * tokens.shape[1] + 3)
     img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
     queries, query_pe = tokens, tokens
+    kernels = native.kernels_for(tokens, cache.upscale)
     for layer, lc in zip(tf.layers, cache.layers, strict=True):
         queries = layer.self_attend(queries, query_pe)
         i2t = layer.cross_attn_image_to_token
         attn = _token_to_image(
-            layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v
+            layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v, kernels
         )
         queries = layer.norm2(queries + attn)
         queries = layer.norm3(queries + layer.mlp(queries))
@@ -305,7 +332,7 @@ def decode_tokens(
         img.append(weights, rows, vh, scale=inv_a)
         ones = torch.ones_like(weights[:, :1]) if inv_a is None else inv_a
         img.append(ones, i2t.out_proj.bias.expand(b, 1, -1), None)
-        _layer_norm_factored(img, lc, layer.norm4)
+        _layer_norm_factored(img, lc, layer.norm4, kernels)
     # only the IoU token and the kept mask tokens are read after the final attention
     n_mask = decoder.num_mask_tokens
     kept = (
@@ -316,7 +343,12 @@ def decode_tokens(
     rows_out = [0, *(1 + i for i in kept)]
     queries, query_pe = queries[:, rows_out], query_pe[:, rows_out]
     attn = _token_to_image(
-        tf.final_attn_token_to_image, queries + query_pe, img, cache.final_k, cache.final_v
+        tf.final_attn_token_to_image,
+        queries + query_pe,
+        img,
+        cache.final_k,
+        cache.final_v,
+        kernels,
     )
     queries = tf.norm_final_attn(queries + attn)
     iou = decoder.iou_prediction_head(queries[:, 0, :])[:, kept.start : kept.stop]

@@ -240,10 +240,12 @@ class MaskDecoder(nn.Module):
         a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
         h, w = cache.size
         second = (cache.weights.up2_w, cache.weights.up2_b)
-        kernel = self._native_tail(cache.upscale, hyper_in)
-        if kernel is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
+        kernels = self._native_tail(cache.upscale, hyper_in)
+        if kernels is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
             norm = self.output_upscaling[1]
-            return kernel(cache.upscale, a, z, ew, bias, norm, *second, hyper_in, (h, w))
+            return kernels.upscale_tail(
+                cache.upscale, a, z, ew, bias, norm, *second, hyper_in, (h, w)
+            )
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -261,21 +263,15 @@ class MaskDecoder(nn.Module):
 
     def _native_tail(
         self, *tensors: torch.Tensor, check_grad: bool = True
-    ) -> native.UpscaleTail | None:
-        """The native fused tail where it applies to ``tensors`` (the tail's inputs): eager
-        float32 CPU inference, exact-erf GELUs (the decoder's), native kernels available;
-        else None."""
-        if (
-            any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
-            or (check_grad and torch.is_grad_enabled())
-            or torch.jit.is_tracing()
-            or not all(
-                isinstance(act, nn.GELU) and act.approximate == "none"
-                for act in (self.output_upscaling[2], self.output_upscaling[4])
-            )
-        ):
-            return None
-        return native.upscale_tail()
+    ) -> native.DecoderKernels | None:
+        """The native kernels where the fused tail applies to ``tensors`` (the tail's
+        inputs): see :func:`mobilesam.native.kernels_for`, with the decoder's exact-erf
+        GELUs; else None."""
+        exact = all(
+            isinstance(act, nn.GELU) and act.approximate == "none"
+            for act in (self.output_upscaling[2], self.output_upscaling[4])
+        )
+        return native.kernels_for(*tensors, check_grad=check_grad) if exact else None
 
     def predict_masks(
         self,

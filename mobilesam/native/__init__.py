@@ -1,15 +1,23 @@
-"""Optional native kernels, compiled on first use with the system's C compiler.
+"""Optional native kernels for the mask decoder, compiled on first use with the system's C
+compiler.
 
-One kernel today: the mask decoder's upscaling tail (``upscale_tail.c``), fused per chunk of
-image tokens so its intermediates stay in the core's cache instead of crossing memory a dozen
-times. It is float32, CPU, inference only; its products call the BLAS ``sgemm_`` that
-PyTorch's CPU library exports (MKL on x86-64), and its threads are PyTorch's OpenMP runtime.
+Three kernels, each fusing a run of the fast decoder (:mod:`mobilesam.modeling.decoder_cache`)
+that PyTorch would run as a dozen operations over ``N`` image tokens, so that the
+intermediates stay in a core's cache instead of crossing memory each time:
 
-The shared library is built once per source, flags and PyTorch version, into
-``<cache>/native/<digest>/`` (``<cache>`` as in :func:`mobilesam.hub.default_cache_dir`), and
-loaded with :mod:`ctypes`. Anything missing (no compiler, another BLAS, another platform)
-leaves :func:`upscale_tail` returning None, and the decoder keeps its PyTorch order: the
-results agree to float32 rounding either way. ``MOBILESAM_NATIVE=0`` turns the kernels off.
+- ``upscale_tail.c``: the upscaling tail (first convolution from its factors, LayerNorm,
+  GELUs, second convolution, hypernetwork product, pixel layout);
+- ``token_attention.c``: token→image attention over the factored image tokens (scores,
+  softmax, pooling), merged across chunks of the image as in flash attention;
+- ``layer_norm_stats.c``: the LayerNorm statistics of the factored image tokens.
+
+They are float32, CPU, inference only; their products call the BLAS ``sgemm_`` that
+PyTorch's CPU library exports (MKL on x86-64), and their threads are PyTorch's OpenMP
+runtime. The shared library is built once per source, flags and PyTorch version, into
+``<cache>/native/<digest>/`` (``<cache>`` as in :func:`mobilesam.hub.default_cache_dir`),
+and loaded with :mod:`ctypes`. Anything missing (no compiler, another BLAS, another
+platform) leaves :func:`kernels` returning None, and the decoder keeps its PyTorch order:
+results agree to float32 rounding either way. ``MOBILESAM_NATIVE=0`` turns the kernels off;
 :func:`status` says which path is in use and why.
 """
 
@@ -29,10 +37,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["UpscaleTail", "status", "upscale_tail"]
+__all__ = ["DecoderKernels", "kernels", "kernels_for", "status"]
 
 _log = logging.getLogger(__name__)
-_SOURCE = Path(__file__).with_name("upscale_tail.c")
+_HERE = Path(__file__).parent
+_SOURCES = ("upscale_tail.c", "token_attention.c", "layer_norm_stats.c")
+_HEADERS = ("common.h",)
+_LIBRARY = "decoder_kernels.so"
 
 
 @functools.cache
@@ -54,6 +65,7 @@ def _build_flags() -> tuple[str, ...] | None:
         "-shared",
         f"-L{torch_lib}",
         "-ltorch_cpu",
+        "-lm",
         f"-Wl,-rpath,{torch_lib}",
         "-Wl,--no-undefined",
     )
@@ -70,12 +82,12 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     """Compile (or reuse) the shared library; returns its path. Raises on failure."""
     from ..hub import default_cache_dir
 
-    source = _SOURCE.read_bytes()
+    text = b"\0".join((_HERE / name).read_bytes() for name in _SOURCES + _HEADERS)
     digest = hashlib.sha256(
-        b"\0".join([source, " ".join(flags).encode(), torch.__version__.encode()])
+        b"\0".join([text, " ".join(flags).encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
     out_dir = default_cache_dir() / "native" / digest
-    target = out_dir / "upscale_tail.so"
+    target = out_dir / _LIBRARY
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,7 +96,7 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, str(_SOURCE), "-o", tmp, *flags],
+            [compiler, *(str(_HERE / name) for name in _SOURCES), "-o", tmp, *flags],
             check=True,
             capture_output=True,
             text=True,
@@ -97,41 +109,69 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     return target
 
 
-class UpscaleTail:
-    """The fused upscaling tail (see ``upscale_tail.c``), for float32 CPU tensors."""
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
-    #: Grid rows per task: about 128 image tokens, whose intermediates (~0.5 MB) stay in a
-    #: core's L2 cache.
+
+class _Segment(ctypes.Structure):
+    """``mobilesam_segment`` of ``layer_norm_stats.c``."""
+
+    _fields_ = [
+        ("start", ctypes.c_int),
+        ("stop", ctypes.c_int),
+        ("heads", ctypes.c_int),
+        ("d", ctypes.c_int),
+        ("values", ctypes.c_void_p),
+        ("cross", ctypes.c_void_p),
+    ]
+
+
+class DecoderKernels:
+    """The decoder's fused kernels, for contiguous float32 CPU tensors. Each returns new
+    tensors and raises :class:`MemoryError` if the kernel could not allocate its buffers."""
+
+    #: Image tokens per task: intermediates of ~0.5 MB, which stay in a core's L2 cache.
     TOKENS_PER_TASK = 128
+    #: Image tokens per task of the two attention-side kernels (scores of all heads).
+    ATTENTION_CHUNK = 512
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        fn = lib.mobilesam_upscale_tail_f32
-        p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-        fn.argtypes = [p, p, ctypes.c_long, p, p, p, p, p, f, p, p, p, p] + [i] * 9
-        fn.restype = i
-        self._fn = fn
+        p, i, f, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
+        self._tail = lib.mobilesam_upscale_tail_f32
+        self._tail.argtypes = [p, p, n, p, p, p, p, p, f, p, p, p, p] + [i] * 9
+        self._attention = lib.mobilesam_token_attention_f32
+        self._attention.argtypes = [p, p, p, p, p, n, p, p, p, p] + [i] * 8
+        self._stats = lib.mobilesam_layer_norm_stats_f32
+        self._stats.argtypes = [p, n, p, p, i, p, p, p, f, f, p, p] + [i] * 5
+        for fn in (self._tail, self._attention, self._stats):
+            fn.restype = i
 
-    def __call__(
+    @staticmethod
+    def _check(failed: int, what: str) -> None:
+        if failed:
+            raise MemoryError(f"the native {what} could not allocate its buffers")
+
+    def upscale_tail(
         self,
         shared: torch.Tensor,
         a: torch.Tensor | None,
         z: torch.Tensor | None,
         ew: torch.Tensor | None,
         bias1: torch.Tensor,
-        norm: torch.nn.LayerNorm | torch.nn.Module,
+        norm: torch.nn.Module,
         w2: torch.Tensor,
         b2: torch.Tensor,
         hyper: torch.Tensor,
         size: tuple[int, int],
     ) -> torch.Tensor:
-        """Mask logits ``(B, T, 4h, 4w)``.
+        """The upscaling tail: mask logits ``(B, T, 4h, 4w)``.
 
         Args:
             shared: ``(N, 4·G)`` the image's first-convolution product (``N = h·w`` tokens,
                 ``G = C/4`` channels per sub-pixel, sub-pixel-major).
-            a: ``(B, N)`` per-token scale; z: ``(B, m, N)`` coefficients (last axis
-                contiguous); ew: ``(B, m, 4·G)`` rows through the first convolution; all
-                three None for a transformer of depth 0.
+            a: ``(B, N)`` per-token scale; z: ``(B, m, N)`` coefficients (rows of ``N``
+                contiguous values); ew: ``(B, m, 4·G)`` rows through the first convolution;
+                all three None for a transformer of depth 0.
             bias1: ``(4·G,)`` first convolution's bias; norm: its LayerNorm2d (``weight``,
                 ``bias`` ``(G,)``, ``eps``).
             w2: ``(G, 4·O)`` and b2 ``(4·O,)``: the second convolution as a matrix.
@@ -140,50 +180,120 @@ class UpscaleTail:
         """
         h, w = size
         b, t, o = hyper.shape
-        g = norm.weight.shape[0]
         m = 0 if z is None else z.shape[1]
         if z is not None:
-            assert z.stride(-1) == 1 and z.stride(-2) == h * w, "z: (B, m, N) rows of N"
+            assert z.stride(-1) == 1 and z.stride(-2) == h * w, "z: (B, m, N), rows of N"
             a, ew = a.contiguous(), ew.contiguous()
         hyper = hyper.contiguous()
         out = hyper.new_empty(b, t, 4 * h, 4 * w)
-        args = [t_ if t_ is None else t_.contiguous() for t_ in (shared, bias1, w2, b2)]
-        failed = self._fn(
-            args[0].data_ptr(),
-            None if z is None else z.data_ptr(),
-            0 if z is None else z.stride(0),
-            None if ew is None else ew.data_ptr(),
-            None if a is None else a.data_ptr(),
-            args[1].data_ptr(),
-            norm.weight.data_ptr(),
-            norm.bias.data_ptr(),
-            norm.eps,
-            args[2].data_ptr(),
-            args[3].data_ptr(),
-            hyper.data_ptr(),
-            out.data_ptr(),
-            b,
-            h,
-            w,
-            m,
-            g,
-            o,
-            t,
-            max(1, self.TOKENS_PER_TASK // w),
-            torch.get_num_threads(),
-        )
-        if failed:
-            raise MemoryError("the native upscaling tail could not allocate its buffers")
+        shared, bias1, w2, b2 = (x.contiguous() for x in (shared, bias1, w2, b2))
+        failed = self._tail(
+            shared.data_ptr(), _ptr(z), 0 if z is None else z.stride(0), _ptr(ew), _ptr(a),
+            bias1.data_ptr(), norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps,
+            w2.data_ptr(), b2.data_ptr(), hyper.data_ptr(), out.data_ptr(),
+            b, h, w, m, norm.weight.shape[0], o, t,
+            max(1, self.TOKENS_PER_TASK // w), torch.get_num_threads(),
+        )  # fmt: skip
+        self._check(failed, "upscaling tail")
         return out
+
+    def token_attention(
+        self,
+        q: torch.Tensor,
+        k_img: torch.Tensor,
+        k_pe: torch.Tensor | None,
+        coef: torch.Tensor | None,
+        z: torch.Tensor | None,
+        a: torch.Tensor | None,
+        v_img: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token→image attention over factored image tokens.
+
+        Args:
+            q: ``(B, H, T, d)`` scaled queries.
+            k_img, k_pe: ``(H, d, N)`` the keys' image and positional parts (``k_pe`` None
+                when summed into ``k_img``); coef ``(B, H·T, m)``, z ``(B, m, N)`` (rows of
+                ``N`` contiguous values) and a ``(B, N)`` the factored part, None before the
+                first update.
+            v_img: ``(H, N, d)`` the values' image part.
+
+        Returns:
+            ``(B, H, T, d)`` the softmax weights (times ``a``) pooled over ``v_img``, and
+            ``(B, H·T, m)`` pooled over ``z`` (None without ``z``).
+        """
+        b, heads, t, d = q.shape
+        n = k_img.shape[-1]
+        m = 0 if z is None else z.shape[1]
+        if z is not None:
+            assert z.stride(-1) == 1 and z.stride(-2) == n, "z: (B, m, N), rows of N"
+            coef = coef.contiguous()
+        a = None if a is None else a.contiguous()
+        q = q.contiguous()
+        out_v = q.new_empty(b, heads, t, d)
+        out_z = None if z is None else q.new_empty(b, heads * t, m)
+        failed = self._attention(
+            q.data_ptr(), k_img.data_ptr(), _ptr(k_pe), _ptr(coef), _ptr(z),
+            0 if z is None else z.stride(0), _ptr(a), v_img.data_ptr(), out_v.data_ptr(),
+            _ptr(out_z), b, heads, t, d, n, m, self.ATTENTION_CHUNK, torch.get_num_threads(),
+        )  # fmt: skip
+        self._check(failed, "token attention")
+        return out_v, out_z
+
+    def layer_norm_stats(
+        self,
+        z: torch.Tensor,
+        lhs: torch.Tensor,
+        segments: list[tuple[int, int, torch.Tensor | None, torch.Tensor]],
+        x_sum: torch.Tensor,
+        x_sq: torch.Tensor,
+        a: torch.Tensor | None,
+        channels: int,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LayerNorm statistics of factored image tokens ``a ⊙ (X·diag(g) + zᵀ·e)``.
+
+        Args:
+            z: ``(B, m, N)`` coefficients (rows of ``N`` contiguous values).
+            lhs: ``(B, m + 1, m)``: ``ẽ·ẽᵀ`` of the centred rows, then the rows' sums.
+            segments: ``(start, stop, values, cross)`` per run of rows: fixed rows
+                (``values`` None, ``cross`` ``(stop - start, N)`` cached ``ẽ·x̃`` products)
+                or an update (``values`` ``(B, H, T, d)``, ``cross`` ``(H, d, N)``).
+            x_sum, x_sq: ``(N,)`` cached sums and centred squared norms of the image part.
+            a: ``(B, N)`` per-token scale, or None (1).
+            channels: ``C``, the tokens' width; eps: the LayerNorm's.
+
+        Returns:
+            ``(B, N)`` means of ``X·diag(g) + zᵀ·e`` and the inverse standard deviations
+            ``1 / sqrt(a² var + eps)``.
+        """
+        b, m, n = z.shape
+        assert z.stride(-1) == 1 and z.stride(-2) == n, "z: (B, m, N), rows of N"
+        keep = []  # the contiguous tensors the kernel reads, alive until it returns
+        table = (_Segment * len(segments))()
+        for i, (start, stop, values, cross) in enumerate(segments):
+            cross = cross.contiguous()
+            values = None if values is None else values.contiguous()
+            keep += [cross, values]
+            heads, d = (1, 0) if values is None else (values.shape[1], values.shape[-1])
+            table[i] = _Segment(start, stop, heads, d, _ptr(values), cross.data_ptr())
+        lhs, a = lhs.contiguous(), None if a is None else a.contiguous()
+        mean, inv_std = z.new_empty(b, n), z.new_empty(b, n)
+        failed = self._stats(
+            z.data_ptr(), z.stride(0), lhs.data_ptr(), table, len(segments), x_sum.data_ptr(),
+            x_sq.data_ptr(), _ptr(a), float(channels), eps, mean.data_ptr(),
+            inv_std.data_ptr(), b, n, m, self.ATTENTION_CHUNK, torch.get_num_threads(),
+        )  # fmt: skip
+        self._check(failed, "LayerNorm statistics")
+        return mean, inv_std
 
 
 _STATUS: list[str] = []
 
 
 @functools.cache
-def upscale_tail() -> UpscaleTail | None:
-    """The fused upscaling tail, built and loaded on first call; None where unavailable
-    (:func:`status` says why). Thread-safe to call; the result is memoised."""
+def kernels() -> DecoderKernels | None:
+    """The decoder's native kernels, built and loaded on first call; None where unavailable
+    (:func:`status` says why). The result is memoised."""
     if os.environ.get("MOBILESAM_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         _STATUS.append("off: MOBILESAM_NATIVE disables native kernels")
         return None
@@ -194,17 +304,29 @@ def upscale_tail() -> UpscaleTail | None:
         _STATUS.append(f"off: {why}")
         return None
     try:
-        kernel = UpscaleTail(ctypes.CDLL(str(_build(compiler, flags))))
+        loaded = DecoderKernels(ctypes.CDLL(str(_build(compiler, flags))))
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         _STATUS.append(f"off: build or load failed: {detail.strip()[:500]}")
-        _log.warning("mobilesam: native upscaling tail unavailable, using PyTorch: %s", detail)
+        _log.warning("mobilesam: native decoder kernels unavailable, using PyTorch: %s", detail)
         return None
-    _STATUS.append("on: fused upscaling tail (float32, CPU)")
-    return kernel
+    _STATUS.append("on: native decoder kernels (float32, CPU)")
+    return loaded
+
+
+def kernels_for(*tensors: torch.Tensor, check_grad: bool = True) -> DecoderKernels | None:
+    """:func:`kernels` where they apply to ``tensors``: all float32 on the CPU, in eager
+    inference (no gradient recorded, unless ``check_grad`` is False; not tracing)."""
+    if (
+        (check_grad and torch.is_grad_enabled())
+        or torch.jit.is_tracing()
+        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+    ):
+        return None
+    return kernels()
 
 
 def status() -> str:
     """One line: whether the native kernels are in use, and why not if they are not."""
-    upscale_tail()
+    kernels()
     return _STATUS[-1]

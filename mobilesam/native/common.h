@@ -8,11 +8,17 @@ void sgemm_(const char *ta, const char *tb, const int *m, const int *n, const in
             const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
             const float *beta, float *c, const int *ldc);
 
+/* Column-major C(m, n) = alpha op(A) op(B) + beta C. */
+static inline void gemm_scaled(char ta, char tb, int m, int n, int k, float alpha,
+                               const float *a, int lda, const float *b, int ldb, float beta,
+                               float *c, int ldc) {
+    sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
 /* Column-major C(m, n) = op(A) op(B) + beta C. */
 static inline void gemm(char ta, char tb, int m, int n, int k, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, int ldc) {
-    const float one = 1.0f;
-    sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+                        const float *b, int ldb, float beta, float *c, int ldc) {
+    gemm_scaled(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* exp(x) for x <= 0 (Cody-Waite reduction, degree-6 polynomial: ~1 ulp), vectorisable. */

@@ -1,0 +1,125 @@
+/* Token->image attention over factored image tokens (float32, CPU), one pass over the image.
+ *
+ * For each prompt b and head h, the T scaled queries q attend over the N image tokens, whose
+ * keys come in factored form (mobilesam/modeling/decoder_cache.py):
+ *   S[t, n]  = a[n] (q_t . Kimg[:, n] + coef[t] . z[:, n]) + q_t . Kpe[:, n]
+ *   P        = softmax over n of S
+ *   out_v[t] = sum_n P[t, n] a[n] V[n]        (d values)
+ *   out_z[t] = sum_n P[t, n] a[n] z[:, n]      (m values)
+ * The image axis is cut into chunks. Each (prompt, chunk) task computes the chunk's scores
+ * for all heads (the z chunk, read once, serves every head), exponentials against the chunk's
+ * own maximum, and the chunk's pooled sums; the chunks are then merged exactly, as in flash
+ * attention, rescaled by exp(chunk max - global max) and divided by the global sum.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* Scores of one task, (H T, nc) row-major, turned into exponentials (times a) in place;
+ * stats gets each row's maximum and sum of exponentials. */
+static void chunk_weights(float *restrict s, float *restrict stats, const float *q,
+                          const float *k_img, const float *k_pe, const float *coef,
+                          const float *z, const float *a, int H, int T, int d, int N, int m,
+                          long n0, int nc) {
+    const int HT = H * T;
+    if (m > 0) /* column-major (nc, HT) = z chunk^T (nc, m) coef^T (m, HT) */
+        gemm('N', 'N', nc, HT, m, z + n0, N, coef, m, 0.0f, s, nc);
+    for (int h = 0; h < H; h++)
+        gemm('N', 'N', nc, T, d, k_img + (long)h * d * N + n0, N, q + (long)h * T * d, d,
+             m > 0 ? 1.0f : 0.0f, s + (long)h * T * nc, nc);
+    if (a)
+        for (int row = 0; row < HT; row++) {
+            float *sr = s + (long)row * nc;
+            for (int n = 0; n < nc; n++) sr[n] *= a[n0 + n];
+        }
+    if (k_pe)
+        for (int h = 0; h < H; h++)
+            gemm('N', 'N', nc, T, d, k_pe + (long)h * d * N + n0, N, q + (long)h * T * d, d,
+                 1.0f, s + (long)h * T * nc, nc);
+    for (int row = 0; row < HT; row++) {
+        float *sr = s + (long)row * nc;
+        float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+        for (int n = 0; n < nc; n++) mx = sr[n] > mx ? sr[n] : mx;
+#pragma omp simd reduction(+ : sum)
+        for (int n = 0; n < nc; n++) {
+            sr[n] = exp_nonpositive(sr[n] - mx);
+            sum += sr[n];
+        }
+        if (a)
+            for (int n = 0; n < nc; n++) sr[n] *= a[n0 + n];
+        stats[2 * row] = mx;
+        stats[2 * row + 1] = sum;
+    }
+}
+
+/* out = sum over chunks of exp(max_c - max) part_c / sum over chunks of exp(max_c - max) l_c,
+ * for the `len` values at `offset` of each chunk's part of row `row`. */
+static void merge_row(const float *parts, long per_task, int chunks, int row, long offset,
+                      int len, float *out) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int c = 0; c < chunks; c++) {
+        const float v = parts[c * per_task + 2 * row];
+        mx = v > mx ? v : mx;
+    }
+    memset(out, 0, sizeof(float) * len);
+    for (int c = 0; c < chunks; c++) {
+        const float *st = parts + c * per_task;
+        const float w = expf(st[2 * row] - mx);
+        sum += w * st[2 * row + 1];
+        const float *src = st + offset;
+        for (int k = 0; k < len; k++) out[k] += w * src[k];
+    }
+    const float inv = 1.0f / sum;
+    for (int k = 0; k < len; k++) out[k] *= inv;
+}
+
+int mobilesam_token_attention_f32(const float *q, const float *k_img, const float *k_pe,
+                                  const float *coef, const float *z, long z_batch_stride,
+                                  const float *a, const float *v_img, float *out_v,
+                                  float *out_z, int batch, int H, int T, int d, int N, int m,
+                                  int chunk, int threads) {
+    const int HT = H * T, chunks = (N + chunk - 1) / chunk;
+    const long tasks = (long)batch * chunks, per_task = (long)HT * (2 + d + m);
+    float *parts = malloc(sizeof(float) * (size_t)(tasks * per_task));
+    if (!parts) return 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * (size_t)HT * chunk);
+        failed = !s;
+#pragma omp for schedule(static)
+        for (long task = 0; task < tasks; task++) {
+            if (failed) continue;
+            const int b = (int)(task / chunks);
+            const long n0 = (task % chunks) * (long)chunk;
+            const int nc = N - n0 < chunk ? (int)(N - n0) : chunk;
+            float *stats = parts + task * per_task, *pv = stats + 2 * HT, *pz = pv + HT * d;
+            const float *zb = m > 0 ? z + b * z_batch_stride : NULL;
+            chunk_weights(s, stats, q + (long)b * HT * d, k_img, k_pe,
+                          m > 0 ? coef + (long)b * HT * m : NULL, zb,
+                          a ? a + (long)b * N : NULL, H, T, d, N, m, n0, nc);
+            for (int h = 0; h < H; h++) /* column-major (d, T) = V chunk^T (d, nc) P_h^T */
+                gemm('N', 'N', d, T, nc, v_img + ((long)h * N + n0) * d, d,
+                     s + (long)h * T * nc, nc, 0.0f, pv + (long)h * T * d, d);
+            if (m > 0) /* column-major (m, HT) = z chunk (m, nc) P^T (nc, HT) */
+                gemm('T', 'N', m, HT, nc, zb + n0, N, s, nc, 0.0f, pz, m);
+        }
+        free(s);
+    }
+    if (!failed)
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (long br = 0; br < (long)batch * HT; br++) {
+            const int b = (int)(br / HT), row = (int)(br % HT);
+            const float *first = parts + (long)b * chunks * per_task;
+            merge_row(first, per_task, chunks, row, 2L * HT + (long)row * d, d,
+                      out_v + br * d);
+            if (m > 0)
+                merge_row(first, per_task, chunks, row, 2L * HT + (long)HT * d + (long)row * m,
+                          m, out_z + br * m);
+        }
+    free(parts);
+    return failed;
+}
