@@ -85,17 +85,25 @@ class _ImageTokens:
     def e(self) -> torch.Tensor | None:
         return self._e[:, : self.m] if self.m else None
 
+    def next_rows(self, k: int) -> torch.Tensor:
+        """``(B, k, N)``: the buffer of the next ``k`` coefficient rows, for a producer that
+        writes them in place before :meth:`append` with ``z=None``."""
+        return self._z[:, self.m : self.m + k]
+
     def append(
         self,
-        z: torch.Tensor,
+        z: torch.Tensor | None,
         e: torch.Tensor,
         values: torch.Tensor | None,
         scale: torch.Tensor | None = None,
     ) -> None:
         """Add terms: coefficients ``z`` ``(B, k, N)`` (times ``scale`` ``(B, 1, N)``, if
-        given) and rows ``e`` ``(B, k, C)``."""
-        k = z.shape[1]
-        if scale is None:
+        given; None when already written into :meth:`next_rows`) and rows ``e``
+        ``(B, k, C)``."""
+        k = e.shape[1]
+        if z is None:
+            pass
+        elif scale is None:
             self._z[:, self.m : self.m + k] = z
         else:
             torch.mul(z, scale, out=self._z[:, self.m : self.m + k])
@@ -135,6 +143,19 @@ def _per_prompt(
     return out
 
 
+def _coefficients(
+    xh: torch.Tensor, img: _ImageTokens, attn: Attention, proj: nn.Linear
+) -> torch.Tensor | None:
+    """``(B, H·T, m)``: prompt-side vectors ``xh`` ``(B, H, T, d)`` against the low-rank rows
+    of the image tokens through ``attn``'s projection ``proj``, per head (None before the
+    first update): with ``img.z``, the low-rank part of their scores."""
+    if img.z is None:
+        return None
+    b, h, t, _ = xh.shape
+    e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
+    return (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)
+
+
 def _factored_scores(
     xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, attn: Attention, proj: nn.Linear
 ) -> torch.Tensor:
@@ -144,9 +165,8 @@ def _factored_scores(
     Returns ``(B, H, T, N)``, accumulated in place."""
     b, h, t, d = xh.shape
     scores = _per_prompt(xh, side.img)
-    if img.z is not None:
-        e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
-        coef = (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)  # (B, H·T, m)
+    coef = _coefficients(xh, img, attn, proj)
+    if coef is not None:
         scores.view(b, h * t, -1).baddbmm_(coef, img.z)
     if img.a is not None:
         scores.mul_(img.a[:, None, None, :])
@@ -171,10 +191,7 @@ def _token_to_image(
     qh = attn.split_heads(attn.q_proj(queries)) * d**-0.5  # (B, H, T, d)
     b, h, t, _ = qh.shape
     if kernels is not None:
-        coef = None
-        if img.z is not None:  # the keys' low-rank part, per query: (B, H·T, m)
-            e = attn.split_heads(img.project(attn.k_proj.weight))  # (B, H, m, d)
-            coef = (qh @ e.transpose(-1, -2)).reshape(b, h * t, -1)
+        coef = _coefficients(qh, img, attn, attn.k_proj)
         shared, pooled = kernels.token_attention(
             qh, k_side.img, k_side.pe, coef, img.z, img.a, v_side.img
         )  # (B, H, T, d), (B, H·T, m)
@@ -199,28 +216,37 @@ def _image_to_token(
     values: torch.Tensor,
     img: _ImageTokens,
     cache: _LayerCache,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The image tokens' attention over the prompt tokens, in factored form.
+    kernels: native.DecoderKernels | None = None,
+) -> None:
+    """The image tokens' attention over the prompt tokens, added to the factored image
+    tokens: the update's rows (attention weights relative to ``a``, ``Rᵀ`` and ``V`` of the
+    module docstring) and its bias row. With ``kernels`` the weights are written in place by
+    one native pass over the image.
 
     Args:
         keys: ``(B, T, C)`` token keys (positional encoding included); values ``(B, T, C)``.
-
-    Returns:
-        attention weights ``(B, H·T, N)``, their value rows ``(B, H·T, C)`` (``Rᵀ`` and ``V``
-        of the module docstring) and the token values ``(B, H, T, d)``.
     """
     heads = attn.num_heads
     d = attn.internal_dim // heads
     kh = attn.split_heads(attn.k_proj(keys)) * d**-0.5  # (B, H, T, d)
     vh = attn.split_heads(attn.v_proj(values))  # (B, H, T, d)
-    # scores laid out (B, H, T, N): the softmax over the T tokens runs along a strided axis
-    # with the long N axis contiguous, which vectorises (a last axis of 7 does not)
-    scores = _factored_scores(kh, cache.i2t_q, img, attn, attn.q_proj)
-    weights = torch.softmax(scores, dim=2)
-    b, _, t, n = weights.shape
+    b, _, t, _ = kh.shape
     w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
     rows = (vh @ w_o).reshape(b, heads * t, -1)  # (B, H·T, C)
-    return weights.view(b, heads * t, n), rows, vh
+    inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
+    if kernels is not None:
+        coef = _coefficients(kh, img, attn, attn.q_proj)
+        side, out = cache.i2t_q, img.next_rows(heads * t)
+        kernels.image_attention(kh, side.img, side.pe, coef, img.z, img.a, out)
+        img.append(None, rows, vh)
+    else:
+        # scores laid out (B, H, T, N): the softmax over the T tokens runs along a strided
+        # axis with the long N axis contiguous, which vectorises (a last axis of 7 does not)
+        scores = _factored_scores(kh, cache.i2t_q, img, attn, attn.q_proj)
+        weights = torch.softmax(scores, dim=2)
+        img.append(weights.view(b, heads * t, -1), rows, vh, scale=inv_a)
+    ones = torch.ones_like(img.next_rows(1)) if inv_a is None else inv_a
+    img.append(ones, attn.out_proj.bias.expand(b, 1, -1), None)
 
 
 def _layer_norm_factored(
@@ -326,12 +352,7 @@ def decode_tokens(
         )
         queries = layer.norm2(queries + attn)
         queries = layer.norm3(queries + layer.mlp(queries))
-        weights, rows, vh = _image_to_token(i2t, queries + query_pe, queries, img, lc)
-        # the update and its bias row, with coefficients relative to a
-        inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
-        img.append(weights, rows, vh, scale=inv_a)
-        ones = torch.ones_like(weights[:, :1]) if inv_a is None else inv_a
-        img.append(ones, i2t.out_proj.bias.expand(b, 1, -1), None)
+        _image_to_token(i2t, queries + query_pe, queries, img, lc, kernels)
         _layer_norm_factored(img, lc, layer.norm4, kernels)
     # only the IoU token and the kept mask tokens are read after the final attention
     n_mask = decoder.num_mask_tokens

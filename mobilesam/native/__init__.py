@@ -7,8 +7,9 @@ intermediates stay in a core's cache instead of crossing memory each time:
 
 - ``upscale_tail.c``: the upscaling tail (first convolution from its factors, LayerNorm,
   GELUs, second convolution, hypernetwork product, pixel layout);
-- ``token_attention.c``: token→image attention over the factored image tokens (scores,
-  softmax, pooling), merged across chunks of the image as in flash attention;
+- ``cross_attention.c``: both cross-attentions over the factored image tokens: token→image
+  (scores, softmax, pooling, merged across chunks of the image as in flash attention) and
+  image→token (scores and softmax, written into the factored form's coefficients);
 - ``layer_norm_stats.c``: the LayerNorm statistics of the factored image tokens.
 
 They are float32, CPU, inference only; their products call the BLAS ``sgemm_`` that
@@ -41,7 +42,7 @@ __all__ = ["DecoderKernels", "kernels", "kernels_for", "status"]
 
 _log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
-_SOURCES = ("upscale_tail.c", "token_attention.c", "layer_norm_stats.c")
+_SOURCES = ("upscale_tail.c", "cross_attention.c", "layer_norm_stats.c")
 _HEADERS = ("common.h",)
 _LIBRARY = "decoder_kernels.so"
 
@@ -141,9 +142,11 @@ class DecoderKernels:
         self._tail.argtypes = [p, p, n, p, p, p, p, p, f, p, p, p, p] + [i] * 9
         self._attention = lib.mobilesam_token_attention_f32
         self._attention.argtypes = [p, p, p, p, p, n, p, p, p, p] + [i] * 8
+        self._image_attention = lib.mobilesam_image_attention_f32
+        self._image_attention.argtypes = [p, p, p, p, p, n, p, p, n] + [i] * 8
         self._stats = lib.mobilesam_layer_norm_stats_f32
         self._stats.argtypes = [p, n, p, p, i, p, p, p, f, f, p, p] + [i] * 5
-        for fn in (self._tail, self._attention, self._stats):
+        for fn in (self._tail, self._attention, self._image_attention, self._stats):
             fn.restype = i
 
     @staticmethod
@@ -238,6 +241,40 @@ class DecoderKernels:
         )  # fmt: skip
         self._check(failed, "token attention")
         return out_v, out_z
+
+    def image_attention(
+        self,
+        q: torch.Tensor,
+        q_img: torch.Tensor,
+        q_pe: torch.Tensor | None,
+        coef: torch.Tensor | None,
+        z: torch.Tensor | None,
+        a: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> None:
+        """Image→token attention weights over factored image tokens, written into ``out``.
+
+        Args:
+            q: ``(B, H, T, d)`` the tokens' scaled keys.
+            q_img, q_pe: ``(H, d, N)`` the image side's queries, image and positional parts
+                (``q_pe`` None when summed into ``q_img``); coef ``(B, H·T, m)``, z
+                ``(B, m, N)`` and a ``(B, N)`` as in :meth:`token_attention`.
+            out: ``(B, H·T, N)``, rows of ``N`` contiguous values: the softmax over the
+                ``T`` tokens of each head, divided by ``a`` when given.
+        """
+        b, heads, t, d = q.shape
+        n = q_img.shape[-1]
+        m = 0 if z is None else z.shape[1]
+        for x in (out,) if z is None else (out, z):
+            assert x.stride(-1) == 1 and x.stride(-2) == n, "rows of N contiguous values"
+        coef = None if coef is None else coef.contiguous()
+        a, q = None if a is None else a.contiguous(), q.contiguous()
+        failed = self._image_attention(
+            q.data_ptr(), q_img.data_ptr(), _ptr(q_pe), _ptr(coef), _ptr(z),
+            0 if z is None else z.stride(0), _ptr(a), out.data_ptr(), out.stride(0), b, heads,
+            t, d, n, m, self.ATTENTION_CHUNK, torch.get_num_threads(),
+        )  # fmt: skip
+        self._check(failed, "image attention")
 
     def layer_norm_stats(
         self,

@@ -1,7 +1,8 @@
-/* Token->image attention over factored image tokens (float32, CPU), one pass over the image.
+/* The decoder's two cross-attentions over factored image tokens (float32, CPU), each one pass
+ * over the image (see mobilesam/modeling/decoder_cache.py for the factored form).
  *
- * For each prompt b and head h, the T scaled queries q attend over the N image tokens, whose
- * keys come in factored form (mobilesam/modeling/decoder_cache.py):
+ * Token->image: for each prompt b and head h, the T scaled queries q attend over the N image
+ * tokens, whose keys come in factored form:
  *   S[t, n]  = a[n] (q_t . Kimg[:, n] + coef[t] . z[:, n]) + q_t . Kpe[:, n]
  *   P        = softmax over n of S
  *   out_v[t] = sum_n P[t, n] a[n] V[n]        (d values)
@@ -10,6 +11,9 @@
  * for all heads (the z chunk, read once, serves every head), exponentials against the chunk's
  * own maximum, and the chunk's pooled sums; the chunks are then merged exactly, as in flash
  * attention, rescaled by exp(chunk max - global max) and divided by the global sum.
+ *
+ * Image->token: the same scores (the image side now the queries), a softmax over the T tokens
+ * per image token, written straight into the factored form's coefficient rows.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -17,12 +21,11 @@
 
 #include "common.h"
 
-/* Scores of one task, (H T, nc) row-major, turned into exponentials (times a) in place;
- * stats gets each row's maximum and sum of exponentials. */
-static void chunk_weights(float *restrict s, float *restrict stats, const float *q,
-                          const float *k_img, const float *k_pe, const float *coef,
-                          const float *z, const float *a, int H, int T, int d, int N, int m,
-                          long n0, int nc) {
+/* Scores of one task, (H T, nc) row-major:
+ * S[h T + t, n] = a[n] (q_t . Kimg_h[:, n] + coef[h T + t] . z[:, n]) + q_t . Kpe_h[:, n]. */
+static void chunk_scores(float *restrict s, const float *q, const float *k_img,
+                         const float *k_pe, const float *coef, const float *z, const float *a,
+                         int H, int T, int d, int N, int m, long n0, int nc) {
     const int HT = H * T;
     if (m > 0) /* column-major (nc, HT) = z chunk^T (nc, m) coef^T (m, HT) */
         gemm('N', 'N', nc, HT, m, z + n0, N, coef, m, 0.0f, s, nc);
@@ -38,7 +41,16 @@ static void chunk_weights(float *restrict s, float *restrict stats, const float 
         for (int h = 0; h < H; h++)
             gemm('N', 'N', nc, T, d, k_pe + (long)h * d * N + n0, N, q + (long)h * T * d, d,
                  1.0f, s + (long)h * T * nc, nc);
-    for (int row = 0; row < HT; row++) {
+}
+
+/* The scores of one task turned into exponentials against each row's maximum (times a),
+ * in place; stats gets each row's maximum and sum of exponentials. */
+static void chunk_weights(float *restrict s, float *restrict stats, const float *q,
+                          const float *k_img, const float *k_pe, const float *coef,
+                          const float *z, const float *a, int H, int T, int d, int N, int m,
+                          long n0, int nc) {
+    chunk_scores(s, q, k_img, k_pe, coef, z, a, H, T, d, N, m, n0, nc);
+    for (int row = 0; row < H * T; row++) {
         float *sr = s + (long)row * nc;
         float mx = -INFINITY, sum = 0.0f;
 #pragma omp simd reduction(max : mx)
@@ -121,5 +133,61 @@ int mobilesam_token_attention_f32(const float *q, const float *k_img, const floa
                           m, out_z + br * m);
         }
     free(parts);
+    return failed;
+}
+
+/* Image->token attention weights over factored image tokens: for each prompt, head h and
+ * image token n, the softmax over the T tokens of the scores above (queries q are the tokens'
+ * scaled keys, Kimg/Kpe the image side's queries), divided by a[n] when given, written to
+ * out[b, h T + t, n] (out_batch_stride between prompts, rows of N values): the coefficients
+ * of the update's rows in the factored form, relative to a. */
+int mobilesam_image_attention_f32(const float *q, const float *k_img, const float *k_pe,
+                                  const float *coef, const float *z, long z_batch_stride,
+                                  const float *a, float *out, long out_batch_stride, int batch,
+                                  int H, int T, int d, int N, int m, int chunk, int threads) {
+    const int HT = H * T, chunks = (N + chunk - 1) / chunk;
+    const long tasks = (long)batch * chunks;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * (size_t)HT * chunk);
+        float *mx = malloc(sizeof(float) * (size_t)chunk * 2);
+        failed = !s || !mx;
+#pragma omp for schedule(static)
+        for (long task = 0; task < tasks; task++) {
+            if (failed) continue;
+            const int b = (int)(task / chunks);
+            const long n0 = (task % chunks) * (long)chunk;
+            const int nc = N - n0 < chunk ? (int)(N - n0) : chunk;
+            const float *ab = a ? a + (long)b * N : NULL;
+            chunk_scores(s, q + (long)b * HT * d, k_img, k_pe,
+                         m > 0 ? coef + (long)b * HT * m : NULL,
+                         m > 0 ? z + b * z_batch_stride : NULL, ab, H, T, d, N, m, n0, nc);
+            float *sum = mx + chunk;
+            for (int h = 0; h < H; h++) {
+                float *sh = s + (long)h * T * nc;
+                for (int n = 0; n < nc; n++) mx[n] = sh[n], sum[n] = 0.0f;
+                for (int t = 1; t < T; t++)
+                    for (int n = 0; n < nc; n++)
+                        mx[n] = sh[(long)t * nc + n] > mx[n] ? sh[(long)t * nc + n] : mx[n];
+                for (int t = 0; t < T; t++) {
+                    float *st = sh + (long)t * nc;
+                    for (int n = 0; n < nc; n++) {
+                        st[n] = exp_nonpositive(st[n] - mx[n]);
+                        sum[n] += st[n];
+                    }
+                }
+                for (int n = 0; n < nc; n++)  /* 1 / (sum a), or 1 / sum */
+                    sum[n] = 1.0f / (ab ? sum[n] * ab[n0 + n] : sum[n]);
+                for (int t = 0; t < T; t++) {
+                    const float *st = sh + (long)t * nc;
+                    float *dst = out + b * out_batch_stride + (long)(h * T + t) * N + n0;
+                    for (int n = 0; n < nc; n++) dst[n] = st[n] * sum[n];
+                }
+            }
+        }
+        free(s);
+        free(mx);
+    }
     return failed;
 }
