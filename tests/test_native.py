@@ -84,30 +84,32 @@ def test_native_decoder_on_other_grids_and_depths(side, monkeypatch):
             _assert_close(fused, plain)
 
 
-def test_native_tail_not_used_where_it_does_not_apply(fixture_model, golden):
-    """Gradients, bf16 tails and a tanh GELU keep the PyTorch tail."""
-    decoder = fixture_model.mask_decoder
-    hyper = torch.zeros(1, 3, 32)
-    upscale = torch.zeros(4096, 256)
-    assert decoder._native_tail(upscale, hyper) is None  # gradients enabled
+def test_native_tail_not_used_where_it_does_not_apply(fixture_model):
+    """Gradients, fp16 tails and a tanh GELU keep the PyTorch tail; bf16 runs natively where
+    the kernels have bf16 products."""
+    decoder, cpu = fixture_model.mask_decoder, torch.device("cpu")
+    assert decoder._native_tail(cpu, torch.float32) is None  # gradients enabled
     with torch.no_grad():
-        assert decoder._native_tail(upscale, hyper) is not None
-        assert decoder._native_tail(upscale.bfloat16(), hyper) is None
+        assert decoder._native_tail(cpu, torch.float32) is not None
+        assert decoder._native_tail(cpu, torch.float16) is None
+        bf16 = decoder._native_tail(cpu, torch.bfloat16) is not None
+        assert bf16 == native.kernels().bf16
         act = decoder.output_upscaling[4]
         try:
             act.approximate = "tanh"
-            assert decoder._native_tail(upscale, hyper) is None
+            assert decoder._native_tail(cpu, torch.float32) is None
         finally:
             act.approximate = "none"
 
 
-def test_bf16_predictor_keeps_the_native_float32_tail(fixture_model, golden):
-    """With the fused float32 tail available, bf16 precision does not trade it for PyTorch's
-    slower bf16 tail: the encoder runs bf16, the tail float32."""
+def test_bf16_predictor_tail(golden):
+    """bf16 precision runs the native tail with bf16 products where the kernels have them,
+    and otherwise keeps the native float32 tail rather than PyTorch's slower bf16 one."""
     pred = SamPredictor(build_sam(FIXTURE_CKPT), precision="bf16")
     pred.set_embedding(torch.from_numpy(golden["img0/embedding"]), (770, 769))
     assert pred.dtype == torch.bfloat16
-    assert pred.decoder_cache().upscale.dtype == torch.float32
+    expected = torch.bfloat16 if native.kernels().bf16 else torch.float32
+    assert pred.decoder_cache().upscale.dtype == expected
 
 
 def test_native_build_is_reused_and_can_be_turned_off(tmp_path):

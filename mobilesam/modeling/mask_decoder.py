@@ -199,10 +199,16 @@ class MaskDecoder(nn.Module):
         :mod:`~mobilesam.modeling.decoder_cache`): ``image_embeddings`` and ``image_pe``
         ``(1, C, h, w)``, ``dense_prompt_embeddings`` ``(1, C, 1 or h, 1 or w)`` shared by
         every prompt; ``tail_dtype`` as in
-        :func:`~mobilesam.modeling.image_cache.prepare_image_cache`. Where the fused
-        float32 tail of :mod:`mobilesam.native` runs (CPU), a reduced ``tail_dtype`` is not
-        used: that tail is faster than PyTorch's bf16 one, and exact."""
-        if tail_dtype is not None and self._native_tail(image_embeddings, check_grad=False):
+        :func:`~mobilesam.modeling.image_cache.prepare_image_cache`. Where the fused tail
+        of :mod:`mobilesam.native` runs in float32 but not in ``tail_dtype``, the tail stays
+        float32: faster than PyTorch's reduced one, and exact."""
+        device = image_embeddings.device
+        if (
+            tail_dtype is not None
+            and image_embeddings.dtype == torch.float32
+            and not self._native_tail(device, tail_dtype, check_grad=False)
+            and self._native_tail(device, torch.float32, check_grad=False)
+        ):
             tail_dtype = None
         return prepare_image_cache(
             self, image_embeddings, image_pe, dense_prompt_embeddings, key, tail_dtype
@@ -237,15 +243,17 @@ class MaskDecoder(nn.Module):
         ``decoded.hyper``, prompts included)."""
         dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
         a, z, ew, bias = first_conv_factors(cache, decoded.image)  # bias: in the tail's dtype
-        a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
         h, w = cache.size
         second = (cache.weights.up2_w, cache.weights.up2_b)
-        kernels = self._native_tail(cache.upscale, hyper_in)
+        kernels = (
+            None if hyper_in.dtype != torch.float32 else self._native_tail(hyper_in.device, dtype)
+        )
         if kernels is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
             norm = self.output_upscaling[1]
             return kernels.upscale_tail(
                 cache.upscale, a, z, ew, bias, norm, *second, hyper_in, (h, w)
             )
+        a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -262,16 +270,21 @@ class MaskDecoder(nn.Module):
         return masks.to(hyper_in.dtype)
 
     def _native_tail(
-        self, *tensors: torch.Tensor, check_grad: bool = True
+        self, device: torch.device, tail_dtype: torch.dtype, check_grad: bool = True
     ) -> native.DecoderKernels | None:
-        """The native kernels where the fused tail applies to ``tensors`` (the tail's
-        inputs): see :func:`mobilesam.native.kernels_for`, with the decoder's exact-erf
-        GELUs; else None."""
+        """The native kernels where their fused tail applies: CPU, eager inference (see
+        :func:`mobilesam.native.kernels_for`), the decoder's exact-erf GELUs, and a float32
+        tail, or a bf16 one where the kernels have bf16 products; else None."""
         exact = all(
             isinstance(act, nn.GELU) and act.approximate == "none"
             for act in (self.output_upscaling[2], self.output_upscaling[4])
         )
-        return native.kernels_for(*tensors, check_grad=check_grad) if exact else None
+        kernels = native.kernels_for(check_grad=check_grad)
+        if not exact or device.type != "cpu" or kernels is None:
+            return None
+        if tail_dtype == torch.float32 or (tail_dtype == torch.bfloat16 and kernels.bf16):
+            return kernels
+        return None
 
     def predict_masks(
         self,

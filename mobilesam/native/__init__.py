@@ -138,8 +138,11 @@ class DecoderKernels:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         p, i, f, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
-        self._tail = lib.mobilesam_upscale_tail_f32
-        self._tail.argtypes = [p, p, n, p, p, p, p, p, f, p, p, p, p] + [i] * 9
+        self._tail = lib.mobilesam_upscale_tail
+        self._tail.argtypes = [p, p, n, p, p, p, p, p, f, p, p, p, p] + [i] * 10
+        lib.mobilesam_has_bf16_gemm.restype = i
+        #: whether the tail can take bfloat16 products (MKL's bf16 GEMM is linked)
+        self.bf16 = bool(lib.mobilesam_has_bf16_gemm())
         self._attention = lib.mobilesam_token_attention_f32
         self._attention.argtypes = [p, p, p, p, p, n, p, p, p, p] + [i] * 8
         self._image_attention = lib.mobilesam_image_attention_f32
@@ -167,7 +170,11 @@ class DecoderKernels:
         hyper: torch.Tensor,
         size: tuple[int, int],
     ) -> torch.Tensor:
-        """The upscaling tail: mask logits ``(B, T, 4h, 4w)``.
+        """The upscaling tail: float32 mask logits ``(B, T, 4h, 4w)``.
+
+        Its two products take the dtype of ``shared``: float32, or bfloat16 (where
+        :attr:`bf16`) with float32 sums; LayerNorm, GELUs and the hypernetwork product run
+        in float32 either way.
 
         Args:
             shared: ``(N, 4·G)`` the image's first-convolution product (``N = h·w`` tokens,
@@ -184,18 +191,22 @@ class DecoderKernels:
         h, w = size
         b, t, o = hyper.shape
         m = 0 if z is None else z.shape[1]
+        low = shared.dtype == torch.bfloat16
+        if low and not self.bf16:
+            raise ValueError("bfloat16 products need MKL's bf16 GEMM, which is not linked")
         if z is not None:
             assert z.stride(-1) == 1 and z.stride(-2) == h * w, "z: (B, m, N), rows of N"
-            a, ew = a.contiguous(), ew.contiguous()
-        hyper = hyper.contiguous()
+            a, ew = a.float().contiguous(), ew.to(shared.dtype).contiguous()
+        f32 = [x.float().contiguous() for x in (hyper, bias1, b2, norm.weight, norm.bias)]
+        hyper, bias1, b2, ln_w, ln_b = f32
+        shared, w2 = shared.contiguous(), w2.to(shared.dtype).contiguous()
         out = hyper.new_empty(b, t, 4 * h, 4 * w)
-        shared, bias1, w2, b2 = (x.contiguous() for x in (shared, bias1, w2, b2))
         failed = self._tail(
             shared.data_ptr(), _ptr(z), 0 if z is None else z.stride(0), _ptr(ew), _ptr(a),
-            bias1.data_ptr(), norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps,
+            bias1.data_ptr(), ln_w.data_ptr(), ln_b.data_ptr(), norm.eps,
             w2.data_ptr(), b2.data_ptr(), hyper.data_ptr(), out.data_ptr(),
-            b, h, w, m, norm.weight.shape[0], o, t,
-            max(1, self.TOKENS_PER_TASK // w), torch.get_num_threads(),
+            b, h, w, m, ln_w.shape[0], o, t,
+            max(1, self.TOKENS_PER_TASK // w), int(low), torch.get_num_threads(),
         )  # fmt: skip
         self._check(failed, "upscaling tail")
         return out

@@ -3,6 +3,7 @@
 #define MOBILESAM_NATIVE_COMMON_H
 
 #include <stdint.h>
+#include <string.h>
 
 void sgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
             const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
@@ -19,6 +20,28 @@ static inline void gemm_scaled(char ta, char tb, int m, int n, int k, float alph
 static inline void gemm(char ta, char tb, int m, int n, int k, const float *a, int lda,
                         const float *b, int ldb, float beta, float *c, int ldc) {
     gemm_scaled(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* bfloat16 products with float32 sums (MKL's; a weak reference, null under another BLAS). */
+typedef uint16_t bf16_t;
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
+                            float alpha, const bf16_t *a, int lda, const bf16_t *b, int ldb,
+                            float beta, float *c, int ldc) __attribute__((weak));
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+
+/* float -> bfloat16, rounded to nearest even (NaN stays NaN), as torch's .to(bfloat16). */
+static inline bf16_t to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (bf16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}
+
+static inline float from_bf16(bf16_t v) {
+    const uint32_t u = (uint32_t)v << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
 }
 
 /* exp(x) for x <= 0 (Cody-Waite reduction, degree-6 polynomial: ~1 ulp), vectorisable. */

@@ -1,4 +1,5 @@
-/* SAM's mask-decoder upscaling tail, fused per chunk of image tokens (float32, CPU).
+/* SAM's mask-decoder upscaling tail, fused per chunk of image tokens (float32 or bfloat16
+ * products, CPU).
  *
  * For each prompt b and image token p (grid position (i, j) of an h x w grid):
  *   y   = shared[p] + z[b, :, p]^T ew[b]        first transposed conv, factored (4 x G values)
@@ -11,6 +12,9 @@
  * products go to the BLAS sgemm_ that PyTorch links (MKL), and the chunks of all prompts are
  * shared between OpenMP threads. The Python side (mobilesam/native/__init__.py) documents the
  * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
+ * With bf16 set, the two convolutions take bfloat16 inputs (shared, ew and W2 come in
+ * bfloat16; z and the first LayerNorm's output are rounded to it) with float32 sums; the
+ * LayerNorm, GELUs and the hypernetwork product stay float32.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -33,16 +37,22 @@ static void gelu(float *restrict x, long n) {
     }
 }
 
-/* y (p, 4G) += shared rows, then y = y * a + bias1, LayerNorm over each G-channel group. */
-static void scale_and_norm(float *restrict y, const float *restrict shared,
+/* y (p, 4G) += shared rows (float32, or bfloat16 with bf16), then y = y * a + bias1,
+ * LayerNorm over each G-channel group. */
+static void scale_and_norm(float *restrict y, const void *shared, int bf16,
                            const float *restrict a, const float *restrict bias1,
                            const float *restrict lnw, const float *restrict lnb, float eps,
                            int p, int G) {
     for (int q = 0; q < p; q++) {
         float s = a ? a[q] : 1.0f;
         float *row = y + (long)q * 4 * G;
-        const float *sh = shared + (long)q * 4 * G;
-        for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + sh[c]) * s + bias1[c];
+        if (bf16) {
+            const bf16_t *sh = (const bf16_t *)shared + (long)q * 4 * G;
+            for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + from_bf16(sh[c])) * s + bias1[c];
+        } else {
+            const float *sh = (const float *)shared + (long)q * 4 * G;
+            for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + sh[c]) * s + bias1[c];
+        }
         for (int g = 0; g < 4; g++) {
             float *v = row + g * G;
             float mean = 0.0f, var = 0.0f;
@@ -93,22 +103,52 @@ static void scatter(const float *restrict lg, float *restrict out, int T, int r0
                 }
 }
 
-int mobilesam_upscale_tail_f32(const float *shared, const float *z, long z_batch_stride,
-                               const float *ew, const float *a, const float *bias1,
-                               const float *lnw, const float *lnb, float eps, const float *w2,
+/* y (p, 4G) = z chunk^T (p, m) ew (m, 4G): float32, or bfloat16 inputs (z rounded into zb). */
+static void first_conv(float *y, const float *z, long N, const void *ew, int bf16, bf16_t *zb,
+                       int p, int m, int G) {
+    if (bf16) {
+        for (int k = 0; k < m; k++)
+            for (int n = 0; n < p; n++) zb[(long)k * p + n] = to_bf16(z[k * N + n]);
+        cblas_gemm_bf16bf16f32(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, p, 4 * G, m, 1.0f,
+                               zb, p, (const bf16_t *)ew, 4 * G, 0.0f, y, 4 * G);
+    } else { /* column-major (4G, p) = ew^T (4G, m) z (m, p) */
+        gemm('N', 'T', 4 * G, p, m, (const float *)ew, 4 * G, z, (int)N, 0.0f, y, 4 * G);
+    }
+}
+
+/* x2t (4O, 4p) = W2^T y^T for y (4p, G): float32, or bfloat16 inputs (y rounded into yb). */
+static void second_conv(float *x2t, const float *y, const void *w2, int bf16, bf16_t *yb,
+                        int p, int G, int O) {
+    if (bf16) {
+        for (long i = 0; i < 4L * p * G; i++) yb[i] = to_bf16(y[i]);
+        cblas_gemm_bf16bf16f32(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_TRANS, 4 * O, 4 * p, G, 1.0f,
+                               (const bf16_t *)w2, 4 * O, yb, G, 0.0f, x2t, 4 * p);
+    } else { /* column-major (4p, 4O) = y (4p, G) W2 (G, 4O) */
+        gemm('T', 'T', 4 * p, 4 * O, G, y, G, (const float *)w2, 4 * O, 0.0f, x2t, 4 * p);
+    }
+}
+
+int mobilesam_has_bf16_gemm(void) { return cblas_gemm_bf16bf16f32 != NULL; }
+
+int mobilesam_upscale_tail(const void *shared, const float *z, long z_batch_stride,
+                               const void *ew, const float *a, const float *bias1,
+                               const float *lnw, const float *lnb, float eps, const void *w2,
                                const float *b2, const float *hyper, float *out, int batch,
                                int h, int w, int m, int G, int O, int T, int rows_per_chunk,
-                               int threads) {
+                               int bf16, int threads) {
     const long N = (long)h * w;
     const int chunks = (h + rows_per_chunk - 1) / rows_per_chunk;
     const int P = rows_per_chunk * w;
+    const size_t elem = bf16 ? sizeof(bf16_t) : sizeof(float);
+    if (bf16 && !mobilesam_has_bf16_gemm()) return 2;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         float *y = malloc(sizeof(float) * (size_t)P * 4 * G);
         float *x2t = malloc(sizeof(float) * (size_t)P * 16 * O);
         float *lg = malloc(sizeof(float) * (size_t)P * 16 * T);
-        failed = !y || !x2t || !lg;
+        bf16_t *zb = bf16 ? malloc(sizeof(bf16_t) * (size_t)P * (m > 4 * G ? m : 4 * G)) : NULL;
+        failed = !y || !x2t || !lg || (bf16 && !zb);
 #pragma omp for schedule(static)
         for (long task = 0; task < (long)batch * chunks; task++) {
             if (failed) continue;
@@ -116,22 +156,22 @@ int mobilesam_upscale_tail_f32(const float *shared, const float *z, long z_batch
             const int nrows = r0 + rows_per_chunk > h ? h - r0 : rows_per_chunk;
             const int p = nrows * w;
             const long p0 = (long)r0 * w;
-            if (m > 0)  /* y = z^T ew (column-major: (4G, p) = ew^T (4G, m) z (m, p)) */
-                gemm('N', 'T', 4 * G, p, m, ew + (long)b * m * 4 * G, 4 * G,
-                     z + b * z_batch_stride + p0, (int)N, 0.0f, y, 4 * G);
+            if (m > 0)
+                first_conv(y, z + b * z_batch_stride + p0, N,
+                           (const char *)ew + (long)b * m * 4 * G * elem, bf16, zb, p, m, G);
             else
                 memset(y, 0, sizeof(float) * (size_t)p * 4 * G);
-            scale_and_norm(y, shared + p0 * 4 * G, a ? a + b * N + p0 : NULL, bias1, lnw, lnb,
-                           eps, p, G);
+            scale_and_norm(y, (const char *)shared + p0 * 4 * G * elem, bf16,
+                           a ? a + b * N + p0 : NULL, bias1, lnw, lnb, eps, p, G);
             gelu(y, (long)p * 4 * G);
-            /* x2t (4O, 4p) = W2^T y^T; column-major (4p, 4O) = y (4p, G) W2 (G, 4O) */
-            gemm('T', 'T', 4 * p, 4 * O, G, y, G, w2, 4 * O, 0.0f, x2t, 4 * p);
+            second_conv(x2t, y, w2, bf16, zb, p, G, O); /* zb reused for y's bfloat16 copy */
             second_act_and_hyper(x2t, lg, b2, hyper + (long)b * T * O, 4 * p, O, T);
             scatter(lg, out + (long)b * T * 16 * N, T, r0, nrows, h, w);
         }
         free(y);
         free(x2t);
         free(lg);
+        free(zb);
     }
     return failed;
 }
