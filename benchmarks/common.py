@@ -16,6 +16,7 @@ from types import ModuleType
 
 import torch
 
+from mobilesam import native
 from mobilesam._atomic import atomic_write
 from mobilesam.timing import matmul_peak, time_fn  # noqa: F401 (re-exported for the scripts)
 
@@ -53,6 +54,7 @@ def machine_info() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "cpu": cpu_info(),
+        "native_kernels": native.status(),
     }
 
 
@@ -61,7 +63,8 @@ def describe_machine(threads: int, peak: float) -> str:
     cpu = cpu_info()
     return (
         f"CPU: {cpu['model']} [{' '.join(cpu['flags'])}; torch {cpu['torch_capability']}], "
-        f"{threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s (2048², best of 10)"
+        f"{threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s (2048², best of 10); "
+        f"native decoder kernels: {native.status()}"
     )
 
 

@@ -358,7 +358,7 @@ def kernels() -> DecoderKernels | None:
         _STATUS.append(f"off: build or load failed: {detail.strip()[:500]}")
         _log.warning("mobilesam: native decoder kernels unavailable, using PyTorch: %s", detail)
         return None
-    _STATUS.append("on: native decoder kernels (float32, CPU)")
+    _STATUS.append(f"on (CPU; bf16 tail products: {'yes' if loaded.bf16 else 'no'})")
     return loaded
 
 
