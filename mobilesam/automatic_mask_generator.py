@@ -99,8 +99,8 @@ class SamAutomaticMaskGenerator:
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
             :mod:`mobilesam.precision`); it converts ``model.image_encoder`` in place, as
             :class:`SamPredictor` does. ``None`` (default) leaves the encoder as it is.
-            bf16 also runs the decoder's upscaling tail where the native float32 one
-            (:mod:`mobilesam.native`) does not; the rest runs in float32.
+            bf16 also runs the products of the decoder's upscaling tail in bf16; the rest
+            runs in float32.
 
     Attributes:
         settings: the checked arguments (:class:`~mobilesam.amg.settings.AmgSettings`); each

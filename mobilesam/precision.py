@@ -1,13 +1,12 @@
 """One precision setting for the whole product: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
 Reduced precision runs where it pays: on a CPU with bf16 units (AVX512-BF16 or AMX) TinyViT
-runs about twice as fast in bf16, and the decoder's upscaling tail (two products, a LayerNorm
-and two GELUs on ~3 M values per prompt) about 1.4× as fast, where the fused float32 tail
-of :mod:`mobilesam.native` is not built (that one is faster still, and exact, so bf16 keeps
-it). The prompt encoder, the
-decoder's transformer (bound by memory traffic and operation count, not by products; measured
-no faster in bf16), the IoU scores and the mask postprocessing stay in float32, so scores and
-the returned logits are float32.
+runs about twice as fast in bf16, and so do the two products of the decoder's upscaling tail
+(with :mod:`mobilesam.native`: bf16 inputs, float32 sums, LayerNorm and GELUs in float32;
+without it, PyTorch's tail all in bf16). The prompt encoder, the decoder's transformer (bound
+by memory traffic and operation count, not by products; measured no faster in bf16), the IoU
+scores and the mask postprocessing stay in float32, so scores and the returned logits are
+float32.
 
 ``"auto"`` picks bf16 only where the CPU reports bf16 units *and* a quick check (a few
 512×512 products, about 20 ms, once per process) finds bf16 faster; otherwise float32. It

@@ -81,9 +81,8 @@ class SamPredictor:
             ``encoder.half()``. Without ``dtype`` or ``precision`` the encoder is left as
             it is (float32 as loaded).
         precision: the same as a name: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
-            :mod:`mobilesam.precision`). With bf16 the decoder's upscaling tail (its
-            product-heavy part) runs in bf16 too, unless the faster native float32 tail
-            (:mod:`mobilesam.native`) runs; the prompt encoder, the decoder's
+            :mod:`mobilesam.precision`). With bf16 the products of the decoder's upscaling
+            tail (its product-heavy part) take bf16 inputs too; the prompt encoder, the decoder's
             transformer, the IoU scores and the mask postprocessing always run in float32:
             inputs, embeddings and outputs are float32, and every embedding is checked
             (:class:`DegenerateEmbeddingError`).
@@ -105,8 +104,8 @@ class SamPredictor:
             chosen = resolve_precision(dtype if precision is None else precision, device)
             sam_model.image_encoder.to(chosen)
         self.model = sam_model
-        #: The image encoder's dtype (and, for bf16 without the native tail, the decoder's
-        #: upscaling tail's).
+        #: The image encoder's dtype (and, for bf16, that of the decoder's upscaling tail's
+        #: products).
         self.dtype = chosen
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
