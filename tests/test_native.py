@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,6 +111,22 @@ def test_bf16_predictor_tail(golden):
     assert pred.dtype == torch.bfloat16
     expected = torch.bfloat16 if native.kernels().bf16 else torch.float32
     assert pred.decoder_cache().upscale.dtype == expected
+
+
+def test_bf16_tail_keeps_the_native_transformer(golden, monkeypatch):
+    """A bf16 tail does not turn the transformer's float32 native kernels off."""
+    calls = []
+    original = native.DecoderKernels.token_attention
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(native.DecoderKernels, "token_attention", counted)
+    pred = SamPredictor(build_sam(FIXTURE_CKPT), precision="bf16")
+    pred.set_embedding(torch.from_numpy(golden["img0/embedding"]), (770, 769))
+    pred.predict(np.array([[420.0, 385.0]]), np.array([1]))
+    assert len(calls) == 3  # two layers and the final attention
 
 
 def test_native_build_is_reused_and_can_be_turned_off(tmp_path):

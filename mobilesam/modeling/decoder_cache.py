@@ -343,7 +343,7 @@ def decode_tokens(
     n_rows = len(tf.layers) * (heads * tokens.shape[1] + 3)
     img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
     queries, query_pe = tokens, tokens
-    kernels = native.kernels_for(tokens, cache.upscale)
+    kernels = native.kernels_for(tokens, cache.final_k.img)  # (the tail may be bf16)
     for layer, lc in zip(tf.layers, cache.layers, strict=True):
         queries = layer.self_attend(queries, query_pe)
         i2t = layer.cross_attn_image_to_token
