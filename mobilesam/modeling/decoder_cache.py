@@ -47,6 +47,7 @@ per-prompt dense input (``mask_input``) and for the ONNX graph with SAM's public
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -54,6 +55,17 @@ from torch import nn
 from .. import native
 from .image_cache import ImageCache, _AttnImageSide, _center, _LayerCache
 from .transformer import Attention
+
+
+class _Run(NamedTuple):
+    """A run of rows ``start:stop`` of the factored image tokens: fixed rows (``values``
+    None), an update's rows (``values`` ``(B, H, T', d)``, one row per head and token), or
+    with ``summed`` one row per token summed over the heads (``values`` ``(B, H, T', d)``)."""
+
+    start: int
+    stop: int
+    values: torch.Tensor | None
+    summed: bool = False
 
 
 class _ImageTokens:
@@ -73,9 +85,8 @@ class _ImageTokens:
         self._z = like.new_empty(batch, rows, tokens)
         self._e = like.new_empty(batch, rows, c)
         self.m = 0
-        #: ``(start, stop, values)`` per run of rows: an update's ``(B, H, T, d)`` token
-        #: values, or ``None`` for fixed rows
-        self.segments: list[tuple[int, int, torch.Tensor | None]] = []
+        #: the runs of rows, in order
+        self.segments: list[_Run] = []
 
     @property
     def z(self) -> torch.Tensor | None:
@@ -96,10 +107,11 @@ class _ImageTokens:
         e: torch.Tensor,
         values: torch.Tensor | None,
         scale: torch.Tensor | None = None,
+        summed: bool = False,
     ) -> None:
         """Add terms: coefficients ``z`` ``(B, k, N)`` (times ``scale`` ``(B, 1, N)``, if
         given; None when already written into :meth:`next_rows`) and rows ``e``
-        ``(B, k, C)``."""
+        ``(B, k, C)``; ``values`` and ``summed`` as in :class:`_Run`."""
         k = e.shape[1]
         if z is None:
             pass
@@ -108,7 +120,7 @@ class _ImageTokens:
         else:
             torch.mul(z, scale, out=self._z[:, self.m : self.m + k])
         self._e[:, self.m : self.m + k] = e
-        self.segments.append((self.m, self.m + k, values))
+        self.segments.append(_Run(self.m, self.m + k, values, summed))
         self.m += k
 
     def select(self, prompts: torch.Tensor) -> _ImageTokens:
@@ -117,7 +129,8 @@ class _ImageTokens:
         out.a = None if self.a is None else self.a[prompts]
         out._z, out._e, out.m = self._z[prompts], self._e[prompts], self.m
         out.segments = [
-            (start, stop, None if v is None else v[prompts]) for start, stop, v in self.segments
+            run._replace(values=None if run.values is None else run.values[prompts])
+            for run in self.segments
         ]
         return out
 
@@ -223,6 +236,11 @@ def _image_to_token(
     module docstring) and its bias row. With ``kernels`` the weights are written in place by
     one native pass over the image.
 
+    Each head's weights sum to one over the ``T`` tokens, so the first token's follow from
+    the others: ``Σ_t R_t·V_t = V_0 + Σ_{t≥1} R_t·(V_t − V_0)``. The update is stored as the
+    ``H·(T−1)`` rows ``V_t − V_0`` and one row ``Σ_h V_{h,0}`` with the bias row's
+    coefficient: ``H − 1`` fewer rows per layer for every later low-rank product.
+
     Args:
         keys: ``(B, T, C)`` token keys (positional encoding included); values ``(B, T, C)``.
     """
@@ -232,20 +250,24 @@ def _image_to_token(
     vh = attn.split_heads(attn.v_proj(values))  # (B, H, T, d)
     b, _, t, _ = kh.shape
     w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
-    rows = (vh @ w_o).reshape(b, heads * t, -1)  # (B, H·T, C)
+    rows = vh @ w_o  # (B, H, T, C)
+    first = rows[:, :, :1]
     inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
+    diffs = (rows[:, :, 1:] - first).reshape(b, heads * (t - 1), -1)
+    value_diffs = vh[:, :, 1:] - vh[:, :, :1]
     if kernels is not None:
         coef = _coefficients(kh, img, attn, attn.q_proj)
-        side, out = cache.i2t_q, img.next_rows(heads * t)
-        kernels.image_attention(kh, side.img, side.pe, coef, img.z, img.a, out)
-        img.append(None, rows, vh)
+        side, out = cache.i2t_q, img.next_rows(heads * (t - 1))
+        kernels.image_attention(kh, side.img, side.pe, coef, img.z, img.a, out, skip_first=True)
+        img.append(None, diffs, value_diffs)
     else:
         # scores laid out (B, H, T, N): the softmax over the T tokens runs along a strided
         # axis with the long N axis contiguous, which vectorises (a last axis of 7 does not)
         scores = _factored_scores(kh, cache.i2t_q, img, attn, attn.q_proj)
-        weights = torch.softmax(scores, dim=2)
-        img.append(weights.view(b, heads * t, -1), rows, vh, scale=inv_a)
+        weights = torch.softmax(scores, dim=2)[:, :, 1:]
+        img.append(weights.reshape(b, heads * (t - 1), -1), diffs, value_diffs, scale=inv_a)
     ones = torch.ones_like(img.next_rows(1)) if inv_a is None else inv_a
+    img.append(ones, first.sum(1), vh[:, :, :1], summed=True)
     img.append(ones, attn.out_proj.bias.expand(b, 1, -1), None)
 
 
@@ -267,15 +289,16 @@ def _layer_norm_factored(
     e_centred = _center(e)
     m = e.shape[1]
     lhs = torch.cat([e_centred @ e_centred.transpose(1, 2), e.sum(-1)[:, None, :]], 1)
-    segments = []  # (start, stop, values, cached cross products) per run of rows
+    segments = []  # each run of rows with its cached cross products
     update, fixed = 0, 0
-    for start, stop, values in img.segments:
-        if values is None:  # fixed rows: cached products, in the same order
-            segments.append((start, stop, None, cache.cross_c[fixed : fixed + stop - start]))
-            fixed += stop - start
-        else:
-            segments.append((start, stop, values, cache.cross_u[update]))
-            update += 1
+    for run in img.segments:
+        if run.values is None:  # fixed rows: cached products, in the same order
+            k = run.stop - run.start
+            segments.append((run, cache.cross_c[fixed : fixed + k]))
+            fixed += k
+        else:  # an update's runs (rows, then the summed row) share its cached products
+            segments.append((run, cache.cross_u[update]))
+            update += run.summed
     if kernels is not None:
         mean, r = kernels.layer_norm_stats(
             z, lhs, segments, cache.x_sum, cache.x_sq, a, c, norm.eps
@@ -283,12 +306,15 @@ def _layer_norm_factored(
     else:
         both = lhs @ z  # (B, m + 1, N)
         acc, mean = both[:, :m], both[:, m].add_(cache.x_sum).div_(c)  # mean (B, N)
-        for start, stop, values, cross in segments:
-            if values is None:
-                acc[:, start:stop].add_(cross, alpha=2.0)
+        for run, cross in segments:
+            block = acc[:, run.start : run.stop]
+            if run.values is None:
+                block.add_(cross, alpha=2.0)
+            elif run.summed:
+                block.add_(_per_prompt(run.values, cross).sum(1), alpha=2.0)
             else:
-                b, h, t, _ = values.shape
-                _per_prompt(values, cross, out=acc[:, start:stop].view(b, h, t, -1), alpha=2.0)
+                b, h, t, _ = run.values.shape
+                _per_prompt(run.values, cross, out=block.view(b, h, t, -1), alpha=2.0)
         var = (cache.x_sq + (acc.mul_(z)).sum(1)) / c  # (B, N), var(Q)
         if a is not None:
             var.mul_(a * a)
@@ -340,7 +366,8 @@ def decode_tokens(
     out_tokens = cache.weights.tokens
     tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], 1)
     heads = tf.layers[0].cross_attn_image_to_token.num_heads if tf.layers else 0
-    n_rows = len(tf.layers) * (heads * tokens.shape[1] + 3)
+    # per layer: the update's H·(T−1) rows and its summed row, the bias row, two LayerNorm rows
+    n_rows = len(tf.layers) * (heads * (tokens.shape[1] - 1) + 4)
     img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
     queries, query_pe = tokens, tokens
     kernels = native.kernels_for(tokens, cache.final_k.img)  # (the tail may be bf16)

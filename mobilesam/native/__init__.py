@@ -122,6 +122,7 @@ class _Segment(ctypes.Structure):
         ("stop", ctypes.c_int),
         ("heads", ctypes.c_int),
         ("d", ctypes.c_int),
+        ("summed", ctypes.c_int),
         ("values", ctypes.c_void_p),
         ("cross", ctypes.c_void_p),
     ]
@@ -146,7 +147,7 @@ class DecoderKernels:
         self._attention = lib.mobilesam_token_attention_f32
         self._attention.argtypes = [p, p, p, p, p, n, p, p, p, p] + [i] * 8
         self._image_attention = lib.mobilesam_image_attention_f32
-        self._image_attention.argtypes = [p, p, p, p, p, n, p, p, n] + [i] * 8
+        self._image_attention.argtypes = [p, p, p, p, p, n, p, p, n] + [i] * 9
         self._stats = lib.mobilesam_layer_norm_stats_f32
         self._stats.argtypes = [p, n, p, p, i, p, p, p, f, f, p, p] + [i] * 5
         for fn in (self._tail, self._attention, self._image_attention, self._stats):
@@ -262,6 +263,7 @@ class DecoderKernels:
         z: torch.Tensor | None,
         a: torch.Tensor | None,
         out: torch.Tensor,
+        skip_first: bool = False,
     ) -> None:
         """Image→token attention weights over factored image tokens, written into ``out``.
 
@@ -271,7 +273,8 @@ class DecoderKernels:
                 (``q_pe`` None when summed into ``q_img``); coef ``(B, H·T, m)``, z
                 ``(B, m, N)`` and a ``(B, N)`` as in :meth:`token_attention`.
             out: ``(B, H·T, N)``, rows of ``N`` contiguous values: the softmax over the
-                ``T`` tokens of each head, divided by ``a`` when given.
+                ``T`` tokens of each head, divided by ``a`` when given; with ``skip_first``
+                ``(B, H·(T−1), N)``, without each head's first token.
         """
         b, heads, t, d = q.shape
         n = q_img.shape[-1]
@@ -283,7 +286,7 @@ class DecoderKernels:
         failed = self._image_attention(
             q.data_ptr(), q_img.data_ptr(), _ptr(q_pe), _ptr(coef), _ptr(z),
             0 if z is None else z.stride(0), _ptr(a), out.data_ptr(), out.stride(0), b, heads,
-            t, d, n, m, self.ATTENTION_CHUNK, torch.get_num_threads(),
+            t, d, n, m, int(skip_first), self.ATTENTION_CHUNK, torch.get_num_threads(),
         )  # fmt: skip
         self._check(failed, "image attention")
 
@@ -291,7 +294,7 @@ class DecoderKernels:
         self,
         z: torch.Tensor,
         lhs: torch.Tensor,
-        segments: list[tuple[int, int, torch.Tensor | None, torch.Tensor]],
+        segments: list[tuple[tuple, torch.Tensor]],
         x_sum: torch.Tensor,
         x_sq: torch.Tensor,
         a: torch.Tensor | None,
@@ -303,9 +306,11 @@ class DecoderKernels:
         Args:
             z: ``(B, m, N)`` coefficients (rows of ``N`` contiguous values).
             lhs: ``(B, m + 1, m)``: ``ẽ·ẽᵀ`` of the centred rows, then the rows' sums.
-            segments: ``(start, stop, values, cross)`` per run of rows: fixed rows
+            segments: ``(run, cross)`` per run of rows, ``run`` with ``start``, ``stop``,
+                ``values`` and ``summed`` as in ``decoder_cache._Run``: fixed rows
                 (``values`` None, ``cross`` ``(stop - start, N)`` cached ``ẽ·x̃`` products)
-                or an update (``values`` ``(B, H, T, d)``, ``cross`` ``(H, d, N)``).
+                or an update's rows (``values`` ``(B, H, T', d)``, ``cross``
+                ``(H, d, N)``), one per head and token or, ``summed``, per token.
             x_sum, x_sq: ``(N,)`` cached sums and centred squared norms of the image part.
             a: ``(B, N)`` per-token scale, or None (1).
             channels: ``C``, the tokens' width; eps: the LayerNorm's.
@@ -318,12 +323,14 @@ class DecoderKernels:
         assert z.stride(-1) == 1 and z.stride(-2) == n, "z: (B, m, N), rows of N"
         keep = []  # the contiguous tensors the kernel reads, alive until it returns
         table = (_Segment * len(segments))()
-        for i, (start, stop, values, cross) in enumerate(segments):
+        for i, (run, cross) in enumerate(segments):
             cross = cross.contiguous()
-            values = None if values is None else values.contiguous()
+            values = None if run.values is None else run.values.contiguous()
             keep += [cross, values]
             heads, d = (1, 0) if values is None else (values.shape[1], values.shape[-1])
-            table[i] = _Segment(start, stop, heads, d, _ptr(values), cross.data_ptr())
+            table[i] = _Segment(
+                run.start, run.stop, heads, d, int(run.summed), _ptr(values), cross.data_ptr()
+            )
         lhs, a = lhs.contiguous(), None if a is None else a.contiguous()
         mean, inv_std = z.new_empty(b, n), z.new_empty(b, n)
         failed = self._stats(

@@ -140,11 +140,13 @@ int mobilesam_token_attention_f32(const float *q, const float *k_img, const floa
  * image token n, the softmax over the T tokens of the scores above (queries q are the tokens'
  * scaled keys, Kimg/Kpe the image side's queries), divided by a[n] when given, written to
  * out[b, h T + t, n] (out_batch_stride between prompts, rows of N values): the coefficients
- * of the update's rows in the factored form, relative to a. */
+ * of the update's rows in the factored form, relative to a. With first = 1 each head's first
+ * token is left out (rows h (T - 1) + t - 1): its weights follow from the others'. */
 int mobilesam_image_attention_f32(const float *q, const float *k_img, const float *k_pe,
                                   const float *coef, const float *z, long z_batch_stride,
                                   const float *a, float *out, long out_batch_stride, int batch,
-                                  int H, int T, int d, int N, int m, int chunk, int threads) {
+                                  int H, int T, int d, int N, int m, int first, int chunk,
+                                  int threads) {
     const int HT = H * T, chunks = (N + chunk - 1) / chunk;
     const long tasks = (long)batch * chunks;
     int failed = 0;
@@ -179,9 +181,10 @@ int mobilesam_image_attention_f32(const float *q, const float *k_img, const floa
                 }
                 for (int n = 0; n < nc; n++)  /* 1 / (sum a), or 1 / sum */
                     sum[n] = 1.0f / (ab ? sum[n] * ab[n0 + n] : sum[n]);
-                for (int t = 0; t < T; t++) {
+                for (int t = first; t < T; t++) {
                     const float *st = sh + (long)t * nc;
-                    float *dst = out + b * out_batch_stride + (long)(h * T + t) * N + n0;
+                    const long row = (long)h * (T - first) + t - first;
+                    float *dst = out + b * out_batch_stride + row * N + n0;
                     for (int n = 0; n < nc; n++) dst[n] = st[n] * sum[n];
                 }
             }

@@ -17,9 +17,10 @@
 
 /* One run of rows [start, stop) of z: fixed rows (values == NULL, cross = (stop - start, N)
  * cached products), or an update of `heads` heads (values (B, heads, T, d), cross = (heads,
- * d, N)). */
+ * d, N)) with one row per head and token, or with `summed` one row per token (the sum over
+ * the heads). */
 typedef struct {
-    int start, stop, heads, d;
+    int start, stop, heads, d, summed;
     const float *values;
     const float *cross;
 } mobilesam_segment;
@@ -54,12 +55,14 @@ int mobilesam_layer_norm_stats_f32(const float *z, long z_batch_stride, const fl
                         for (int n = 0; n < nc; n++) dst[n] += 2.0f * src[n];
                     }
                 } else {
-                    const int t = (seg->stop - seg->start) / seg->heads, d = seg->d;
+                    const int rows = seg->stop - seg->start, d = seg->d;
+                    const int t = seg->summed ? rows : rows / seg->heads;
                     const float *vb = seg->values + (long)b * seg->heads * t * d;
-                    for (int h = 0; h < seg->heads; h++) /* column-major (nc, t) += 2 cross^T v^T */
+                    for (int h = 0; h < seg->heads; h++) { /* (nc, t) += 2 cross^T v^T */
+                        float *dst = acc + (long)(seg->start + (seg->summed ? 0 : h * t)) * nc;
                         gemm_scaled('N', 'N', nc, t, d, 2.0f, seg->cross + (long)h * d * N + n0,
-                                    N, vb + (long)h * t * d, d, 1.0f,
-                                    acc + (long)(seg->start + h * t) * nc, nc);
+                                    N, vb + (long)h * t * d, d, 1.0f, dst, nc);
+                    }
                 }
             }
             float *mb = mean + (long)b * N + n0, *rb = r + (long)b * N + n0;
