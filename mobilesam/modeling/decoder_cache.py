@@ -25,7 +25,9 @@ rows; earlier coefficients never change. Every product of ``K`` with a fixed wei
 
 - ``(X·diag(g))·W``: computed once per image, in
   :func:`~mobilesam.modeling.image_cache.prepare_image_cache`;
-- ``Z·(E·W)``: per prompt, rank ``H·T`` per layer instead of ``C``;
+- ``Z·(E·W)``: per prompt, rank ``H·(T−1) + 1`` per layer instead of ``C`` (each head's
+  weights sum to one over the ``T`` tokens, so its first token's follow from the others', see
+  :func:`_image_to_token`);
 - per-token scalars ``a``.
 
 The LayerNorm statistics need no materialised ``K`` either: the mean is linear, and the
@@ -37,8 +39,11 @@ squares-like terms, without the ``E[x²] - μ²`` cancellation.
 The upscaling's first transposed convolution is linear in ``K`` and splits the same way; its
 LayerNorm, GELUs and second convolution run per prompt.
 
-Cost per prompt (1 point, multimask, so ``T = 7``) drops from 3.55 GFLOP to 0.89
-(``benchmarks/encoder.py``); the cache costs 4.84 GFLOP once per image.
+Cost per prompt (1 point, multimask, so ``T = 7``) drops from 3.55 GFLOP to 0.80
+(``benchmarks/encoder.py``); the cache costs 4.84 GFLOP once per image. On CPU, in eager
+float32 inference, the cross-attentions, the LayerNorm statistics and the upscaling tail run
+as fused native kernels (:mod:`mobilesam.native`) where they can be built: the same algebra,
+one pass over the image each.
 
 The plain order (:meth:`MaskDecoder.predict_masks`) stays for training (gradients), for a
 per-prompt dense input (``mask_input``) and for the ONNX graph with SAM's public interface.
