@@ -22,6 +22,21 @@ static inline void gemm(char ta, char tb, int m, int n, int k, const float *a, i
     gemm_scaled(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
+/* Task `task` of the (prompt, chunk) tasks over an image of N tokens cut into chunks of
+ * `chunk`: its prompt b and its tokens n0 .. n0 + nc. */
+typedef struct {
+    int b, nc;
+    long n0;
+} chunk_task;
+
+static inline chunk_task task_of(long task, int chunks, int chunk, long N) {
+    chunk_task t;
+    t.b = (int)(task / chunks);
+    t.n0 = (task % chunks) * (long)chunk;
+    t.nc = N - t.n0 < chunk ? (int)(N - t.n0) : chunk;
+    return t;
+}
+
 /* bfloat16 products with float32 sums (MKL's; a weak reference, null under another BLAS). */
 typedef uint16_t bf16_t;
 void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,

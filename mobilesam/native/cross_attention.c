@@ -105,9 +105,9 @@ int mobilesam_token_attention_f32(const float *q, const float *k_img, const floa
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             if (failed) continue;
-            const int b = (int)(task / chunks);
-            const long n0 = (task % chunks) * (long)chunk;
-            const int nc = N - n0 < chunk ? (int)(N - n0) : chunk;
+            const chunk_task ct = task_of(task, chunks, chunk, N);
+            const int b = ct.b, nc = ct.nc;
+            const long n0 = ct.n0;
             float *stats = parts + task * per_task, *pv = stats + 2 * HT, *pz = pv + HT * d;
             const float *zb = m > 0 ? z + b * z_batch_stride : NULL;
             chunk_weights(s, stats, q + (long)b * HT * d, k_img, k_pe,
@@ -158,9 +158,9 @@ int mobilesam_image_attention_f32(const float *q, const float *k_img, const floa
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             if (failed) continue;
-            const int b = (int)(task / chunks);
-            const long n0 = (task % chunks) * (long)chunk;
-            const int nc = N - n0 < chunk ? (int)(N - n0) : chunk;
+            const chunk_task ct = task_of(task, chunks, chunk, N);
+            const int b = ct.b, nc = ct.nc;
+            const long n0 = ct.n0;
             const float *ab = a ? a + (long)b * N : NULL;
             chunk_scores(s, q + (long)b * HT * d, k_img, k_pe,
                          m > 0 ? coef + (long)b * HT * m : NULL,

@@ -40,9 +40,9 @@ int mobilesam_layer_norm_stats_f32(const float *z, long z_batch_stride, const fl
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             if (failed) continue;
-            const int b = (int)(task / chunks);
-            const long n0 = (task % chunks) * (long)chunk;
-            const int nc = N - n0 < chunk ? (int)(N - n0) : chunk;
+            const chunk_task ct = task_of(task, chunks, chunk, N);
+            const int b = ct.b, nc = ct.nc;
+            const long n0 = ct.n0;
             const float *zc = z + b * z_batch_stride + n0;
             /* acc (m + 1, nc) row-major: column-major (nc, m + 1) = z chunk^T lhs^T */
             gemm('N', 'N', nc, m + 1, m, zc, N, lhs + (long)b * (m + 1) * m, m, 0.0f, acc, nc);
