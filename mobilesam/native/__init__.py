@@ -34,7 +34,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -143,7 +145,7 @@ class DecoderKernels:
         self._tail.argtypes = [p, p, n, p, p, p, p, p, f, p, p, p, p] + [i] * 10
         lib.mobilesam_has_bf16_gemm.restype = i
         #: whether the tail can take bfloat16 products (MKL's bf16 GEMM is linked)
-        self.bf16 = bool(lib.mobilesam_has_bf16_gemm())
+        self.bf16_products = bool(lib.mobilesam_has_bf16_gemm())
         self._attention = lib.mobilesam_token_attention_f32
         self._attention.argtypes = [p, p, p, p, p, n, p, p, p, p] + [i] * 8
         self._image_attention = lib.mobilesam_image_attention_f32
@@ -152,6 +154,33 @@ class DecoderKernels:
         self._stats.argtypes = [p, n, p, p, i, p, p, p, f, f, p, p] + [i] * 5
         for fn in (self._tail, self._attention, self._image_attention, self._stats):
             fn.restype = i
+
+    @functools.cached_property
+    def bf16(self) -> bool:
+        """Whether a bf16 tail should take bf16 products here: MKL's bf16 product is linked
+        and, timed once on one 64×64 tail (~20 ms in all), faster than float32 on this CPU
+        (MKL may emulate bf16 where the CPU lacks the instructions)."""
+        return self.bf16_products and self._tail_seconds(torch.bfloat16) < self._tail_seconds(
+            torch.float32
+        )
+
+    def _tail_seconds(self, dtype: torch.dtype, side: int = 64, rank: int = 100) -> float:
+        """Best of 3 timings of :meth:`upscale_tail` on a ``side²`` grid, one prompt."""
+        gen = torch.Generator().manual_seed(0)
+        n, g, o = side * side, 64, 32
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen)
+
+        norm = SimpleNamespace(weight=rand(g), bias=rand(g), eps=1e-6)
+        args = (rand(n, 4 * g).to(dtype), rand(1, n).abs(), rand(1, rank, n))
+        args += (rand(1, rank, 4 * g), rand(4 * g), norm, rand(g, 4 * o), rand(4 * o))
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            self.upscale_tail(*args, rand(1, 3, o), (side, side))
+            best = min(best, time.perf_counter() - start)
+        return best
 
     @staticmethod
     def _check(failed: int, what: str) -> None:
@@ -193,7 +222,7 @@ class DecoderKernels:
         b, t, o = hyper.shape
         m = 0 if z is None else z.shape[1]
         low = shared.dtype == torch.bfloat16
-        if low and not self.bf16:
+        if low and not self.bf16_products:
             raise ValueError("bfloat16 products need MKL's bf16 GEMM, which is not linked")
         if z is not None:
             assert z.stride(-1) == 1 and z.stride(-2) == h * w, "z: (B, m, N), rows of N"
