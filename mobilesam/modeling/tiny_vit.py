@@ -108,16 +108,33 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
     ) -> torch.Tensor:
         """The convolution with the BatchNorm (running statistics) folded in, optionally with
         another ``padding`` (rows, columns) than the layer's own, and followed by ``gelu``
-        in place (inference only). (oneDNN's fused convolution + GELU was measured too: in
-        these bands it was slower than the two steps.)"""
+        in place (inference only). In bf16 on a CPU the GELU runs inside oneDNN's
+        convolution: the whole bf16 encoder 8% faster (0.305 → 0.280 s on a 2-core Xeon with
+        AMX), and the convolution's output is rounded to bf16 once instead of twice. In
+        float32 the fused form was no faster in these bands, so it keeps the two steps."""
         conv: nn.Conv2d = self.c
         bn: nn.BatchNorm2d = self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale[:, None, None, None]
         bias = bn.bias - bn.running_mean * scale
         pad = conv.padding if padding is None else padding
+        if gelu is not None and _fused_gelu_conv(x):
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, list(pad), list(conv.stride), list(conv.dilation),
+                conv.groups, "gelu", [None], gelu.approximate,
+            )  # fmt: skip
         y = F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
         return y if gelu is None else gelu_(y, gelu)
+
+
+def _fused_gelu_conv(x: torch.Tensor) -> bool:
+    """Whether oneDNN's convolution + GELU applies: bf16 CPU inference with oneDNN built in."""
+    return (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 class DropPath(nn.Module):
