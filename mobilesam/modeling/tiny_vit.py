@@ -313,6 +313,13 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        if q.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled():
+            # Reduced precision: SDPA's fused kernel, the bias as a mask expanded over the
+            # windows (a broadcast one takes a slower path). The whole bf16 encoder is 4-6%
+            # faster on a 2-core Xeon (AMX); its online softmax's drift (~1e-4) is far below
+            # bf16's own rounding.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(b, -1, -1, -1))
+            return self.proj(out.transpose(1, 2).reshape(b, n, -1))
         # Explicit softmax attention, in the official order ((q·kᵀ)·scale + bias). On CPU, SDPA
         # with a float mask takes a slower, mask-validating path, and its fused kernel's
         # online softmax drifts ~1e-4 from the official embedding over the 10 blocks. The
