@@ -26,8 +26,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the image encoder, set_image and predict on this machine.
 
     It prints the median time of each (and, with --everything, of segmenting everything in
-    the photo), with the machine's measured matrix-multiply peak (GFLOP/s) for context, and
-    can write the figures to a JSON file. The full benchmarks are in the repository's
+    the photo), with the machine's measured matrix-multiply peak (GFLOP/s) and whether the
+    decoder's native kernels run, for context, and can write the figures to a JSON file. The full benchmarks are in the repository's
     benchmarks folder.
     """
     import torch
@@ -56,6 +56,7 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
     with ``args.everything``), for ``model`` on ``image`` (``H×W×3`` uint8)."""
     import torch
 
+    from .. import native
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..precision import precision_name
     from ..predictor import SamPredictor
@@ -72,6 +73,7 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
     predict = median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
     result: dict[str, Any] = {
         "precision": precision_name(pred.dtype),
+        "native_kernels": native.status(),
         "matmul_peak_gflops": round(peak, 1),
         "encoder_s": round(enc, 4),
         "set_image_s": round(set_img, 4),
