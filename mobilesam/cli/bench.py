@@ -27,8 +27,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     It prints the median time of each (and, with --everything, of segmenting everything in
     the photo), with the machine's measured matrix-multiply peak (GFLOP/s) and whether the
-    decoder's native kernels run, for context, and can write the figures to a JSON file. The full benchmarks are in the repository's
-    benchmarks folder.
+    decoder's native kernels run, for context, and can write the figures to a JSON file. The
+    full benchmarks are in the repository's benchmarks folder.
     """
     import torch
 
