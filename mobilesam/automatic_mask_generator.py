@@ -93,8 +93,8 @@ class SamAutomaticMaskGenerator:
         output_mode: ``"binary_mask"`` (``H×W`` bool arrays), ``"uncompressed_rle"`` or
             ``"coco_rle"`` (needs pycocotools).
         decoder_batch_size: points per decoder call; default: ``points_per_batch`` on GPU,
-            8 on CPU, where small batches stay in cache and run faster. Does not change the
-            result.
+            at most 48 on CPU (:data:`mobilesam.amg.batch.CPU_DECODER_BATCH`: bounded
+            memory, ~2 MB per prompt). Does not change the result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
             :mod:`mobilesam.precision`); it converts ``model.image_encoder`` in place, as

@@ -118,12 +118,10 @@ class _ImageTokens:
         given; None when already written into :meth:`next_rows`) and rows ``e``
         ``(B, k, C)``; ``values`` and ``summed`` as in :class:`_Run`."""
         k = e.shape[1]
-        if z is None:
-            pass
-        elif scale is None:
-            self._z[:, self.m : self.m + k] = z
-        else:
-            torch.mul(z, scale, out=self._z[:, self.m : self.m + k])
+        if z is not None and scale is not None:
+            torch.mul(z, scale, out=self.next_rows(k))
+        elif z is not None:
+            self.next_rows(k).copy_(z)
         self._e[:, self.m : self.m + k] = e
         self.segments.append(_Run(self.m, self.m + k, values, summed))
         self.m += k

@@ -93,16 +93,17 @@ class ImageCache:
 @dataclass
 class DecoderWeights:
     """Rearrangements of the decoder's weights that every prompt uses, made once per cache
-    (so they follow the weights exactly as the cache does). The weights used only by the
-    upscaling tail (``up1_b``, ``up2_w``, ``up2_b``) are in the tail's dtype."""
+    (so they follow the weights exactly as the cache does). The matrix of the upscaling
+    tail's second product (``up2_w``) is in the tail's dtype; the biases stay in the
+    decoder's."""
 
     tokens: torch.Tensor  # (1 + M, C) IoU token, then the M mask tokens
     hyper_w: list[torch.Tensor]  # per hypernetwork layer: (M, in, out) stacked Wᵀ
     hyper_b: list[torch.Tensor]  # per hypernetwork layer: (M, 1, out)
     up1_w: torch.Tensor  # (C, 4·C/4) first transposed convolution as a matrix
-    up1_b: torch.Tensor  # (4·C/4,), tail dtype
-    up2_w: torch.Tensor  # (C/4, 4·C/8) second transposed convolution as a matrix
-    up2_b: torch.Tensor  # (4·C/8,), tail dtype
+    up1_b: torch.Tensor  # (4·C/4,)
+    up2_w: torch.Tensor  # (C/4, 4·C/8) second transposed convolution as a matrix, tail dtype
+    up2_b: torch.Tensor  # (4·C/8,)
 
     @classmethod
     def of(cls, decoder: nn.Module, tail_dtype: torch.dtype | None = None) -> DecoderWeights:
@@ -115,9 +116,9 @@ class DecoderWeights:
             hyper_w=[torch.stack([m.layers[i].weight.t() for m in mlps]) for i in range(depth)],
             hyper_b=[torch.stack([m.layers[i].bias[None] for m in mlps]) for i in range(depth)],
             up1_w=up1_w,
-            up1_b=up1_b.to(tail_dtype or up1_b.dtype),
+            up1_b=up1_b,
             up2_w=up2_w.to(tail_dtype or up2_w.dtype),
-            up2_b=up2_b.to(tail_dtype or up2_b.dtype),
+            up2_b=up2_b,
         )
 
     def hypernetworks(self, tokens: torch.Tensor, which: range) -> torch.Tensor:
@@ -169,10 +170,10 @@ def prepare_image_cache(
         dense_embedding: ``(1, C, 1, 1)`` or ``(1, C, h, w)``, the same for every prompt (the
             no-mask embedding).
         key: :func:`weights_key` of the modules the cache derives from.
-        tail_dtype: the upscaling tail's dtype (default: the decoder's). ``torch.bfloat16``
-            runs its products, LayerNorm and GELUs in bf16 (about 1.4× faster on CPUs with
-            bf16 units); the transformer, the IoU scores and the returned logits stay in the
-            decoder's dtype.
+        tail_dtype: the upscaling tail's dtype (default: the decoder's). With
+            ``torch.bfloat16`` the native tail (:mod:`mobilesam.native`) takes bf16 products
+            with float32 sums, and PyTorch's runs wholly in bf16; the transformer, the IoU
+            scores and the returned logits stay in the decoder's dtype.
     """
     tf = decoder.transformer
     _, c, h, w = image_embeddings.shape

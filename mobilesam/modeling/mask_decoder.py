@@ -242,18 +242,19 @@ class MaskDecoder(nn.Module):
         whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
         ``decoded.hyper``, prompts included)."""
         dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
-        a, z, ew, bias = first_conv_factors(cache, decoded.image)  # bias: in the tail's dtype
+        a, z, ew, bias = first_conv_factors(cache, decoded.image)
         h, w = cache.size
-        second = (cache.weights.up2_w, cache.weights.up2_b)
+        w2, b2 = cache.weights.up2_w, cache.weights.up2_b
         kernels = (
             None if hyper_in.dtype != torch.float32 else self._native_tail(hyper_in.device, dtype)
         )
         if kernels is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
             norm = self.output_upscaling[1]
             return kernels.upscale_tail(
-                cache.upscale, a, z, ew, bias, norm, *second, hyper_in, (h, w)
+                cache.upscale, a, z, ew, bias, norm, w2, b2, hyper_in, (h, w)
             )
-        a, z, ew = (None if t is None else t.to(dtype) for t in (a, z, ew))
+        # PyTorch's tail runs wholly in the tail's dtype
+        a, z, ew, bias, b2 = (None if t is None else t.to(dtype) for t in (a, z, ew, bias, b2))
 
         def first_conv(
             rows: slice, start: int, stop: int, ws: Workspace | None = None
@@ -266,7 +267,7 @@ class MaskDecoder(nn.Module):
             y = torch.baddbmm(shared, zr.transpose(1, 2), ew[rows], out=out)
             return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
-        masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, second)
+        masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, (w2, b2))
         return masks.to(hyper_in.dtype)
 
     def _native_tail(

@@ -127,7 +127,7 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
         return y if gelu is None else gelu_(y, gelu)
 
 
-def _reduced_eager(x: torch.Tensor) -> bool:
+def _bf16_eager(x: torch.Tensor) -> bool:
     """Whether ``x`` is in bf16 eager inference (no gradient recorded, not tracing), where
     the encoder takes its fused kernels."""
     return x.dtype == torch.bfloat16 and not torch.is_grad_enabled() and not torch.jit.is_tracing()
@@ -135,7 +135,7 @@ def _reduced_eager(x: torch.Tensor) -> bool:
 
 def _fused_gelu_conv(x: torch.Tensor) -> bool:
     """Whether oneDNN's convolution + GELU applies: bf16 CPU inference with oneDNN built in."""
-    return _reduced_eager(x) and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    return _bf16_eager(x) and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
 class DropPath(nn.Module):
@@ -314,7 +314,7 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        if _reduced_eager(q):
+        if _bf16_eager(q):
             # bf16: SDPA's fused kernel, the bias as a mask expanded over the windows (a
             # broadcast one takes a slower path). The whole bf16 encoder is 4-6% faster on a
             # 2-core Xeon (AMX); its online softmax's drift (~1e-4) is far below bf16's own

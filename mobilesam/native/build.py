@@ -23,7 +23,7 @@ LIBRARY = "decoder_kernels.so"
 
 @functools.cache
 def build_flags() -> tuple[str, ...] | None:
-    """Compiler flags for this CPU, or None where the kernel is not offered."""
+    """Compiler flags for this CPU, or None where the kernels are not offered."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
     arch = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}.get(torch.backends.cpu.get_cpu_capability())
@@ -47,14 +47,16 @@ def build_flags() -> tuple[str, ...] | None:
 
 
 def compiler() -> str | None:
+    """The C compiler: ``$CC``, else ``cc``, else ``gcc``, whichever is found first."""
     for name in (os.environ.get("CC"), "cc", "gcc"):
         if name and shutil.which(name):
             return name
     return None
 
 
-def build(compiler: str, flags: tuple[str, ...]) -> Path:
-    """Compile (or reuse) the shared library; returns its path. Raises on failure."""
+def build(cc: str, flags: tuple[str, ...]) -> Path:
+    """Compile with ``cc`` (or reuse) the shared library; returns its path. Raises on
+    failure."""
     from ..hub import default_cache_dir
 
     text = b"\0".join((_HERE / name).read_bytes() for name in SOURCES + HEADERS)
@@ -71,7 +73,7 @@ def build(compiler: str, flags: tuple[str, ...]) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *(str(_HERE / name) for name in SOURCES), "-o", tmp, *flags],
+            [cc, *(str(_HERE / name) for name in SOURCES), "-o", tmp, *flags],
             check=True,
             capture_output=True,
             text=True,

@@ -29,13 +29,32 @@ class _Segment(ctypes.Structure):
     ]
 
 
-class DecoderKernels:
-    """The decoder's fused kernels, for contiguous float32 CPU tensors. Each returns new
-    tensors and raises :class:`MemoryError` if the kernel could not allocate its buffers."""
+def _factored_part(
+    q: torch.Tensor,
+    coef: torch.Tensor | None,
+    z: torch.Tensor | None,
+    a: torch.Tensor | None,
+    n: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int, int]:
+    """The prompt-side arguments both cross-attention kernels take, checked and contiguous:
+    ``q``, ``coef``, ``a``, the rank ``m`` and the prompt stride of ``z`` (whose rows must be
+    ``n`` contiguous values; 0 and 0 without ``z``)."""
+    if z is None:
+        return q.contiguous(), None, None if a is None else a.contiguous(), 0, 0
+    assert z.stride(-1) == 1 and z.stride(-2) == n, "z: (B, m, N), rows of N"
+    a = None if a is None else a.contiguous()
+    return q.contiguous(), coef.contiguous(), a, z.shape[1], z.stride(0)
 
-    #: Image tokens per task: intermediates of ~0.5 MB, which stay in a core's L2 cache.
+
+class DecoderKernels:
+    """The decoder's fused kernels, on CPU tensors: float32, and bfloat16 for the tail's
+    products. Each returns or fills float32 tensors and raises :class:`MemoryError` if the
+    kernel could not allocate its buffers."""
+
+    #: Image tokens per task of the tail: intermediates of ~0.5 MB, which stay in a core's
+    #: L2 cache.
     TOKENS_PER_TASK = 128
-    #: Image tokens per task of the two attention-side kernels (scores of all heads).
+    #: Image tokens per task of the cross-attention and LayerNorm-statistics kernels.
     ATTENTION_CHUNK = 512
 
     def __init__(self, lib: ctypes.CDLL) -> None:
@@ -166,18 +185,13 @@ class DecoderKernels:
         """
         b, heads, t, d = q.shape
         n = k_img.shape[-1]
-        m = 0 if z is None else z.shape[1]
-        if z is not None:
-            assert z.stride(-1) == 1 and z.stride(-2) == n, "z: (B, m, N), rows of N"
-            coef = coef.contiguous()
-        a = None if a is None else a.contiguous()
-        q = q.contiguous()
+        q, coef, a, m, z_stride = _factored_part(q, coef, z, a, n)
         out_v = q.new_empty(b, heads, t, d)
         out_z = None if z is None else q.new_empty(b, heads * t, m)
         failed = self._attention(
-            q.data_ptr(), k_img.data_ptr(), _ptr(k_pe), _ptr(coef), _ptr(z),
-            0 if z is None else z.stride(0), _ptr(a), v_img.data_ptr(), out_v.data_ptr(),
-            _ptr(out_z), b, heads, t, d, n, m, self.ATTENTION_CHUNK, torch.get_num_threads(),
+            q.data_ptr(), k_img.data_ptr(), _ptr(k_pe), _ptr(coef), _ptr(z), z_stride, _ptr(a),
+            v_img.data_ptr(), out_v.data_ptr(), _ptr(out_z), b, heads, t, d, n, m,
+            self.ATTENTION_CHUNK, torch.get_num_threads(),
         )  # fmt: skip
         self._check(failed, "token attention")
         return out_v, out_z
@@ -206,15 +220,12 @@ class DecoderKernels:
         """
         b, heads, t, d = q.shape
         n = q_img.shape[-1]
-        m = 0 if z is None else z.shape[1]
-        for x in (out,) if z is None else (out, z):
-            assert x.stride(-1) == 1 and x.stride(-2) == n, "rows of N contiguous values"
-        coef = None if coef is None else coef.contiguous()
-        a, q = None if a is None else a.contiguous(), q.contiguous()
+        q, coef, a, m, z_stride = _factored_part(q, coef, z, a, n)
+        assert out.stride(-1) == 1 and out.stride(-2) == n, "out: rows of N contiguous values"
         failed = self._image_attention(
-            q.data_ptr(), q_img.data_ptr(), _ptr(q_pe), _ptr(coef), _ptr(z),
-            0 if z is None else z.stride(0), _ptr(a), out.data_ptr(), out.stride(0), b, heads,
-            t, d, n, m, int(skip_first), self.ATTENTION_CHUNK, torch.get_num_threads(),
+            q.data_ptr(), q_img.data_ptr(), _ptr(q_pe), _ptr(coef), _ptr(z), z_stride, _ptr(a),
+            out.data_ptr(), out.stride(0), b, heads, t, d, n, m, int(skip_first),
+            self.ATTENTION_CHUNK, torch.get_num_threads(),
         )  # fmt: skip
         self._check(failed, "image attention")
 
