@@ -11,6 +11,8 @@ import os
 import platform
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -107,6 +109,25 @@ def official_model(mobile_sam: ModuleType, checkpoint: str | Path) -> torch.nn.M
     model = mobile_sam.sam_model_registry["vit_t"]()
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Per-call seconds of each of ``fns``, timed in turn round after round (each round calls
+    every function ``inner`` times in a row), after ``warmup`` untimed rounds: on a noisy
+    machine every side sees the same conditions."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            out[name].append((time.perf_counter() - start) / inner)
+    return out
 
 
 def summary(times: list[float]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """CPU benchmark of the deployment paths: ONNX Runtime fp32 / int8 / fp16 against torch fp32 /
 bf16 / fp16, and against the official ``mobile_sam`` code (encoder and ``predict``, same process,
-same weights), with agreement of every reduced-precision path measured as mask IoU against
-torch fp32 over the golden prompt cases.
+same weights; every path timed in turn, round after round), with agreement of every
+reduced-precision path measured as mask IoU against torch fp32 over the golden prompt cases.
 
 Usage: ``python benchmarks/deploy.py [--threads 2] [--repeats 5] [--official PATH] [--json PATH]``
 """
@@ -24,12 +24,12 @@ from common import (  # noqa: E402
     argument_parser,
     describe_machine,
     import_official,
+    interleaved,
     machine_info,
     matmul_peak,
     official_model,
     print_table,
     summary,
-    time_fn,
     write_json,
 )
 
@@ -39,6 +39,7 @@ from mobilesam.onnx import OnnxPredictor, export_onnx  # noqa: E402
 from mobilesam.precision import cpu_has_bf16_units  # noqa: E402
 
 CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
+OFFICIAL_LABEL = "official mobile_sam fp32"
 
 
 def golden_cases() -> list[tuple[str, dict]]:
@@ -90,7 +91,8 @@ def main() -> None:
     image = images["picture1.jpg"]
     pt, lb = np.array([[420.0, 385.0]]), np.array([1])
 
-    rows, result = [], {}
+    # every path is built first, then all are timed in turn, round after round
+    encoders, predicts, agree = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(build_sam(CKPT), tmp, quantize="int8", fp16=True, checkpoint=CKPT)
         ref = SamPredictor(build_sam(CKPT))
@@ -102,22 +104,21 @@ def main() -> None:
 
         def torch_path(label: str, dtype: torch.dtype) -> None:
             model = build_sam(CKPT)
-            pred = SamPredictor(model, dtype=dtype)
-            with torch.no_grad():
-                enc = time_fn(lambda: model.image_encoder(x.to(dtype)), args.repeats)
+            pred = SamPredictor(model, precision=dtype)
+            xd = x.to(dtype)
+            encoders[label] = lambda: model.image_encoder(xd)
+            if dtype != torch.float32:
+                agree[label] = agreement(pred, ref_masks, images, cases)
             pred.set_image(image)
-            dec = time_fn(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
-            agree = 1.0 if dtype == torch.float32 else agreement(pred, ref_masks, images, cases)
-            result[label] = {"encoder": summary(enc), "predict": summary(dec), "miou": agree}
+            predicts[label] = lambda: pred.predict(pt, lb)
 
         def ort_path(label: str, encoder: str, decoder: str) -> None:
             pred = OnnxPredictor(tmp, encoder=encoder, decoder=decoder, threads=args.threads)
-            sess = pred._encoder
-            enc = time_fn(lambda: sess.run(None, {"image": x.numpy()}), args.repeats)
+            sess, xn = pred._encoder, x.numpy()
+            encoders[label] = lambda: sess.run(None, {"image": xn})
+            agree[label] = agreement(pred, ref_masks, images, cases)
             pred.set_image(image)
-            dec = time_fn(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
-            agree = agreement(pred, ref_masks, images, cases)
-            result[label] = {"encoder": summary(enc), "predict": summary(dec), "miou": agree}
+            predicts[label] = lambda: pred.predict(pt, lb)
 
         torch_path("torch fp32", torch.float32)
         if cpu_has_bf16_units():
@@ -130,17 +131,24 @@ def main() -> None:
         ort_path("ORT int8 encoder, fp32 decoder", "int8", "fp32")
         ort_path("ORT fp16 encoder", "fp16", "fp32")
         if mobile_sam is not None:
-            ref = official_model(mobile_sam, CKPT)
-            ref_pred = mobile_sam.SamPredictor(ref)
-            with torch.no_grad():
-                off = time_fn(lambda: ref.image_encoder(x), args.repeats)
+            ref_model = official_model(mobile_sam, CKPT)
+            ref_pred = mobile_sam.SamPredictor(ref_model)
+            encoders[OFFICIAL_LABEL] = lambda: ref_model.image_encoder(x)
             ref_pred.set_image(image)
-            dec = time_fn(lambda: ref_pred.predict(pt, lb), 5 * args.repeats, warmup=2)
-            result["official mobile_sam fp32"] = {"encoder": summary(off), "predict": summary(dec)}
+            predicts[OFFICIAL_LABEL] = lambda: ref_pred.predict(pt, lb)
+        with torch.inference_mode():
+            enc_times = interleaved(encoders, args.repeats)
+            dec_times = interleaved(predicts, args.repeats, inner=5, warmup=2)
+    result = {
+        label: {"encoder": summary(enc_times[label]), "predict": summary(dec_times[label])}
+        | ({"miou": agree[label]} if label in agree else {})
+        for label in encoders
+    }
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
-    base = result.get("official mobile_sam fp32", result["torch fp32"])
-    off_s = base["encoder"]["median_s"]
+    base = result.get(OFFICIAL_LABEL, result["torch fp32"])
+    off_s, off_ms = base["encoder"]["median_s"], 1000 * base["predict"]["median_s"]
+    rows = []
     for label, r in result.items():
         enc = r["encoder"]["median_s"]
         rows.append(
@@ -148,13 +156,14 @@ def main() -> None:
                 label,
                 f"{enc:.3f}",
                 f"{off_s / enc:.2f}×",
-                f"{1000 * r['predict']['median_s']:.1f}" if "predict" in r else "-",
+                f"{1000 * r['predict']['median_s']:.1f}",
+                f"{off_ms / (1000 * r['predict']['median_s']):.2f}×",
                 f"{r['miou']:.4f}" if "miou" in r else "-",
             )
         )
     print(describe_machine(args.threads, peak))
     vs = "vs official" if mobile_sam is not None else "vs torch fp32"
-    print_table(rows, ("path", "encoder s", vs, "predict ms", "mIoU vs torch fp32"))
+    print_table(rows, ("path", "encoder s", vs, "predict ms", vs, "mIoU vs torch fp32"))
     out = {"machine": machine_info(), "threads": args.threads, "peak_gflops": peak, **result}
     print(f"json: {write_json('deploy', out, args.json)}")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from common import (  # noqa: E402
     argument_parser,
     describe_machine,
     import_official,
+    interleaved,
     machine_info,
     matmul_peak,
     official_model,
@@ -78,26 +78,6 @@ def flop_counts(model: torch.nn.Module, pred: SamPredictor, point: np.ndarray) -
     }
 
 
-def interleaved(
-    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], rounds: int, inner: int
-) -> dict[str, dict[str, list[float]]]:
-    """``{name: (ours, official)}`` → per-call seconds, alternating sides every round."""
-    out = {name: {"ours": [], "official": []} for name in pairs}
-    for fns in pairs.values():  # warm-up
-        for fn in fns:
-            fn()
-    for _ in range(rounds):
-        for name, fns in pairs.items():
-            for side, fn in zip(("ours", "official"), fns, strict=True):
-                start = time.perf_counter()
-                for _ in range(inner if name == "predict" else 1):
-                    fn()
-                out[name][side].append(
-                    (time.perf_counter() - start) / (inner if name == "predict" else 1)
-                )
-    return out
-
-
 def main() -> None:
     ap = argument_parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
@@ -139,7 +119,11 @@ def main() -> None:
             }
         else:
             theirs = dict(ours)  # timed, then dropped
-        times = interleaved({k: (ours[k], theirs[k]) for k in ours}, args.repeats, inner=10)
+        times = {name: {} for name in ours}
+        for name in ours:  # predict is short: 10 calls per round
+            inner = 10 if name == "predict" else 1
+            fns = {"ours": ours[name], "official": theirs[name]}
+            times[name] = interleaved(fns, args.repeats, inner=inner)
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
 

@@ -137,10 +137,6 @@ class _ImageTokens:
         ]
         return out
 
-    def project(self, weight: torch.Tensor) -> torch.Tensor:
-        """``(B, m, D)``: the low-rank rows through ``weight`` ``(D, C)`` (no bias)."""
-        return self.e @ weight.t()
-
 
 def _per_prompt(
     x: torch.Tensor, shared: torch.Tensor, out: torch.Tensor | None = None, alpha: float = 0.0
@@ -159,17 +155,33 @@ def _per_prompt(
     return out
 
 
+def _per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x[:, h] @ w[h]`` for each head ``h``: ``(B, H, T, K) @ (H, K, N)`` → ``(B, H, T, N)``
+    (a transposed view). One product per head over every prompt's rows: broadcasting ``w``
+    over ``B`` would copy it ``B`` times."""
+    b, h, t, k = x.shape
+    out = torch.bmm(x.transpose(0, 1).reshape(h, b * t, k), w)  # (H, B·T, N)
+    return out.view(h, b, t, -1).transpose(0, 1)
+
+
+def _heads_of(proj: nn.Linear, heads: int) -> torch.Tensor:
+    """``(H, d, C)``: each head's rows of a projection's weight ``(H·d, C)``."""
+    return proj.weight.view(heads, -1, proj.weight.shape[-1])
+
+
 def _coefficients(
     xh: torch.Tensor, img: _ImageTokens, attn: Attention, proj: nn.Linear
 ) -> torch.Tensor | None:
     """``(B, H·T, m)``: prompt-side vectors ``xh`` ``(B, H, T, d)`` against the low-rank rows
     of the image tokens through ``attn``'s projection ``proj``, per head (None before the
-    first update): with ``img.z``, the low-rank part of their scores."""
+    first update): with ``img.z``, the low-rank part of their scores. Each vector goes back
+    through its head's rows of ``proj`` first (``xh_h·(e·W_hᵀ)ᵀ = (xh_h·W_h)·eᵀ``): ``H·T``
+    rows of ``C`` values against ``m``, instead of all ``m`` rows through ``proj``."""
     if img.z is None:
         return None
     b, h, t, _ = xh.shape
-    e = attn.split_heads(img.project(proj.weight))  # (B, H, m, d)
-    return (xh @ e.transpose(-1, -2)).reshape(b, h * t, -1)
+    back = _per_head(xh, _heads_of(proj, h)).reshape(b, h * t, -1)  # (B, H·T, C)
+    return back @ img.e.transpose(1, 2)
 
 
 def _factored_scores(
@@ -219,9 +231,9 @@ def _token_to_image(
         pooled = None if img.z is None else weights.view(b, h * t, n) @ img.z.transpose(1, 2)
         shared = _per_prompt(weights, v_side.img)  # (B, H, T, d)
     out = shared
-    if pooled is not None:
-        ev = attn.split_heads(img.project(attn.v_proj.weight))  # (B, H, m, d)
-        out = pooled.view(b, h, t, -1) @ ev + out
+    if pooled is not None:  # pooled rows, then each head's value projection (C → d)
+        rows = (pooled @ img.e).view(b, h, t, -1)  # (B, H, T, C)
+        out = _per_head(rows, _heads_of(attn.v_proj, h).transpose(1, 2)) + out
     out = out + attn.v_proj.bias.view(heads, 1, d)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
 
@@ -253,7 +265,7 @@ def _image_to_token(
     vh = attn.split_heads(attn.v_proj(values))  # (B, H, T, d)
     b, _, t, _ = kh.shape
     w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
-    rows = vh @ w_o  # (B, H, T, C)
+    rows = _per_head(vh, w_o)  # (B, H, T, C)
     first = rows[:, :, :1]
     inv_a = None if img.a is None else img.a.reciprocal()[:, None, :]  # (B, 1, N)
     diffs = (rows[:, :, 1:] - first).reshape(b, heads * (t - 1), -1)
