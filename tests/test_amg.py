@@ -285,9 +285,9 @@ def test_points_rejected_by_predicted_iou_are_never_upscaled(
     upscaled = []
     original = type(decoder).masks_from_decoded
 
-    def spy(self, cache, decoded, hyper):
+    def spy(self, cache, decoded, hyper, out=None):
         upscaled.append(hyper.shape[0])
-        return original(self, cache, decoded, hyper)
+        return original(self, cache, decoded, hyper, out)
 
     monkeypatch.setattr(type(decoder), "masks_from_decoded", spy)
     gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=6, pred_iou_thresh=0.97)

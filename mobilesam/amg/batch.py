@@ -21,6 +21,7 @@ import torch
 
 from .._heap import HeapTrimmer
 from ..masks import is_box_near_crop_edge
+from ..modeling.common import Workspace
 from ..modeling.decoder_cache import decode_tokens
 from ..postprocess import block_grid, threshold_blocks
 from ..predictor import SamPredictor
@@ -56,6 +57,8 @@ class BatchFilter:
         self.settings = settings
         self.stage = stage
         self.heap = heap
+        #: the decoder's image tokens and the batch's logits, reused batch after batch
+        self.workspace = Workspace()
 
     def __call__(
         self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
@@ -93,10 +96,11 @@ class BatchFilter:
         whose predicted IoU passes ``pred_iou_thresh``.
 
         Returns:
-            low-res logits ``(k, 256, 256)``, IoUs ``(k,)`` and the index of each mask's point
-            ``(k,)``, point-major (point 0's surviving masks first).
+            low-res logits ``(k, 256, 256)`` (in :attr:`workspace`: valid until the next
+            call), IoUs ``(k,)`` and the index of each mask's point ``(k,)``, point-major
+            (point 0's surviving masks first).
         """
-        p, thresh = self.predictor, self.settings.pred_iou_thresh
+        p, thresh, ws = self.predictor, self.settings.pred_iou_thresh, self.workspace
         device, decoder, cache = p.device, p.model.mask_decoder, p.decoder_cache()
         coords = p.transform.apply_coords(points, p.original_size)
         coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[:, None, :]
@@ -105,10 +109,13 @@ class BatchFilter:
         step = self.settings.decoder_batch_size or (
             len(points) if device.type != "cpu" else CPU_DECODER_BATCH
         )
-        low, iou, index = [], [], []
+        size = p.model.prompt_encoder.mask_input_size
+        # every surviving mask's logits go straight into one buffer, reused batch after batch
+        low = ws.get("low_res", (3 * len(points), *size), coords_t)
+        count, iou, index = 0, [], []
         for i in range(0, len(points), step):
             sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
-            decoded = decode_tokens(decoder, cache, sparse, multimask_output=True)
+            decoded = decode_tokens(decoder, cache, sparse, multimask_output=True, workspace=ws)
             passed = decoded.iou > thresh
             if thresh <= 0.0:  # SAM's rule: a threshold of 0 turns the filter off
                 passed.fill_(True)
@@ -116,18 +123,23 @@ class BatchFilter:
             if len(rows) == 0:
                 continue
             # (selecting copies the factored image tokens, ~2 MB per prompt: only when needed)
-            kept = decoded if len(rows) == len(passed) else decoded.select(rows)
-            masks = decoder.masks_from_decoded(cache, kept, kept.hyper)  # (r, 3, 256, 256)
+            kept = decoded if len(rows) == len(passed) else decoded.select(rows, ws)
             keep = passed[rows]
-            every = bool(keep.all())
-            low.append(masks.flatten(0, 1) if every else masks[keep])
-            iou.append(kept.iou.flatten() if every else kept.iou[keep])
+            n_masks = int(keep.sum())
+            dst = low[count : count + n_masks]
+            if n_masks == keep.numel():  # (r, 3, 256, 256), written in place
+                decoder.masks_from_decoded(cache, kept, kept.hyper, dst.view(*keep.shape, *size))
+            else:
+                masks = ws.get("masks", (*keep.shape, *size), coords_t)
+                decoder.masks_from_decoded(cache, kept, kept.hyper, masks)
+                torch.index_select(masks.flatten(0, 1), 0, keep.flatten().nonzero()[:, 0], out=dst)
+            count += n_masks
+            iou.append(kept.iou[keep])
             index.append((i + rows)[:, None].expand(keep.shape)[keep])
-        if not low:
+        if not iou:
             empty = coords_t.new_zeros(0)
-            size = p.model.prompt_encoder.mask_input_size
             return empty.reshape(0, *size), empty, empty.long()
-        return torch.cat(low), torch.cat(iou), torch.cat(index)
+        return low[:count], torch.cat(iou), torch.cat(index)
 
     def _filter_chunk(
         self,

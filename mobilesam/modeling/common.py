@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,3 +125,21 @@ def conv_transpose_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch
 def gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
     """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
     return torch.ops.aten.gelu_(x, approximate=act.approximate)
+
+
+class Workspace:
+    """Named scratch buffers, each grown to the largest request and reused (eager
+    inference only: later requests overwrite earlier results). Large tensors allocated
+    afresh on every call cost page faults each time (~10 ms per 40 MB); a loop that holds a
+    workspace touches its memory once."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor with ``like``'s dtype and device."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or (buf.dtype, buf.device) != (like.dtype, like.device):
+            buf = self._buffers[name] = like.new_empty(n)
+        return buf[:n].view(shape)

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from .. import native
+from .common import Workspace
 from .image_cache import ImageCache, _AttnImageSide, _center, _LayerCache
 from .transformer import Attention
 
@@ -82,13 +83,22 @@ class _ImageTokens:
     arise (an update's attention weights, its bias row, then each LayerNorm's mean and
     ``β`` rows). Both live in buffers sized for the whole decoder, so adding terms copies
     only the new rows. :attr:`a` ``(B, N)`` scales everything; it and ``z`` are ``None``
-    before the first update (``a = 1``)."""
+    before the first update (``a = 1``). With a ``workspace`` the buffers are its (see
+    :class:`~mobilesam.modeling.common.Workspace`)."""
 
-    def __init__(self, like: torch.Tensor, batch: int, rows: int, tokens: int) -> None:
+    def __init__(
+        self,
+        like: torch.Tensor,
+        batch: int,
+        rows: int,
+        tokens: int,
+        workspace: Workspace | None = None,
+    ) -> None:
         c = like.shape[-1]
         self.a: torch.Tensor | None = None
-        self._z = like.new_empty(batch, rows, tokens)
-        self._e = like.new_empty(batch, rows, c)
+        ws = workspace or Workspace()
+        self._z = ws.get("image_tokens_z", (batch, rows, tokens), like)
+        self._e = ws.get("image_tokens_e", (batch, rows, c), like)
         self.m = 0
         #: the runs of rows, in order
         self.segments: list[_Run] = []
@@ -126,11 +136,17 @@ class _ImageTokens:
         self.segments.append(_Run(self.m, self.m + k, values, summed))
         self.m += k
 
-    def select(self, prompts: torch.Tensor) -> _ImageTokens:
-        """The image tokens of the prompts at ``prompts`` (1-D indices) only."""
+    def select(self, prompts: torch.Tensor, workspace: Workspace | None = None) -> _ImageTokens:
+        """The image tokens of the prompts at ``prompts`` (1-D indices) only (copies, into
+        ``workspace``'s buffers if given)."""
+        ws = workspace or Workspace()
         out = _ImageTokens.__new__(_ImageTokens)
         out.a = None if self.a is None else self.a[prompts]
-        out._z, out._e, out.m = self._z[prompts], self._e[prompts], self.m
+        z = ws.get("selected_z", (len(prompts), *self._z.shape[1:]), self._z)
+        e = ws.get("selected_e", (len(prompts), *self._e.shape[1:]), self._e)
+        out._z = torch.index_select(self._z, 0, prompts, out=z)
+        out._e = torch.index_select(self._e, 0, prompts, out=e)
+        out.m = self.m
         out.segments = [
             run._replace(values=None if run.values is None else run.values[prompts])
             for run in self.segments
@@ -355,9 +371,11 @@ class DecodedTokens:
     hyper: torch.Tensor
     image: _ImageTokens
 
-    def select(self, prompts: torch.Tensor) -> DecodedTokens:
-        """The outputs of the prompts at ``prompts`` (1-D indices) only: upscale just those."""
-        return DecodedTokens(self.iou[prompts], self.hyper[prompts], self.image.select(prompts))
+    def select(self, prompts: torch.Tensor, workspace: Workspace | None = None) -> DecodedTokens:
+        """The outputs of the prompts at ``prompts`` (1-D indices) only: upscale just those
+        (the image tokens are copied, into ``workspace``'s buffers if given)."""
+        image = self.image.select(prompts, workspace)
+        return DecodedTokens(self.iou[prompts], self.hyper[prompts], image)
 
 
 def decode_tokens(
@@ -365,6 +383,7 @@ def decode_tokens(
     cache: ImageCache,
     sparse_prompt_embeddings: torch.Tensor,
     multimask_output: bool | None = None,
+    workspace: Workspace | None = None,
 ) -> DecodedTokens:
     """Run the two-way transformer, IoU head and hypernetworks for ``B`` prompts against one
     cached image.
@@ -375,6 +394,8 @@ def decode_tokens(
             The final attention and the hypernetworks run only for the kept tokens (each
             query row is independent there), and :attr:`DecodedTokens.iou` and ``hyper``
             hold only those.
+        workspace: holds the factored image tokens (~2 MB per prompt), for a loop that
+            decodes batch after batch; the outputs are then valid until its next use.
     """
     tf = decoder.transformer
     b = sparse_prompt_embeddings.shape[0]
@@ -383,7 +404,7 @@ def decode_tokens(
     heads = tf.layers[0].cross_attn_image_to_token.num_heads if tf.layers else 0
     # per layer: the update's H·(T−1) rows and its summed row, the bias row, two LayerNorm rows
     n_rows = len(tf.layers) * (heads * (tokens.shape[1] - 1) + 4)
-    img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1])
+    img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1], workspace)
     queries, query_pe = tokens, tokens
     kernels = native.kernels_for(tokens, cache.final_k.img)  # (the tail may be bf16)
     for layer, lc in zip(tf.layers, cache.layers, strict=True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from .common import MLP, LayerNorm2d, conv_transpose_matrix, gelu_
+from .common import MLP, LayerNorm2d, Workspace, conv_transpose_matrix, gelu_
 from .decoder_cache import DecodedTokens, decode_tokens, first_conv_factors
 from .image_cache import ImageCache, prepare_image_cache
 from .transformer import TwoWayTransformer
@@ -236,11 +235,16 @@ class MaskDecoder(nn.Module):
         return self.masks_from_decoded(cache, decoded, decoded.hyper), decoded.iou
 
     def masks_from_decoded(
-        self, cache: ImageCache, decoded: DecodedTokens, hyper_in: torch.Tensor
+        self,
+        cache: ImageCache,
+        decoded: DecodedTokens,
+        hyper_in: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Low-res logits ``(B, T, 4h, 4w)`` of the prompts in ``decoded`` for the mask tokens
         whose hypernetwork outputs are ``hyper_in`` ``(B, T, C/8)`` (a selection or subset of
-        ``decoded.hyper``, prompts included)."""
+        ``decoded.hyper``, prompts included); written into ``out`` (contiguous, that shape
+        and dtype) if given."""
         dtype = cache.upscale.dtype  # the tail's (see prepare_image_cache)
         a, z, ew, bias = first_conv_factors(cache, decoded.image)
         h, w = cache.size
@@ -251,7 +255,7 @@ class MaskDecoder(nn.Module):
         if kernels is not None:  # the same tail, fused per chunk of tokens (mobilesam.native)
             norm = self.output_upscaling[1]
             return kernels.upscale_tail(
-                cache.upscale, a, z, ew, bias, norm, w2, b2, hyper_in, (h, w)
+                cache.upscale, a, z, ew, bias, norm, w2, b2, hyper_in, (h, w), out
             )
         # PyTorch's tail runs wholly in the tail's dtype
         a, z, ew, bias, b2 = (None if t is None else t.to(dtype) for t in (a, z, ew, bias, b2))
@@ -268,7 +272,9 @@ class MaskDecoder(nn.Module):
             return torch.addcmul(bias, y, a[rows, start:stop, None], out=y)
 
         masks = self.upscale(first_conv, hyper_in.to(dtype), hyper_in.shape[0], h, w, (w2, b2))
-        return masks.to(hyper_in.dtype)
+        if out is None:
+            return masks.to(hyper_in.dtype)
+        return out.copy_(masks)
 
     def _native_tail(
         self, device: torch.device, tail_dtype: torch.dtype, check_grad: bool = True
@@ -370,22 +376,6 @@ def _conv_transpose_2x2(
     out = None if ws is None else ws.get("second", (b * p, weight.shape[1]), x)
     y = torch.mm(x, weight, out=out) if bias is None else torch.addmm(bias, x, weight, out=out)
     return y.reshape(b, 4 * p, weight.shape[1] // 4)
-
-
-class Workspace:
-    """Named scratch buffers, each grown to the largest request and reused (eager
-    inference only: later requests overwrite earlier results)."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor with ``like``'s dtype and device."""
-        n = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype:
-            buf = self._buffers[name] = like.new_empty(n)
-        return buf[:n].view(shape)
 
 
 def select_outputs(

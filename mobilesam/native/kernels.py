@@ -117,8 +117,10 @@ class DecoderKernels:
         b2: torch.Tensor,
         hyper: torch.Tensor,
         size: tuple[int, int],
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The upscaling tail: float32 mask logits ``(B, T, 4h, 4w)``.
+        """The upscaling tail: float32 mask logits ``(B, T, 4h, 4w)`` (written into ``out``
+        if given: contiguous, that shape).
 
         Its two products take the dtype of ``shared``: float32, or bfloat16 (where
         :attr:`bf16`) with float32 sums; LayerNorm, GELUs and the hypernetwork product run
@@ -135,6 +137,7 @@ class DecoderKernels:
             w2: ``(G, 4·O)`` and b2 ``(4·O,)``: the second convolution as a matrix.
             hyper: ``(B, T, O)`` hypernetwork outputs.
             size: ``(h, w)`` of the embedding grid.
+            out: ``(B, T, 4h, 4w)`` float32, contiguous, for the logits.
         """
         h, w = size
         b, t, o = hyper.shape
@@ -148,7 +151,10 @@ class DecoderKernels:
         f32 = [x.float().contiguous() for x in (hyper, bias1, b2, norm.weight, norm.bias)]
         hyper, bias1, b2, ln_w, ln_b = f32
         shared, w2 = shared.contiguous(), w2.to(shared.dtype).contiguous()
-        out = hyper.new_empty(b, t, 4 * h, 4 * w)
+        if out is None:
+            out = hyper.new_empty(b, t, 4 * h, 4 * w)
+        assert out.shape == (b, t, 4 * h, 4 * w) and out.dtype == torch.float32, "out"
+        assert out.is_contiguous(), "out must be contiguous"
         failed = self._tail(
             shared.data_ptr(), _ptr(z), 0 if z is None else z.stride(0), _ptr(ew), _ptr(a),
             bias1.data_ptr(), ln_w.data_ptr(), ln_b.data_ptr(), norm.eps,
