@@ -14,7 +14,8 @@
  * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
  * With bf16 set, the two convolutions take bfloat16 inputs (shared, ew and W2 come in
  * bfloat16; z and the first LayerNorm's output are rounded to it) with float32 sums; the
- * LayerNorm, GELUs and the hypernetwork product stay float32.
+ * LayerNorm, GELUs and the hypernetwork product stay float32, the GELUs with a cheaper erf
+ * whose error is far below that rounding.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -22,9 +23,35 @@
 
 #include "common.h"
 
-/* In-place exact-erf GELU, x * (1 + erf(x / sqrt 2)) / 2, with erf by Abramowitz & Stegun
- * 7.1.26 (absolute error <= 1.5e-7), the same formula as PyTorch's vectorised CPU erf. */
-static void gelu(float *restrict x, long n) {
+/* erf by a rational minimax approximation on [-4, 4] (odd degree-13 numerator, even degree-8
+ * denominator: the one Eigen and XLA use), clamped outside, where erf is +-1 in float32.
+ * Absolute error ~3e-7, with 16 operations against the 25 of the exp-based formula below. */
+static inline float erf_rational(float u) {
+    const float x = u < -4.0f ? -4.0f : (u > 4.0f ? 4.0f : u);
+    const float x2 = x * x;
+    float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+    p = x2 * p - 2.10102402082508e-06f;
+    p = x2 * p - 5.69250639462346e-05f;
+    p = x2 * p - 7.34990630326855e-04f;
+    p = x2 * p - 2.95459980854025e-03f;
+    p = x2 * p - 1.60960333262415e-02f;
+    float q = x2 * -1.45660718464996e-05f - 2.13374055278905e-04f;
+    q = x2 * q - 1.68282697438203e-03f;
+    q = x2 * q - 7.37332916720468e-03f;
+    q = x2 * q - 1.42647390514189e-02f;
+    return x * p / q;
+}
+
+/* In-place exact-erf GELU, x * (1 + erf(x / sqrt 2)) / 2. With rational = 0, erf by
+ * Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), the formula of PyTorch's vectorised
+ * CPU erf; with rational = 1 (the bf16 tail), erf_rational: ~35% faster, GELU within 1.5e-6
+ * absolute, far below the bfloat16 rounding of the products around it. */
+static void gelu(float *restrict x, long n, int rational) {
+    if (rational) {
+        for (long i = 0; i < n; i++)
+            x[i] = 0.5f * x[i] * (1.0f + erf_rational(x[i] * 0.70710678118654752f));
+        return;
+    }
     for (long i = 0; i < n; i++) {
         float v = x[i];
         float u = v * 0.70710678118654752f;
@@ -71,12 +98,12 @@ static void scale_and_norm(float *restrict y, const void *shared, int bf16,
  * lg[t][s][r] = sum_c hyper[t][c] x2t[s O + c][r] for sub-sub-pixel s. */
 static void second_act_and_hyper(float *restrict x2t, float *restrict lg,
                                  const float *restrict b2, const float *restrict hyper,
-                                 int rows, int O, int T) {
+                                 int rows, int O, int T, int bf16) {
     for (int k = 0; k < 4 * O; k++) {
         float *col = x2t + (long)k * rows;
         for (int r = 0; r < rows; r++) col[r] += b2[k];
     }
-    gelu(x2t, 4L * O * rows);
+    gelu(x2t, 4L * O * rows, bf16);
     for (int s = 0; s < 4; s++)  /* column-major (rows, T) with ld 4 rows */
         gemm('N', 'N', rows, T, O, x2t + (long)s * O * rows, rows, hyper, O, 0.0f,
              lg + (long)s * rows, 4 * rows);
@@ -163,9 +190,9 @@ int mobilesam_upscale_tail(const void *shared, const float *z, long z_batch_stri
                 memset(y, 0, sizeof(float) * (size_t)p * 4 * G);
             scale_and_norm(y, (const char *)shared + p0 * 4 * G * elem, bf16,
                            a ? a + b * N + p0 : NULL, bias1, lnw, lnb, eps, p, G);
-            gelu(y, (long)p * 4 * G);
+            gelu(y, (long)p * 4 * G, bf16);
             second_conv(x2t, y, w2, bf16, zb, p, G, O); /* zb reused for y's bfloat16 copy */
-            second_act_and_hyper(x2t, lg, b2, hyper + (long)b * T * O, 4 * p, O, T);
+            second_act_and_hyper(x2t, lg, b2, hyper + (long)b * T * O, 4 * p, O, T, bf16);
             scatter(lg, out + (long)b * T * 16 * N, T, r0, nrows, h, w);
         }
         free(y);
