@@ -1,7 +1,8 @@
 """CPU benchmark of segment-everything (``SamAutomaticMaskGenerator``) at default settings.
 
 For each image it runs, each in a fresh process so that peak RSS is the run's own, alternating
-the two sides ``--repeats`` times:
+the two sides ``--repeats`` times, each timed run after one untimed warm-up on a 2×2 grid of
+the same image (``--warmup 0``: cold runs):
 - ``mobilesam``: this package's generator at its defaults;
 - ``official``: the official ``mobile_sam.SamAutomaticMaskGenerator`` (``--official``, default
   ``../shared/official``) on the same weights, its stages timed by wrapping its own calls.
@@ -12,7 +13,7 @@ NMS), the mask count, peak RSS, the same-run speed-up and whether the two output
 as a table and as JSON. Without the official code it times this project alone and says so.
 
 Usage: ``python benchmarks/everything.py [--images picture1.jpg picture4.jpg] [--repeats 2]
-[--threads 2] [--points-per-side 32] [--official PATH]``
+[--threads 2] [--points-per-side 32] [--warmup 1] [--precision fp32] [--official PATH]``
 """
 
 from __future__ import annotations
@@ -86,13 +87,16 @@ def worker(args: argparse.Namespace) -> None:
     stages = dict.fromkeys(STAGES, 0.0)
     if official:
         gen = official_generator(args, stages)
+        mobile_sam = sys.modules["mobile_sam"]
+        warm = mobile_sam.SamAutomaticMaskGenerator(gen.predictor.model, points_per_side=2)
     else:
-        gen = SamAutomaticMaskGenerator(
-            build_sam(args.checkpoint),
-            points_per_side=args.points_per_side,
-            output_mode="uncompressed_rle",
-            precision=args.precision,
-        )
+        model = build_sam(args.checkpoint)
+        kw = {"output_mode": "uncompressed_rle", "precision": args.precision}
+        gen = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **kw)
+        warm = SamAutomaticMaskGenerator(model, points_per_side=2, **kw)
+    for _ in range(args.warmup):  # first-call costs (kernel selection, caches), 4 points
+        warm.generate(image)
+    stages.update(dict.fromkeys(STAGES, 0.0))
     start = time.perf_counter()
     out = gen.generate(image)
     total = time.perf_counter() - start
@@ -125,6 +129,8 @@ def run_worker(impl: str, image: str, args: argparse.Namespace, dump: Path) -> d
         str(args.threads),
         "--points-per-side",
         str(args.points_per_side),
+        "--warmup",
+        str(args.warmup),
         "--precision",
         args.precision,
         "--checkpoint",
@@ -169,6 +175,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed runs on a 2×2 grid before the timed one, on each side (0: a cold run)",
+    )
     ap.add_argument(
         "--precision",
         default="fp32",
@@ -240,6 +252,7 @@ def main() -> None:
     print(
         describe_machine(args.threads, peak)
         + f"; points_per_side={args.points_per_side}; mobilesam precision={args.precision}"
+        + f"; warm-up runs={args.warmup}"
     )
     print_table(rows, ("image", "impl", "median s", *STAGES, "masks", "peak RSS MiB"))
     for image, entry in results.items():
@@ -256,6 +269,7 @@ def main() -> None:
         "threads": args.threads,
         "points_per_side": args.points_per_side,
         "precision": args.precision,
+        "warmup": args.warmup,
         "official": args.official if "official" in impls else None,
         "matmul_peak_gflops": peak,
         "matmul": peaks,

@@ -275,3 +275,35 @@ def test_upscaling_with_autograd_equals_inference(fixture_model, monkeypatch):
     assert torch.equal(inference, one_by_one)
     assert keys.grad is not None and keys.grad.abs().sum() > 0
     assert hyper.grad is not None and hyper.grad.abs().sum() > 0
+
+
+def test_workspace_and_out_give_the_same_masks(fixture_model, golden):
+    """Decoding into a reused Workspace, selecting prompts into it and writing the tail into
+    ``out`` change no value; a later decode may overwrite an earlier one's image tokens."""
+    from mobilesam.modeling.common import Workspace
+    from mobilesam.modeling.decoder_cache import decode_tokens
+
+    dec, pe = fixture_model.mask_decoder, fixture_model.prompt_encoder
+    emb = torch.from_numpy(golden["img0/embedding"])
+    points, labels, _ = PROMPTS["three points, batch of 2"]
+    ws = Workspace()
+    with torch.inference_mode():
+        cache = dec.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
+        sparse, _ = pe(points=(points, labels), boxes=None, masks=None)
+        fresh = decode_tokens(dec, cache, sparse, True)
+        expected = dec.masks_from_decoded(cache, fresh, fresh.hyper)
+        reused = decode_tokens(dec, cache, sparse, True, workspace=ws)
+        out = torch.full_like(expected, float("nan"))
+        assert dec.masks_from_decoded(cache, reused, reused.hyper, out) is out
+        assert torch.equal(out, expected)
+        picked = reused.select(torch.tensor([1]), ws)
+        one = dec.masks_from_decoded(cache, picked, picked.hyper)
+        assert torch.equal(one, expected[1:])
+        assert torch.equal(picked.iou, fresh.iou[1:])
+        # the workspace's buffers are reused, not reallocated
+        z = reused.image.z.data_ptr()
+        again = decode_tokens(dec, cache, sparse[:1], True, workspace=ws)
+        assert again.image.z.data_ptr() == z
+        # (one prompt instead of two: the token-side products may round differently)
+        diff = dec.masks_from_decoded(cache, again, again.hyper) - expected[:1]
+        assert diff.abs().max() <= 2e-5 * expected.abs().max()
