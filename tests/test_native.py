@@ -2,7 +2,8 @@
 
 Both compute the same arithmetic in a different order of rounding: products of at most a few
 hundred float32 terms, softmax, LayerNorm and GELU (the kernels' exp is ~1 ulp, their erf the
-same Abramowitz-Stegun formula as PyTorch's vectorised one, ~1e-7 absolute). So they agree to
+same Abramowitz-Stegun formula as PyTorch's vectorised one, ~1e-7 absolute; a bf16 tail's is a
+rational one, ~3e-7, held to bf16 tolerances in test_precision.py). So they agree to
 a few float32 ulps of the largest value; 2e-5 of it is the tolerance used throughout the
 decoder tests, and 1e-5 for the IoU scores (in [0, 1]).
 """
@@ -147,3 +148,26 @@ def test_native_build_is_reused_and_can_be_turned_off(tmp_path):
     assert run().startswith("on") and built.stat().st_mtime_ns == stamp
     assert run(MOBILESAM_NATIVE="0").startswith("off: MOBILESAM_NATIVE")
     assert run(CC="/nonexistent/cc", PATH="/nonexistent").startswith("off")
+
+
+def test_native_tail_checks_its_output_buffer(fixture_model, golden):
+    """``out`` must have the logits' shape, float32 and be contiguous: a clear error, not a
+    write past a buffer."""
+    pe, decoder = fixture_model.prompt_encoder, fixture_model.mask_decoder
+    emb = torch.from_numpy(golden["img1/embedding"])
+    points = torch.tensor([[[500.0, 400.0]]])
+    with torch.inference_mode():
+        sparse, _ = pe(points=(points, torch.ones(1, 1, dtype=torch.int64)), boxes=None, masks=None)
+        cache = decoder.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
+        decoded = decode_tokens(decoder, cache, sparse, True)
+        good = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
+        for bad in (
+            torch.empty(1, 2, 256, 256),
+            torch.empty(1, 3, 256, 256, dtype=torch.float64),
+            torch.empty(1, 3, 256, 512)[..., ::2],
+        ):
+            with pytest.raises(ValueError, match="out must be"):
+                decoder.masks_from_decoded(cache, decoded, decoded.hyper, bad)
+        out = torch.empty_like(good)
+        assert torch.equal(decoder.masks_from_decoded(cache, decoded, decoded.hyper, out), good)
+

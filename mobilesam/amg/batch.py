@@ -110,8 +110,9 @@ class BatchFilter:
             len(points) if device.type != "cpu" else CPU_DECODER_BATCH
         )
         size = p.model.prompt_encoder.mask_input_size
+        per_point = decoder.num_multimask_outputs
         # every surviving mask's logits go straight into one buffer, reused batch after batch
-        low = ws.get("low_res", (3 * len(points), *size), coords_t)
+        low = ws.get("low_res", (per_point * len(points), *size), coords_t)
         count, iou, index = 0, [], []
         for i in range(0, len(points), step):
             sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])

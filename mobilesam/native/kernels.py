@@ -124,7 +124,8 @@ class DecoderKernels:
 
         Its two products take the dtype of ``shared``: float32, or bfloat16 (where
         :attr:`bf16`) with float32 sums; LayerNorm, GELUs and the hypernetwork product run
-        in float32 either way.
+        in float32 either way (with bfloat16 products, the GELUs' erf is a rational
+        approximation whose error is far below their rounding).
 
         Args:
             shared: ``(N, 4·G)`` the image's first-convolution product (``N = h·w`` tokens,
@@ -153,8 +154,12 @@ class DecoderKernels:
         shared, w2 = shared.contiguous(), w2.to(shared.dtype).contiguous()
         if out is None:
             out = hyper.new_empty(b, t, 4 * h, 4 * w)
-        assert out.shape == (b, t, 4 * h, 4 * w) and out.dtype == torch.float32, "out"
-        assert out.is_contiguous(), "out must be contiguous"
+        elif out.shape != (b, t, 4 * h, 4 * w) or out.dtype != torch.float32:
+            raise ValueError(
+                f"out must be float32 {(b, t, 4 * h, 4 * w)}, got {out.dtype} {tuple(out.shape)}"
+            )
+        elif not out.is_contiguous():
+            raise ValueError("out must be contiguous")
         failed = self._tail(
             shared.data_ptr(), _ptr(z), 0 if z is None else z.stride(0), _ptr(ew), _ptr(a),
             bias1.data_ptr(), ln_w.data_ptr(), ln_b.data_ptr(), norm.eps,
