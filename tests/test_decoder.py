@@ -278,8 +278,9 @@ def test_upscaling_with_autograd_equals_inference(fixture_model, monkeypatch):
 
 
 def test_workspace_and_out_give_the_same_masks(fixture_model, golden):
-    """Decoding into a reused Workspace, selecting prompts into it and writing the tail into
-    ``out`` change no value; a later decode may overwrite an earlier one's image tokens."""
+    """Decoding into a reused Workspace, compacting prompts within it and writing the tail
+    into ``out`` change no value; a later decode may overwrite an earlier one's image
+    tokens."""
     from mobilesam.modeling.common import Workspace
     from mobilesam.modeling.decoder_cache import decode_tokens
 
@@ -296,14 +297,25 @@ def test_workspace_and_out_give_the_same_masks(fixture_model, golden):
         out = torch.full_like(expected, float("nan"))
         assert dec.masks_from_decoded(cache, reused, reused.hyper, out) is out
         assert torch.equal(out, expected)
-        picked = reused.select(torch.tensor([1]), ws)
+        z = reused.image.z.data_ptr()
+        picked = reused.compact(torch.tensor([1]))  # moved to the front of the same buffer
+        assert picked.image.z.data_ptr() == z
         one = dec.masks_from_decoded(cache, picked, picked.hyper)
         assert torch.equal(one, expected[1:])
         assert torch.equal(picked.iou, fresh.iou[1:])
         # the workspace's buffers are reused, not reallocated
-        z = reused.image.z.data_ptr()
         again = decode_tokens(dec, cache, sparse[:1], True, workspace=ws)
         assert again.image.z.data_ptr() == z
         # (one prompt instead of two: the token-side products may round differently)
         diff = dec.masks_from_decoded(cache, again, again.hyper) - expected[:1]
         assert diff.abs().max() <= 2e-5 * expected.abs().max()
+        # compacting keeps any increasing subset, moved forward in place
+        three = torch.tensor([[[500.0, 400.0]], [[100.0, 900.0]], [[1000.0, 20.0]]])
+        sparse3, _ = pe(points=(three, torch.ones(3, 1, dtype=torch.int64)), boxes=None, masks=None)
+        full = decode_tokens(dec, cache, sparse3, True)
+        want = dec.masks_from_decoded(cache, full, full.hyper)
+        for keep in ([0, 2], [1, 2], [2]):
+            part = decode_tokens(dec, cache, sparse3, True, workspace=ws).compact(
+                torch.tensor(keep)
+            )
+            assert torch.equal(dec.masks_from_decoded(cache, part, part.hyper), want[keep])

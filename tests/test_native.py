@@ -170,4 +170,3 @@ def test_native_tail_checks_its_output_buffer(fixture_model, golden):
                 decoder.masks_from_decoded(cache, decoded, decoded.hyper, bad)
         out = torch.empty_like(good)
         assert torch.equal(decoder.masks_from_decoded(cache, decoded, decoded.hyper, out), good)
-

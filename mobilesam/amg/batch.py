@@ -123,8 +123,8 @@ class BatchFilter:
             rows = passed.any(1).nonzero()[:, 0]
             if len(rows) == 0:
                 continue
-            # (selecting copies the factored image tokens, ~2 MB per prompt: only when needed)
-            kept = decoded if len(rows) == len(passed) else decoded.select(rows, ws)
+            # (the kept prompts' factored image tokens move to the front of the workspace)
+            kept = decoded if len(rows) == len(passed) else decoded.compact(rows)
             keep = passed[rows]
             n_masks = int(keep.sum())
             dst = low[count : count + n_masks]
