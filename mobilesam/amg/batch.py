@@ -34,8 +34,10 @@ Stage = Callable[[str], AbstractContextManager[None]]
 
 #: Prompts per decoder call on CPU. With the native kernels (whose tasks are sized for the
 #: cache whatever the batch), larger batches amortise the per-call work: measured on a 2-core
-#: Xeon (AMX), picture1 at 32×32, 8: 13.0 s, 32: 12.3 s, 48: 11.8 s (596 MiB peak RSS), 64:
-#: 11.2-11.4 s (724 MiB: the factored image tokens take ~2 MB per prompt).
+#: Xeon (AMX), picture1 at 32×32 in float32, 8: 13.0 s, 32: 12.3 s, 48: 11.8 s, 64: 11.2-11.4 s;
+#: in bf16 with the reused workspace, 32: 7.0 s, 48: 7.0 s (633-645 MiB peak RSS), 64:
+#: 6.7-6.8 s (698-705 MiB, close to the 0.75 GiB goal: the factored image tokens take ~2 MB
+#: per prompt).
 CPU_DECODER_BATCH = 48
 
 
