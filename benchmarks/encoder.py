@@ -119,11 +119,14 @@ def main() -> None:
             }
         else:
             theirs = dict(ours)  # timed, then dropped
-        times = {name: {} for name in ours}
-        for name in ours:  # predict is short: 10 calls per round
-            inner = 10 if name == "predict" else 1
-            fns = {"ours": ours[name], "official": theirs[name]}
-            times[name] = interleaved(fns, args.repeats, inner=inner)
+        times = {  # predict is short: 10 calls per round
+            name: interleaved(
+                {"ours": ours[name], "official": theirs[name]},
+                args.repeats,
+                inner=10 if name == "predict" else 1,
+            )
+            for name in ours
+        }
     peaks.append(matmul_peak())
     peak = max(p["best_gflops"] for p in peaks)
 

@@ -136,21 +136,10 @@ class _ImageTokens:
         self.segments.append(_Run(self.m, self.m + k, values, summed))
         self.m += k
 
-    def select(self, prompts: torch.Tensor) -> _ImageTokens:
-        """The image tokens of the prompts at ``prompts`` (1-D indices) only (a copy)."""
-        out = _ImageTokens.__new__(_ImageTokens)
-        out.a = None if self.a is None else self.a[prompts]
-        out._z, out._e, out.m = self._z[prompts], self._e[prompts], self.m
-        out.segments = [
-            run._replace(values=None if run.values is None else run.values[prompts])
-            for run in self.segments
-        ]
-        return out
-
     def compact(self, prompts: torch.Tensor) -> None:
         """Keep only the prompts at ``prompts`` (increasing 1-D indices), moving their
-        coefficients and rows to the front of the same buffers: no second buffer, unlike
-        :meth:`select`. The other prompts' tokens are overwritten."""
+        coefficients and rows to the front of the same buffers (no second buffer of ~2 MB per
+        prompt). The other prompts' tokens are overwritten."""
         for i, r in enumerate(prompts.tolist()):
             if r != i:  # r > i: a source row is never one already written
                 self._z[i].copy_(self._z[r])
@@ -381,15 +370,10 @@ class DecodedTokens:
     hyper: torch.Tensor
     image: _ImageTokens
 
-    def select(self, prompts: torch.Tensor) -> DecodedTokens:
-        """The outputs of the prompts at ``prompts`` (1-D indices) only: upscale just those
-        (the image tokens are copied)."""
-        return DecodedTokens(self.iou[prompts], self.hyper[prompts], self.image.select(prompts))
-
     def compact(self, prompts: torch.Tensor) -> DecodedTokens:
-        """:meth:`select` for increasing ``prompts``, moving their image tokens within the
-        same buffers instead of copying them out (~2 MB per prompt): this object's own image
-        tokens are no longer valid afterwards."""
+        """The outputs of the prompts at ``prompts`` (increasing 1-D indices) only, to upscale
+        just those: their image tokens move to the front of the same buffers, so this
+        object's own image tokens are no longer valid afterwards."""
         self.image.compact(prompts)
         return DecodedTokens(self.iou[prompts], self.hyper[prompts], self.image)
 
