@@ -20,6 +20,10 @@ from PIL import Image, ImageOps
 
 from .transforms import to_rgb_uint8
 
+#: The default cap on a decoded photo's pixels (width × height), shared by the CLI and the
+#: server: about a 16-megapixel photo. Decoding one takes ~48 MB as RGB.
+DEFAULT_MAX_PIXELS = 16_000_000
+
 #: File suffixes (lower case) read as photos when a folder is listed.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .._heap import HeapTrimmer
+from ..image_io import DEFAULT_MAX_PIXELS
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
 from .gate import ModelGate
@@ -36,7 +37,7 @@ class ServerSettings:
 
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 16_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     cache_images: int = 16
     cache_bytes: int = 256 * 2**20  # embeddings kept (4 MiB each for MobileSAM)
     cache_masks: int = 256
