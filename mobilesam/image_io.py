@@ -12,17 +12,22 @@ import errno
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .transforms import to_rgb_uint8
 
 #: The default cap on a decoded photo's pixels (width × height), shared by the CLI and the
 #: server: about a 16-megapixel photo. Decoding one takes ~48 MB as RGB.
 DEFAULT_MAX_PIXELS = 16_000_000
+
+#: Pillow's own decompression-bomb cap (twice ``Image.MAX_IMAGE_PIXELS``): the largest cap a
+#: caller can ask for without changing Pillow's process-wide setting.
+PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 #: File suffixes (lower case) read as photos when a folder is listed.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -36,6 +41,28 @@ def find_images(folder: str | Path) -> list[Path]:
     )
 
 
+class ImageTooLarge(ValueError):
+    """The photo has more pixels than the ``max_pixels`` it was read with."""
+
+
+class ImageWarning(UserWarning):
+    """A photo was read, but not all of it as written: today, EXIF metadata too damaged to
+    read its orientation, so the pixels are used as stored (unrotated)."""
+
+
+#: EXIF Orientation value → the transpose that shows the photo as viewers display it
+#: (the table of :func:`PIL.ImageOps.exif_transpose`); 1 and unknown values: as stored.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def read_rgb(
     source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: int | None = None
 ) -> np.ndarray:
@@ -45,7 +72,7 @@ def read_rgb(
         source: the encoded image.
         max_pixels: refuse images with more pixels than this, checked from the header before
             the pixels are decoded (a guard against decompression bombs); ``None`` keeps
-            Pillow's own limit.
+            Pillow's own limit. :data:`DEFAULT_MAX_PIXELS` is the CLI's and the server's.
 
     Returns:
         ``H×W×3`` uint8 RGB in display orientation. High-bit-depth images are scaled as the
@@ -53,11 +80,16 @@ def read_rgb(
         (``I;16``, or ``I`` holding 0-65535) by 255/65535, floats (``F``) from [0, 1];
         palette, grey+alpha and CMYK images are converted to RGB.
 
+    Warns:
+        ImageWarning: the pixels decoded but the EXIF metadata did not; they are returned
+            as stored, unrotated.
+
     Raises:
         FileNotFoundError, IsADirectoryError: ``source`` is a path with no file behind it
             (the exception's ``filename`` is the path).
-        ValueError: undecodable data, or over ``max_pixels``; the message says which, and
-            names the path when ``source`` is one.
+        ValueError: undecodable data (whatever the decoder raised); the message names the
+            path when ``source`` is one.
+        ImageTooLarge: over ``max_pixels`` (a ValueError too).
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -67,27 +99,56 @@ def read_rgb(
             raise FileNotFoundError(errno.ENOENT, "no such image file", str(path))
         with open(path, "rb") as f:
             try:
-                return _decode(f, max_pixels)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None
-    return _decode(io.BytesIO(source) if isinstance(source, bytes) else source, max_pixels)
+                return _decode(f, max_pixels, name=str(path))
+            except ValueError as exc:  # keeps the type (ImageTooLarge), names the file
+                raise type(exc)(f"{path}: {exc}") from None
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    return _decode(data, max_pixels, name="the image")
 
 
-def _decode(data: BinaryIO, max_pixels: int | None) -> np.ndarray:
-    """:func:`read_rgb` of an open binary stream."""
+def _decode(data: BinaryIO, max_pixels: int | None, name: str) -> np.ndarray:
+    """:func:`read_rgb` of an open binary stream; ``name`` names it in warnings."""
     try:
         with Image.open(data) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
-                raise ValueError(f"image has {w}×{h} pixels; the limit is {max_pixels}")
-            return _to_rgb(ImageOps.exif_transpose(im))
+                raise ImageTooLarge(f"image has {w}×{h} pixels; the limit is {max_pixels}")
+            transpose = _orientation(im, name)
+            im.load()
+            return _to_rgb(im.transpose(transpose) if transpose is not None else im)
+    except ImageTooLarge:
+        raise
     except Image.UnidentifiedImageError:
         raise ValueError(
             "cannot decode the image: not a recognised image format (PNG, JPEG, WebP, TIFF, ...)"
         ) from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the data", str(exc))
-        raise ValueError(f"cannot decode the image: {reason}") from None
+    except MemoryError:
+        raise ValueError("cannot decode the image: not enough memory") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder's failure on hostile bytes, any type
+        raise ValueError(f"cannot decode the image: {_reason(exc)}") from None
+
+
+def _orientation(im: Image.Image, name: str) -> Image.Transpose | None:
+    """The transpose that EXIF Orientation asks for, or ``None``. Damaged EXIF is not a
+    damaged photo: it warns (:class:`ImageWarning`) and leaves the pixels as stored."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own "Metadata Warning" per odd tag
+            value = im.getexif().get(0x0112)
+    except Exception as exc:  # noqa: BLE001 - Pillow's EXIF parser raises many types
+        warnings.warn(
+            f"{name}: EXIF metadata is damaged ({_reason(exc)}); using the pixels unrotated",
+            ImageWarning,
+            stacklevel=4,
+        )
+        return None
+    return _ORIENTATION.get(value) if isinstance(value, int) else None
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` in a few words, without object reprs (``<_io.BytesIO object at 0x...>``)."""
+    text = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the data", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

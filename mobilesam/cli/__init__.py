@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import bench, distill, evaluate, everything, export, segment, serve
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        check_out_dir(args)
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            check_out_dir(args)
+            return int(args.func(args))
     except CliError as exc:
         return fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -63,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         return fail(describe(exc), 1)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the user (:class:`~mobilesam.image_io.ImageWarning`) as one line
+    ``mobilesam: warning: ...``; others as Python prints them."""
+    from ..image_io import ImageWarning
+
+    if issubclass(category, ImageWarning):
+        print(f"mobilesam: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def fail(message: str, code: int) -> int:

@@ -12,8 +12,15 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
-from ..image_io import read_rgb
-from .common import add_command, add_count_arg, add_precision_arg, example_image, existing_file
+from .common import (
+    add_command,
+    add_count_arg,
+    add_max_pixels_arg,
+    add_precision_arg,
+    example_image,
+    existing_file,
+    read_photo,
+)
 from .models import add_model_args, load_model
 
 EXAMPLES = """
@@ -34,7 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    image = read_rgb(args.image or example_image())
+    image = read_photo(args.image or example_image(), args.max_pixels)
     model, ckpt = load_model(args)
     result = {
         "checkpoint": str(ckpt),
@@ -46,7 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
     if args.json:
-        text = json.dumps(result, indent=2)
+        text = json.dumps(result, indent=2, allow_nan=False)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))
     return 0
 
@@ -109,3 +116,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--everything", action="store_true", help="also time segment-everything")
     add_count_arg(p, "--points-per-side", 32, "segment-everything's prompt grid")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
+    add_max_pixels_arg(p)

@@ -191,6 +191,31 @@ def add_out_arg(parser: argparse.ArgumentParser, default: str | None, what: str)
     )
 
 
+def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``: the decoded-photo cap, the server's by default."""
+    from ..image_io import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+
+    parser.add_argument(
+        "--max-pixels",
+        type=number_at_least(1, int, PILLOW_MAX_PIXELS),
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse photos of more than N pixels (width × height), checked before decoding "
+        f"(default {DEFAULT_MAX_PIXELS:,}; at most {PILLOW_MAX_PIXELS:,}, Pillow's own cap)",
+    )
+
+
+def read_photo(path: Path, max_pixels: int) -> Any:
+    """:func:`~mobilesam.image_io.read_rgb` of ``path`` (``H×W×3`` uint8 RGB); a photo over
+    the cap raises a ValueError that says how to raise it."""
+    from ..image_io import ImageTooLarge, read_rgb
+
+    try:
+        return read_rgb(path, max_pixels)
+    except ImageTooLarge as exc:
+        raise ImageTooLarge(f"{exc} (raise it with --max-pixels)") from None
+
+
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

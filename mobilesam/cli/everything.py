@@ -13,17 +13,19 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import atomic_write
-from ..image_io import IMAGE_SUFFIXES, find_images, read_rgb
+from ..image_io import IMAGE_SUFFIXES, find_images
 from ..progress import progress_bar
 from .common import (
     CliError,
     add_command,
+    add_max_pixels_arg,
     add_out_arg,
     add_precision_arg,
     add_quiet_arg,
     describe,
     existing_path,
     number_at_least,
+    read_photo,
 )
 from .models import add_model_args, checkpoint_path
 from .overlay import annotation_overlay
@@ -83,7 +85,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     failed, total_masks, total_s = 0, 0, 0.0
     for image_path, rel in todo:
         try:  # only an unreadable photo is skipped; a failure to write stops the run
-            image = read_rgb(image_path)
+            image = read_photo(image_path, args.max_pixels)
         except (OSError, ValueError) as exc:
             failed += 1
             print(f"\nmobilesam: skipping {image_path}: {describe(exc)}", file=sys.stderr)
@@ -255,5 +257,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_precision_arg(p)
     add_out_arg(p, "mobilesam_everything", "output folder")
     add_generator_args(p)
+    add_max_pixels_arg(p)
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
     add_quiet_arg(p)

@@ -11,15 +11,16 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import atomic_write
-from ..image_io import read_rgb
 from .common import (
     CliError,
     add_command,
+    add_max_pixels_arg,
     add_out_arg,
     add_precision_arg,
     example_image,
     existing_file,
     numbers,
+    read_photo,
 )
 from .models import add_model_args, load_model
 from .overlay import overlay
@@ -43,7 +44,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..predictor import SamPredictor
 
     image_path = args.image or example_image()
-    image = read_rgb(image_path)
+    image = read_photo(image_path, args.max_pixels)
     points, box = prompts(args, image.shape[:2])
     model, ckpt = load_model(args)
     predictor = SamPredictor(model, precision=args.precision)
@@ -143,4 +144,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--box", type=numbers((4,)), metavar="X0,Y0,X1,Y1", help="box in pixels")
     p.add_argument("--multimask", action="store_true", help="write the 3 candidate masks")
+    add_max_pixels_arg(p)
     add_out_arg(p, "mobilesam_out", "output folder")
