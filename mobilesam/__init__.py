@@ -13,7 +13,12 @@ from .build import (
 )
 from .checkpoint import CheckpointError
 from .modeling import Sam
-from .predictor import ImageNotSetError, SamPredictor
+from .predictor import (
+    DegenerateEmbeddingError,
+    ImageNotSetError,
+    NonFiniteOutputError,
+    SamPredictor,
+)
 from .transforms import ResizeLongestSide
 
 __version__ = "0.1.0"
@@ -21,7 +26,9 @@ __version__ = "0.1.0"
 __all__ = [
     "MODEL_CONFIGS",
     "CheckpointError",
+    "DegenerateEmbeddingError",
     "ImageNotSetError",
+    "NonFiniteOutputError",
     "ResizeLongestSide",
     "Sam",
     "SamAutomaticMaskGenerator",

@@ -97,8 +97,9 @@ class SamAutomaticMaskGenerator:
             memory, ~2 MB per prompt). Does not change the result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
-            :mod:`mobilesam.precision`); it converts ``model.image_encoder`` in place, as
-            :class:`SamPredictor` does. ``None`` (default) leaves the encoder as it is.
+            :mod:`mobilesam.precision`), as for :class:`SamPredictor`: ``model`` is never
+            changed; another dtype than its encoder's runs a cast copy of the encoder that
+            the generator's predictor owns. ``None`` (default): the encoder's dtype as it is.
             bf16 also runs the products of the decoder's upscaling tail in bf16; the rest
             runs in float32.
 
@@ -183,7 +184,8 @@ class SamAutomaticMaskGenerator:
             image_embedding: optional ``(1, 256, 64, 64)`` embedding of this same ``image``
                 (``SamPredictor.get_image_embedding()`` after ``set_image(image)``); the
                 whole-image crop then skips the encoder. Crops of later layers are encoded
-                as usual.
+                as usual. It is checked as the encoder's embeddings are
+                (:class:`~mobilesam.predictor.DegenerateEmbeddingError`).
             progress: called as ``progress(points_done, points_total)`` after each batch of
                 ``points_per_batch`` prompt points, over all crops.
 
@@ -191,9 +193,19 @@ class SamAutomaticMaskGenerator:
             One dict per mask: ``segmentation`` (per ``output_mode``), ``area`` (pixels),
             ``bbox`` (XYWH, pixels), ``predicted_iou``, ``point_coords`` (``[[x, y]]`` pixels
             of the prompt), ``stability_score`` and ``crop_box`` (XYWH).
+
+        Raises:
+            ValueError: a wrong-shaped ``image_embedding`` (or image).
+            DegenerateEmbeddingError: a NaN/inf, overflowed or collapsed embedding, given or
+                encoded.
+            NonFiniteOutputError: the decoder returned NaN/inf scores or logits (they are
+                neither filtered out silently nor returned).
         """
         self.stage_times = dict.fromkeys(STAGES, 0.0)
         image = to_rgb_uint8(image, "RGB")
+        if image_embedding is not None:  # the guard of every embedding that enters
+            where = "SamAutomaticMaskGenerator.generate(image_embedding=...)"
+            self.predictor.check_features(image_embedding, where)
         data = self._generate_masks(image, image_embedding, progress)
         s = self.settings
         if s.min_mask_region_area > 0:

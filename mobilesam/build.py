@@ -10,11 +10,15 @@ from functools import partial
 from torch import nn
 
 from .checkpoint import (
+    TINY_VIT_ARCH,
+    VIT_ARCH,
+    CheckpointError,
+    checked_state_dict,
     detect_model_type,
     infer_tiny_vit_config,
     infer_vit_config,
+    load_checkpoint,
     load_state_dict_strict,
-    read_state_dict,
 )
 from .modeling.image_encoder import VIT_PRESETS, ImageEncoderViT, ViTConfig
 from .modeling.mask_decoder import MaskDecoder
@@ -115,26 +119,62 @@ def build_sam(
 
     Raises:
         ValueError: unknown ``model_type``, or neither argument given.
-        checkpoint.CheckpointError: the checkpoint does not fit (names every offending key).
+        FileNotFoundError: no file at ``checkpoint``.
+        checkpoint.CheckpointError: the checkpoint is unreadable, damaged (NaN/inf values) or
+            does not fit: one line naming the offending keys and the architecture expected
+            (:func:`sam_from_state_dict`).
     """
     if checkpoint is None:
         if model_type is None:
             raise ValueError("build_sam needs a checkpoint, a model_type, or both")
         return build_sam_from_config(_config(model_type))
-    sd = read_state_dict(checkpoint)
-    if model_type is not None:
-        cfg = _config(model_type)
+    return sam_from_state_dict(load_checkpoint(checkpoint), model_type, source=str(checkpoint))
+
+
+def sam_from_state_dict(
+    state: object, model_type: str | None = None, source: str = "checkpoint"
+) -> Sam:
+    """A model holding the weights of ``state``, a state dict in any accepted format (see
+    :func:`build_sam`), loaded strictly; ``source`` names it in errors.
+
+    Raises:
+        ValueError: unknown ``model_type``.
+        checkpoint.CheckpointError: one line naming the missing, malformed, misshapen or
+            non-finite tensors and the architecture expected.
+    """
+    preset = _config(model_type) if model_type is not None else None
+    sd = checked_state_dict(state, source)
+    if preset is not None:
+        cfg = preset
+        model = build_sam_from_config(cfg)
+        expected = f"{model_type}, a {_arch(cfg.encoder)}"
     else:
-        detected = detect_model_type(sd)
-        if detected in MODEL_CONFIGS:
-            cfg = MODEL_CONFIGS[detected]
-        elif detected == "tiny_vit_custom":
-            cfg = SamConfig(encoder=infer_tiny_vit_config(sd))
-        else:
-            cfg = SamConfig(encoder=infer_vit_config(sd))
-    model = build_sam_from_config(cfg)
-    load_state_dict_strict(model, sd)
+        try:
+            detected = detect_model_type(sd)
+            if detected in MODEL_CONFIGS:
+                cfg = MODEL_CONFIGS[detected]
+            elif detected == "tiny_vit_custom":
+                cfg = SamConfig(encoder=infer_tiny_vit_config(sd))
+            else:
+                cfg = SamConfig(encoder=infer_vit_config(sd))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+        expected = f"the {_arch(cfg.encoder)} its shapes describe"
+        try:
+            model = build_sam_from_config(cfg)
+        except (ValueError, RuntimeError, ArithmeticError, AssertionError, IndexError) as exc:
+            # shapes that are each well formed but do not make a model together
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{source}: {expected} cannot be built ({reason}); its encoder config would be "
+                f"{cfg.encoder}"
+            ) from exc
+    load_state_dict_strict(model, sd, expected=expected, source=source)
     return model
+
+
+def _arch(cfg: EncoderConfig) -> str:
+    return TINY_VIT_ARCH if isinstance(cfg, TinyViTConfig) else VIT_ARCH
 
 
 def _config(model_type: str) -> SamConfig:

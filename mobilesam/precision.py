@@ -16,11 +16,14 @@ reproduce by default.
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 #: Names accepted for each dtype (``torch.dtype`` values are accepted too).
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -52,6 +55,21 @@ def resolve_precision(precision: PrecisionLike, device: torch.device | str = "cp
 def precision_name(dtype: torch.dtype) -> str:
     """``"fp32"``, ``"bf16"`` or ``"fp16"``."""
     return {v: k for k, v in PRECISIONS.items()}[dtype]
+
+
+def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``module`` whose floating-point parameters and buffers are cast to ``dtype``
+    (what ``module.to(dtype)`` would do, leaving ``module`` as it is). The copy's parameters
+    do not require grad; its floating tensors are made in ``dtype`` directly, without a
+    transient copy in the source dtype."""
+    memo: dict[int, object] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            cast = t.detach().to(dtype, copy=True)
+            memo[id(t)] = (
+                nn.Parameter(cast, requires_grad=False) if isinstance(t, nn.Parameter) else cast
+            )
+    return copy.deepcopy(module, memo)
 
 
 def cpu_has_bf16_units() -> bool:

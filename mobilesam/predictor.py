@@ -7,14 +7,18 @@ says what was expected, where the official code asserts or fails deep inside tor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from torch import nn
 
+from .checkpoint import all_finite, first_few, non_finite_keys
 from .modeling.image_cache import ImageCache, weights_key
 from .modeling.mask_decoder import select_outputs
 from .modeling.sam import Sam
-from .precision import PrecisionLike, precision_name, resolve_precision
-from .prompts import prepare_prompts
+from .precision import PrecisionLike, cast_copy, precision_name, resolve_precision
+from .prompts import PROMPT_REACH, check_prompt_tensors, prepare_prompts
 from .transforms import ResizeLongestSide, resize_to_input, to_rgb_uint8
 
 #: A real image embedding varies over the image: the median over channels of its spatial
@@ -28,32 +32,66 @@ MIN_SPATIAL_VARIATION = 0.05
 MAX_EMBEDDING_MAGNITUDE = 1e3
 
 
+#: Why an embedding handed in (``set_embedding``, ``generate(image_embedding=...)``) is refused.
+GIVEN_EMBEDDING = (
+    "an embedding handed in must be an encoder's output for a real image, as "
+    "get_image_embedding() returns it"
+)
+
+
 class DegenerateEmbeddingError(RuntimeError):
-    """The image encoder returned NaN/inf, overflowed or spatially collapsed values. Masks
-    decoded from it would be empty or meaningless, so prediction stops instead."""
+    """An image embedding is NaN/inf, overflowed or spatially collapsed, whether the encoder
+    returned it or it was handed in. Masks decoded from it would be empty or meaningless, so
+    prediction stops instead."""
 
 
-def check_embedding(embedding: torch.Tensor | np.ndarray, where: str) -> None:
+class NonFiniteOutputError(RuntimeError):
+    """The mask decoder returned NaN/inf scores or logits. They are never returned: the masks
+    thresholded from them would be meaningless."""
+
+
+def non_finite_tensors(module: nn.Module, prefix: str = "") -> list[str]:
+    """Names (with ``prefix``) of ``module``'s parameters and buffers holding NaN/inf."""
+    root = prefix.rstrip(".")
+    return non_finite_keys(
+        {**dict(module.named_parameters(root)), **dict(module.named_buffers(root))}
+    )
+
+
+def _cause(cause: str | Callable[[], str] | None) -> str:
+    text = cause() if callable(cause) else cause
+    return f"; {text}" if text else ""
+
+
+def check_embedding(
+    embedding: torch.Tensor | np.ndarray,
+    where: str,
+    cause: str | Callable[[], str] | None = None,
+) -> None:
     """Raise :class:`DegenerateEmbeddingError` unless ``embedding`` ``(1, C, h, w)`` looks like
     an encoder's output for a real image: finite, no magnitude above
     :data:`MAX_EMBEDDING_MAGNITUDE`, and a spatial variation (median over channels of the
     spatial standard deviation, relative to the RMS) of at least
     :data:`MIN_SPATIAL_VARIATION`. These are what an overflowed or collapsed
-    reduced-precision encoder fails; ``where`` names the path in the message."""
+    reduced-precision encoder, damaged weights or a damaged handed-in embedding fail.
+
+    Args:
+        where: names the path in the one-line message (e.g. ``"SamPredictor.set_embedding"``).
+        cause: the likely cause of NaN/inf or overflowed values, appended to the message; a
+            callable is called only when the check fails (e.g. to scan the weights).
+    """
     e = torch.as_tensor(embedding).detach().float()
-    finite = torch.isfinite(e)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not all_finite(e):
+        bad = int((~torch.isfinite(e)).sum())
         raise DegenerateEmbeddingError(
-            f"{where}: the image embedding has {bad} NaN/inf values out of {e.numel()} "
-            "(reduced-precision overflow?); use float32, or bfloat16 instead of float16"
+            f"{where}: the image embedding has {bad} NaN/inf values out of {e.numel()}"
+            + _cause(cause)
         )
     peak = float(e.abs().max()) if e.numel() else 0.0
     if peak > MAX_EMBEDDING_MAGNITUDE:
         raise DegenerateEmbeddingError(
             f"{where}: the image embedding reaches {peak:.3g}, beyond any real encoder "
-            f"output (<= {MAX_EMBEDDING_MAGNITUDE:g}); the encoder overflowed: use float32, "
-            "or bfloat16 instead of float16"
+            f"output (<= {MAX_EMBEDDING_MAGNITUDE:g}): it overflowed" + _cause(cause)
         )
     flat = e.reshape(e.shape[0], e.shape[1], -1) if e.dim() >= 3 else e.reshape(1, 1, -1)
     rms = float(flat.pow(2).mean().sqrt())
@@ -63,6 +101,48 @@ def check_embedding(embedding: torch.Tensor | np.ndarray, where: str) -> None:
             f"{where}: the image embedding has collapsed: its spatial variation is "
             f"{variation:.3g} of its magnitude (real images give >= 0.37, the guard fires "
             f"below {MIN_SPATIAL_VARIATION}), so every mask would be empty or identical"
+        )
+
+
+def encoder_cause(encoder: nn.Module | None, dtype: torch.dtype) -> str:
+    """The likely cause of a NaN/inf or overflowed embedding from ``encoder`` run in
+    ``dtype``: its own NaN/inf weights where it has any (named), else reduced-precision
+    overflow, else the input."""
+    bad = non_finite_tensors(encoder, "image_encoder.") if encoder is not None else []
+    if bad:
+        return (
+            f"the encoder's weights hold NaN/inf ({len(bad)} tensors: {first_few(bad, 5)}): "
+            "the model was damaged after loading; load its checkpoint again"
+        )
+    if dtype == torch.float16:
+        return "the float16 encoder overflowed: use float32, or bfloat16 instead of float16"
+    if dtype == torch.bfloat16:
+        return "the bfloat16 encoder overflowed: use float32"
+    return "the float32 encoder has finite weights: was the input image NaN/inf or extreme?"
+
+
+def check_outputs(
+    low_res: torch.Tensor | None,
+    scores: torch.Tensor | None,
+    where: str,
+    model: nn.Module | None = None,
+) -> None:
+    """Raise :class:`NonFiniteOutputError` when the decoder's ``scores`` or low-res logits
+    (either may be None) hold NaN/inf; ``where`` names the path, and ``model`` (a ``Sam``),
+    when given, is searched for NaN/inf weights to name as the cause."""
+    for what, t in (("score", scores), ("logit", low_res)):
+        if t is None or all_finite(t):
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        cause = "the prompts or the embedding drove the decoder out of float range"
+        if model is not None:
+            names = non_finite_tensors(model)
+            if names:
+                shown = first_few(names, 5)
+                cause = f"the model's weights hold NaN/inf ({len(names)} tensors: {shown})"
+        raise NonFiniteOutputError(
+            f"{where}: the mask decoder returned NaN/inf {what}s ({bad} of {t.numel()} "
+            f"values), so no masks are returned; {cause}"
         )
 
 
@@ -77,15 +157,19 @@ class SamPredictor:
     Args:
         sam_model: a :class:`~mobilesam.modeling.sam.Sam` (e.g. from ``sam_model_registry``).
         dtype: the image encoder's dtype, ``torch.float32``, ``torch.bfloat16`` or
-            ``torch.float16``; converts the encoder's parameters in place, like
-            ``encoder.half()``. Without ``dtype`` or ``precision`` the encoder is left as
-            it is (float32 as loaded).
+            ``torch.float16``. Without ``dtype`` or ``precision``, the dtype the model's
+            encoder has now (float32 as loaded).
         precision: the same as a name: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
             :mod:`mobilesam.precision`). With bf16 the products of the decoder's upscaling
             tail (its product-heavy part) take bf16 inputs too; the prompt encoder, the decoder's
             transformer, the IoU scores and the mask postprocessing always run in float32:
             inputs, embeddings and outputs are float32, and every embedding is checked
             (:class:`DegenerateEmbeddingError`).
+
+    The predictor never changes ``sam_model``: where the model's encoder has another dtype,
+    :attr:`image_encoder` is the predictor's own cast copy (so predictors of several
+    precisions can share one model). Scores and logits are never NaN/inf
+    (:class:`NonFiniteOutputError`).
     """
 
     def __init__(
@@ -97,18 +181,36 @@ class SamPredictor:
     ) -> None:
         if dtype is not None and precision is not None:
             raise ValueError("give either dtype or precision, not both")
-        if dtype is None and precision is None:  # leave the encoder as it is
-            chosen = next(sam_model.image_encoder.parameters()).dtype
+        if dtype is None and precision is None:  # the encoder's dtype as it is
+            chosen = _dtype_of(sam_model.image_encoder)
         else:
             device = sam_model.pixel_mean.device  # "auto" decides for the model's device
             chosen = resolve_precision(dtype if precision is None else precision, device)
-            sam_model.image_encoder.to(chosen)
         self.model = sam_model
         #: The image encoder's dtype (and, for bf16, that of the decoder's upscaling tail's
         #: products).
         self.dtype = chosen
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        # (fingerprint of the model's encoder it was cast from, the cast copy)
+        self._cast_encoder: tuple[tuple, nn.Module] | None = None
         self.reset_image()
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The encoder :meth:`set_image` runs: the model's own where its parameters have
+        :attr:`dtype`, else this predictor's copy of it cast to :attr:`dtype`. The copy is
+        made at first use and made again whenever the model's encoder changes (a parameter
+        or buffer replaced or modified in place, its dtype, device or train/eval mode), so
+        it never runs stale weights; the model itself is never changed."""
+        source = self.model.image_encoder
+        if _dtype_of(source) == self.dtype:
+            self._cast_encoder = None
+            return source
+        key = (weights_key(source), source.training)
+        if self._cast_encoder is None or self._cast_encoder[0] != key:
+            self._cast_encoder = None  # free a stale copy before making the new one
+            self._cast_encoder = (key, cast_copy(source, self.dtype))
+        return self._cast_encoder[1]
 
     @property
     def device(self) -> torch.device:
@@ -119,6 +221,7 @@ class SamPredictor:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self._decoder_cache: ImageCache | None = None
+        self._checked: tuple[int, int] | None = None  # _tensor_key of the checked features
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
@@ -155,9 +258,15 @@ class SamPredictor:
         self.reset_image()
         self._set_sizes(original_image_size, (shape[2], shape[3]))
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        features = self.model.image_encoder(x.to(self.dtype))
-        check_embedding(features, f"SamPredictor ({precision_name(self.dtype)} encoder)")
+        encoder = self.image_encoder
+        features = encoder(x.to(self.dtype))
+        check_embedding(
+            features,
+            f"SamPredictor ({precision_name(self.dtype)} encoder)",
+            lambda: encoder_cause(encoder, self.dtype),
+        )
         self.features = features.float()
+        self._checked = _tensor_key(self.features)
         self.is_image_set = True
         self.decoder_cache()
 
@@ -225,6 +334,11 @@ class SamPredictor:
         Returns:
             masks ``(B, C, H, W)`` (bool, or float logits), scores ``(B, C)``, low-res logits
             ``(B, C, 256, 256)``.
+
+        Raises:
+            ValueError: NaN/inf or far-away prompts, or a ``mask_input`` beyond
+                :data:`~mobilesam.prompts.MASK_INPUT_LIMIT`.
+            NonFiniteOutputError: the decoder returned NaN/inf scores or logits.
         """
         low_res, iou = self.predict_low_res_torch(
             point_coords, point_labels, boxes, mask_input, multimask_output
@@ -259,13 +373,17 @@ class SamPredictor:
         sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
         decoder = self.model.mask_decoder
         if mask_input is None:
-            return decoder.predict_masks_cached(self.decoder_cache(), sparse, multimask_output)
-        masks, iou = decoder.predict_masks(
-            self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense
-        )
-        if multimask_output is None:
-            return masks, iou
-        return select_outputs(masks, iou, multimask_output)
+            masks, iou = decoder.predict_masks_cached(
+                self.decoder_cache(), sparse, multimask_output
+            )
+        else:
+            masks, iou = decoder.predict_masks(
+                self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense
+            )
+            if multimask_output is not None:
+                masks, iou = select_outputs(masks, iou, multimask_output)
+        check_outputs(masks, iou, "SamPredictor", self.model)
+        return masks, iou
 
     def encode_prompts(
         self,
@@ -275,10 +393,12 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt encoder on prompts in the input frame: sparse ``(B, N, C)`` and dense
-        ``(B, C, h, w)`` embeddings in the model's dtype (see :meth:`predict_torch`)."""
+        ``(B, C, h, w)`` embeddings in the model's dtype (see :meth:`predict_torch`; the
+        prompts are checked by :func:`~mobilesam.prompts.check_prompt_tensors`)."""
         self._require_image()
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
+        check_prompt_tensors(point_coords, boxes, mask_input, PROMPT_REACH * self.model.img_size)
         dt = self.model.prompt_encoder.no_mask_embed.weight.dtype
         points = None
         if point_coords is not None and point_labels is not None:
@@ -297,8 +417,7 @@ class SamPredictor:
         assert self.features is not None
         # the cache derives from the embedding too: an in-place change of it invalidates
         # (inference tensors, made under torch.inference_mode, keep no version counter)
-        f = self.features
-        key = (weights_key(pe, decoder), f.data_ptr(), 0 if f.is_inference() else f._version)
+        key = (weights_key(pe, decoder), *_tensor_key(self.features))
         if self._decoder_cache is None or self._decoder_cache.key != key:
             self._decoder_cache = decoder.prepare(
                 self.features.to(pe.no_mask_embed.weight),
@@ -319,14 +438,17 @@ class SamPredictor:
     ) -> None:
         """Restore a cached image: ``features`` from :meth:`get_image_embedding`, with the
         ``original_size`` ``(H, W)`` it was computed for. ``input_size`` ``(h, w)``, the size
-        after the resize, defaults to what :meth:`set_image` gives for ``original_size``."""
-        expected = (
-            1,
-            self.model.prompt_encoder.embed_dim,
-            *self.model.prompt_encoder.image_embedding_size,
-        )
-        if tuple(features.shape) != expected:
-            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        after the resize, defaults to what :meth:`set_image` gives for ``original_size``.
+
+        The embedding is checked as the encoder's are (:func:`check_embedding`), except the
+        one already held when it has not changed since it was checked (a server's next
+        click). On any error no image is left set.
+
+        Raises:
+            ValueError: a wrong shape or size.
+            DegenerateEmbeddingError: NaN/inf, overflowed or collapsed ``features``.
+        """
+        self._check_shape(features)
         for name, size in (("original_size", original_size), ("input_size", input_size)):
             if size is not None and (len(size) != 2 or min(int(v) for v in size) < 1):
                 raise ValueError(f"{name} must be (height, width) of at least 1 pixel, got {size}")
@@ -336,12 +458,32 @@ class SamPredictor:
         features = features.to(self.device, torch.float32)
         # restoring the embedding already held (a server's click after click) keeps its
         # decoder cache; decoder_cache() still checks it against the weights and embedding
-        kept = self._decoder_cache if features is self.features else None
+        held = features is self.features
+        kept = self._decoder_cache if held else None
+        unchanged = held and self._checked == _tensor_key(features)
         self.reset_image()
+        if not unchanged:
+            check_embedding(features, "SamPredictor.set_embedding", GIVEN_EMBEDDING)
         self.features, self._decoder_cache = features, kept
+        self._checked = _tensor_key(features)
         self._set_sizes(original_size, input_size)
         self.is_image_set = True
         self.decoder_cache()
+
+    def check_features(
+        self, features: torch.Tensor, where: str = "SamPredictor.set_embedding"
+    ) -> None:
+        """The checks :meth:`set_embedding` makes of ``features``: ValueError unless its
+        shape is this model's ``(1, C, h, w)``, then :func:`check_embedding` (``where`` names
+        the caller in the message)."""
+        self._check_shape(features)
+        check_embedding(features, where, GIVEN_EMBEDDING)
+
+    def _check_shape(self, features: torch.Tensor) -> None:
+        pe = self.model.prompt_encoder
+        expected = (1, pe.embed_dim, *pe.image_embedding_size)
+        if tuple(features.shape) != expected:
+            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
 
     def _set_sizes(self, original_size: tuple[int, ...], input_size: tuple[int, ...]) -> None:
         self.original_size = (int(original_size[0]), int(original_size[1]))
@@ -357,6 +499,17 @@ class SamPredictor:
 
     def _require_image(self) -> None:
         require_image(self.is_image_set)
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first parameter (float32 for a module without any)."""
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+def _tensor_key(t: torch.Tensor) -> tuple[int, int]:
+    """Changes when ``t`` is modified in place (inference tensors, made under
+    ``torch.inference_mode``, keep no version counter)."""
+    return t.data_ptr(), 0 if t.is_inference() else t._version
 
 
 def require_image(is_image_set: bool) -> None:

@@ -24,6 +24,34 @@ VALID_LABELS = (-1, 0, 1, 2, 3)
 #: scores become NaN.
 PROMPT_REACH = 10
 
+#: Largest magnitude of a ``mask_input`` logit. Real low-res logits stay within a few
+#: thousand (the fixture's steep ones; trained weights give tens); far beyond, the mask
+#: encoder's LayerNorm squares overflow float32 and every score becomes NaN.
+MASK_INPUT_LIMIT = 1e6
+
+
+def _real_array(value: object, name: str) -> np.ndarray:
+    """``value`` as a float64 array, or one ValueError naming ``name`` when it is not real
+    numbers (strings, complex numbers, dates, ragged lists, Python ints beyond float64)."""
+    try:
+        a = np.asarray(value)
+        if a.dtype.kind == "O":  # Python objects: numbers convert, anything else fails
+            a = a.astype(np.float64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ValueError(
+            f"{name} must be an array of numbers ({type(exc).__name__}: {reason})"
+        ) from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got an array of dtype {a.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: inf, refused below
+        return a.astype(np.float64, copy=False)
+
+
+def _some_values(values: np.ndarray, limit: int = 5) -> str:
+    shown = np.unique(values)[:limit].tolist()
+    return f"{shown}{' …' if np.unique(values).size > limit else ''}"
+
 
 def check_points(
     point_coords: np.ndarray | None, point_labels: np.ndarray | None
@@ -32,8 +60,8 @@ def check_points(
     (only one of the two given, shapes, NaN/inf, labels outside :data:`VALID_LABELS`)."""
     if point_coords is None or point_labels is None:
         raise ValueError("point_coords and point_labels must be given together")
-    coords = np.asarray(point_coords, dtype=np.float64)
-    labels = np.asarray(point_labels)
+    coords = _real_array(point_coords, "point_coords")
+    labels = _real_array(point_labels, "point_labels")
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
         raise ValueError(f"point_coords must have shape (N, 2) with N >= 1, got {coords.shape}")
     if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
@@ -46,7 +74,7 @@ def check_points(
     if not np.isin(labels, VALID_LABELS).all():
         raise ValueError(
             "point_labels must be 1 (foreground), 0 (background), -1 (padding) or 2/3 (box "
-            f"corners); got {np.unique(labels).tolist()}"
+            f"corners); got {_some_values(labels)}"
         )
     return coords, labels.astype(np.int64)
 
@@ -54,7 +82,7 @@ def check_points(
 def check_box(box: np.ndarray) -> np.ndarray:
     """``(4,)`` or ``(1, 4)`` XYXY → ``(1, 4)`` float64, or ValueError (shape, NaN/inf,
     corners out of order)."""
-    b = np.asarray(box, dtype=np.float64)
+    b = _real_array(box, "box")
     if b.shape not in ((4,), (1, 4)):
         raise ValueError(f"box must have shape (4,) or (1, 4) as XYXY, got {b.shape}")
     b = b.reshape(1, 4)
@@ -66,8 +94,9 @@ def check_box(box: np.ndarray) -> np.ndarray:
 
 
 def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
-    """``mask_input`` as float32 of shape ``expected`` (``(1, 256, 256)``), or ValueError."""
-    m = np.asarray(mask_input, dtype=np.float32)
+    """``mask_input`` as float32 of shape ``expected`` (``(1, 256, 256)``), or ValueError
+    (shape, NaN/inf, a magnitude beyond :data:`MASK_INPUT_LIMIT`)."""
+    m = _real_array(mask_input, "mask_input")
     if m.shape != expected:
         raise ValueError(
             f"mask_input must have shape {expected} (the low-res logits of one mask from a "
@@ -75,20 +104,52 @@ def check_mask_input(mask_input: np.ndarray, expected: tuple[int, ...]) -> np.nd
         )
     if not np.isfinite(m).all():
         raise ValueError("mask_input contains NaN or inf")
-    return m
+    peak = float(np.abs(m).max(initial=0.0))
+    if peak > MASK_INPUT_LIMIT:
+        raise ValueError(
+            f"mask_input must be low-res logits within ±{MASK_INPUT_LIMIT:g} (beyond, the "
+            f"decoder overflows), got {peak:.3g}"
+        )
+    return m.astype(np.float32)
 
 
 def check_prompt_reach(name: str, coords: object, original_size: tuple[int, int]) -> None:
     """ValueError naming ``name`` (the caller's term for the prompt) when a coordinate lies
     more than :data:`PROMPT_REACH` image sizes from the image (``original_size`` ``(H, W)``).
     Front ends call it with their own field or flag names."""
-    values = np.abs(np.asarray(coords, dtype=np.float64))
+    values = np.abs(_real_array(coords, name))
     reach = PROMPT_REACH * max(original_size)
     if values.max(initial=0.0) > reach:
         raise ValueError(
             f"{name} must lie within ±{reach} pixels of the image ({PROMPT_REACH}× its size), "
             f"got {values.max():.3g}"
         )
+
+
+def check_prompt_tensors(
+    point_coords: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    reach: float,
+) -> None:
+    """ValueError naming the argument when ``SamPredictor.predict_torch``'s prompts (in the
+    input frame) hold NaN/inf, when a coordinate lies beyond ``reach`` pixels (see
+    :data:`PROMPT_REACH`), or when ``mask_input`` exceeds :data:`MASK_INPUT_LIMIT`. One pass
+    over each tensor, without a copy of it."""
+    for name, t, limit, what in (
+        ("point_coords", point_coords, reach, "pixels of the input frame"),
+        ("boxes", boxes, reach, "pixels of the input frame"),
+        ("mask_input", mask_input, MASK_INPUT_LIMIT, "(low-res logits)"),
+    ):
+        if t is None or t.numel() == 0:
+            continue
+        t = t.detach()
+        lo, hi = torch.aminmax(t if t.is_floating_point() else t.double())
+        peak = max(-float(lo), float(hi))  # NaN propagates to lo and hi
+        if not np.isfinite(peak):
+            raise ValueError(f"{name} contains NaN or inf")
+        if peak > limit:
+            raise ValueError(f"{name} must lie within ±{limit:g} {what}, got {peak:.3g}")
 
 
 @dataclass(frozen=True)

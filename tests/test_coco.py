@@ -72,7 +72,11 @@ def _eval(root, ckpt, out, *extra):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    return json.loads((out / "coco.json").read_text())
+    return json.loads((out / "coco.json").read_text(), parse_constant=_refuse)  # standard JSON
+
+
+def _refuse(name: str):
+    raise AssertionError(f"coco.json holds {name}, which standard JSON does not allow")
 
 
 def test_own_masks_score_ap_one_and_a_perturbed_model_less(tiny_coco, tmp_path):

@@ -477,7 +477,9 @@ def test_a_crash_while_writing_the_manifest_leaves_the_old_one(
 def test_unreadable_manifest_is_one_line_naming_it(tmp_path):
     for text in ("{not json", '{"shards": 3}', "[]"):
         (tmp_path / "manifest.json").write_text(text)
-        with pytest.raises(ValueError, match=r"manifest\.json is not a readable cache manifest"):
+        with pytest.raises(
+            ValueError, match=rf"the cache at {tmp_path} is damaged \(manifest\.json"
+        ):
             CacheReader(tmp_path)
 
 

@@ -100,7 +100,8 @@ def test_everything(client, image_id, fixture_model, embedded):
 def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "default-src 'self'" in page.headers["content-security-policy"]
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert 'src="static/app.js"' in page.text and 'href="static/style.css"' in page.text
     js = client.get("/static/app.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]

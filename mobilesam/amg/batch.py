@@ -24,7 +24,7 @@ from ..masks import is_box_near_crop_edge
 from ..modeling.common import Workspace
 from ..modeling.decoder_cache import decode_tokens
 from ..postprocess import block_grid, threshold_blocks
-from ..predictor import SamPredictor
+from ..predictor import SamPredictor, check_outputs
 from .candidates import Candidates
 from .settings import AmgSettings
 
@@ -39,6 +39,9 @@ Stage = Callable[[str], AbstractContextManager[None]]
 #: 6.7-6.8 s (698-705 MiB, close to the 0.75 GiB goal: the factored image tokens take ~2 MB
 #: per prompt).
 CPU_DECODER_BATCH = 48
+
+#: Names the generator in errors.
+WHERE = "SamAutomaticMaskGenerator"
 
 
 class BatchFilter:
@@ -119,6 +122,8 @@ class BatchFilter:
         for i in range(0, len(points), step):
             sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
             decoded = decode_tokens(decoder, cache, sparse, multimask_output=True, workspace=ws)
+            # NaN scores would fail every threshold and vanish silently: refuse them
+            check_outputs(None, decoded.iou, WHERE, p.model)
             passed = decoded.iou > thresh
             if thresh <= 0.0:  # SAM's rule: a threshold of 0 turns the filter off
                 passed.fill_(True)
@@ -136,6 +141,7 @@ class BatchFilter:
                 masks = ws.get("masks", (*keep.shape, *size), coords_t)
                 decoder.masks_from_decoded(cache, kept, kept.hyper, masks)
                 torch.index_select(masks.flatten(0, 1), 0, keep.flatten().nonzero()[:, 0], out=dst)
+            check_outputs(dst, None, WHERE, p.model)  # (one pass over the survivors' logits)
             count += n_masks
             iou.append(kept.iou[keep])
             index.append((i + rows)[:, None].expand(keep.shape)[keep])

@@ -73,7 +73,7 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
     pred = SamPredictor(model, precision=args.precision)
     x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
     with torch.no_grad():
-        enc = median_s(lambda: model.image_encoder(x), args.repeats)
+        enc = median_s(lambda: pred.image_encoder(x), args.repeats)
     set_img = median_s(lambda: pred.set_image(image), args.repeats)
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -121,6 +122,8 @@ def number_at_least(minimum: float, kind: type = int, maximum: float | None = No
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum:g}" if maximum is not None else ""
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}{upper}, got {text}")

@@ -84,8 +84,15 @@ class ConfigFileParser(CliParser):
                 data = tomllib.load(f)
         except OSError as exc:
             self.error(f"cannot read --config {path}: {exc.strerror or exc}")
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib decodes it whole
+            self.error(
+                f"--config {path} is not UTF-8 text, as TOML must be: byte "
+                f"0x{exc.object[exc.start]:02x} at offset {exc.start}"
+            )
         except tomllib.TOMLDecodeError as exc:
             self.error(f"--config {path} is not valid TOML: {exc}")
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            self.error(f"--config {path} nests too deeply to read (arrays or tables in tables)")
         table = data.get(self.config_section)
         if not isinstance(table, dict):
             self.error(f"--config {path} has no [{self.config_section}] table")
@@ -95,26 +102,38 @@ class ConfigFileParser(CliParser):
         """``value`` converted as the option would convert it on the command line."""
         if action.nargs == 0:  # a flag: store_true and the like
             if not isinstance(value, bool):
-                self.error(f"{where} must be true or false, got {value!r}")
+                self.error(f"{where} must be true or false, got {_short(value)}")
             return value
         many = action.nargs in ("+", "*")
         if many and isinstance(value, str):
             value = [value]
         if isinstance(value, list) != many:
-            self.error(f"{where} must be {'a list' if many else 'a single value'}, got {value!r}")
+            self.error(
+                f"{where} must be {'a list' if many else 'a single value'}, got {_short(value)}"
+            )
         items = [self._checked_item(action, where, v) for v in (value if many else [value])]
         return items if many else items[0]
 
     def _checked_item(self, action: argparse.Action, where: str, value: Any) -> Any:
         """One value (a TOML string or number) through the option's type and choices."""
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            self.error(f"{where} has the wrong type: {value!r}")
+            self.error(f"{where} has the wrong type: {_short(value)}")
         if action.type is not None:
             try:
                 value = action.type(str(value))
             except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-                self.error(f"{where} = {value!r}: {exc}")
+                self.error(f"{where} = {_short(value)}: {exc}")
         if action.choices is not None and value not in action.choices:
             choices = ", ".join(map(str, action.choices))
-            self.error(f"{where} = {value!r} is not one of {choices}")
+            self.error(f"{where} = {_short(value)} is not one of {choices}")
         return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a value from the file may be a
+    list of 100,000 items, and the error is one line)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +49,24 @@ mobilesam distill train --cache cache/ --student vit_t_small --teacher-checkpoin
 """
 
 #: Argument types of the counts and shares (usage errors, exit 2, before any work).
-COUNT0, COUNT1, SHARE = number_at_least(0), number_at_least(1), number_at_least(0.0, float, 1.0)
+COUNT0, COUNT1 = number_at_least(0), number_at_least(1)
+
+
+def finite(minimum: float, maximum: float = math.inf, positive: bool = False) -> Callable:
+    """Argument type: a finite float in ``[minimum, maximum]`` (above ``minimum`` with
+    ``positive``)."""
+    base = number_at_least(minimum, float, None if math.isinf(maximum) else maximum)
+
+    def parse(text: str) -> float:
+        value = base(text)
+        if positive and value <= minimum:
+            raise argparse.ArgumentTypeError(f"must be more than {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+SHARE = finite(0.0, 1.0)
 
 
 def _logging() -> None:
@@ -231,8 +250,8 @@ def add_schedule_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     TrainConfig)."""
     t.add_argument("--epochs", type=COUNT1, default=d.epochs, help=f"(default {d.epochs})")
     t.add_argument("--batch-size", type=COUNT1, default=d.batch_size, help="per process")
-    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's")
+    t.add_argument("--lr", type=finite(0.0, positive=True), default=d.lr, help="peak learning rate")
+    t.add_argument("--weight-decay", type=finite(0.0), default=d.weight_decay, help="AdamW's")
     t.add_argument(
         "--warmup-steps", type=COUNT0, default=d.warmup_steps, help="default: 5%% of all steps"
     )
@@ -242,7 +261,12 @@ def add_schedule_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         default=d.min_lr_ratio,
         help="the cosine decay ends at lr × this",
     )
-    t.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm limit")
+    t.add_argument(
+        "--clip-grad",
+        type=finite(0.0, positive=True),
+        default=d.clip_grad,
+        help="gradient norm limit",
+    )
     t.add_argument("--save-every", type=COUNT1, default=d.save_every, help="steps between last.pt")
     t.add_argument("--seed", type=int, default=d.seed, help="data order and init seed")
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda")

@@ -82,11 +82,23 @@ def cmd_miou(args: argparse.Namespace) -> int:
     text = markdown_table(summary, title)
     atomic_write(out / "miou.md", lambda tmp: tmp.write_text(text))
     plot_summary(summary, str(out / "miou.png"), title)
-    atomic_write(out / "miou.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    text = strict_json(record, out / "miou.json")
+    atomic_write(out / "miou.json", lambda tmp: tmp.write_text(text))
     for kind, s in summary.items():
         print(f"{kind:>16}: mIoU {s['miou']:.4f} ± {s['std']:.4f} (n={s['n']})")
     print(f"wrote miou.json, miou.md, miou.png to {out}")
     return 0
+
+
+def strict_json(record: dict[str, Any], path: Path) -> str:
+    """``record`` as standard JSON text (``allow_nan=False``); a NaN or infinite figure is
+    refused with a ValueError naming ``path`` rather than written as a bare ``NaN``."""
+    try:
+        return json.dumps(record, indent=2, allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            f"not writing {path}: a result is NaN or infinite (a broken model or input?)"
+        ) from None
 
 
 def score_images(
@@ -126,10 +138,19 @@ def cmd_coco(args: argparse.Namespace) -> int:
     settings) and coco.md to the --out folder.
     """
     from ..build import build_sam
-    from ..evaluation.coco import CocoSettings, evaluate_coco, markdown
+    from ..evaluation.coco import (
+        CocoSettings,
+        evaluate_coco,
+        markdown,
+        read_annotations,
+        read_detections,
+    )
     from ..precision import precision_name
     from ..predictor import SamPredictor
 
+    # both files are checked before the model loads: a malformed one is one line, at once
+    gt = read_annotations(args.annotations)
+    dets = read_detections(args.detections) if args.detections else None
     ckpt = checkpoint_path(args)
     predictor = SamPredictor(build_sam(ckpt), precision=args.precision)
     detections = str(args.detections) if args.detections else None
@@ -142,7 +163,7 @@ def cmd_coco(args: argparse.Namespace) -> int:
             bar = progress_bar(total, "coco", unit="img", enabled=not args.quiet)
         bar.update(1)
 
-    result = evaluate_coco(predictor, args.images, args.annotations, settings, progress)
+    result = evaluate_coco(predictor, args.images, gt, settings, progress, detections=dets)
     if bar is not None:
         bar.close()
     record = {
@@ -157,7 +178,8 @@ def cmd_coco(args: argparse.Namespace) -> int:
         },
     }
     out = Path(args.out)
-    atomic_write(out / "coco.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    text = strict_json(record, out / "coco.json")
+    atomic_write(out / "coco.json", lambda tmp: tmp.write_text(text))
     title = f"{ckpt.name}: box-prompted instance segmentation"
     atomic_write(out / "coco.md", lambda tmp: tmp.write_text(markdown(result, title)))
     print(" ".join(f"{k} {result[k]:.3f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))

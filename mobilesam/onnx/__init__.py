@@ -4,8 +4,14 @@
 extra: ``pip install "mobilesam[onnx]"`` (onnx, onnxruntime).
 """
 
-from .export import export_onnx
+from .export import ExportIntegrityError, export_onnx, verify_export
 from .predictor import OnnxPredictor
 from .wrapper import SamOnnxDecoder
 
-__all__ = ["OnnxPredictor", "SamOnnxDecoder", "export_onnx"]
+__all__ = [
+    "ExportIntegrityError",
+    "OnnxPredictor",
+    "SamOnnxDecoder",
+    "export_onnx",
+    "verify_export",
+]

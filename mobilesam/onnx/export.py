@@ -2,6 +2,7 @@
 mask), ``decoder_multimask.onnx`` (all mask tokens at low resolution, for
 :class:`OnnxPredictor`) and
 ``model.json``; optionally int8 (ONNX Runtime dynamic quantization) and fp16 encoder variants.
+Last, ``manifest.json`` records every file's sha256 (:func:`verify_export` checks them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,15 @@ from .wrapper import (
 )
 
 QUANTIZE_PARTS = ("encoder", "decoder", "both")
+
+#: Beside the exported files: ``{"sha256": {file name: hex digest}}`` of each of them and of
+#: ``model.json``; written last, so its presence marks a complete export.
+MANIFEST = "manifest.json"
+
+
+class ExportIntegrityError(ValueError):
+    """An export directory's file does not match the sha256 its ``manifest.json`` records
+    (changed or damaged after export), or the manifest is missing or unreadable."""
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, opset: int, **kw: Any) -> None:
@@ -139,6 +150,9 @@ def export_onnx(
             (for GPU execution providers; ONNX Runtime's CPU provider lacks fp16 kernels for
             most of it).
         checkpoint: the weights file, for its sha256 in ``model.json``.
+
+    Last, :data:`MANIFEST` records the sha256 of every file written (``model.json``
+    included), which :class:`~mobilesam.onnx.OnnxPredictor` verifies at load.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -151,7 +165,59 @@ def export_onnx(
     files = _export_files(model, out, opset, quantize, quantize_parts, fp16)
     record = _model_record(model, files, opset, checkpoint, model_name)
     atomic_write(out / "model.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    write_manifest(out, [*files.values(), "model.json"])
     return record
+
+
+def write_manifest(out: Path, names: Iterable[str]) -> dict[str, Any]:
+    """Write :data:`MANIFEST` in ``out`` (atomically) with the sha256 of each of ``names``
+    (files in ``out``); returns its record."""
+    from ..hub import sha256_file
+
+    record = {"sha256": {name: sha256_file(out / name) for name in sorted(set(names))}}
+    text = json.dumps(record, indent=2)
+    atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(text))
+    return record
+
+
+def verify_export(root: Path, names: Iterable[str]) -> None:
+    """Check files ``names`` of the export directory ``root`` against the sha256 that its
+    :data:`MANIFEST` records.
+
+    Raises:
+        ExportIntegrityError: no or an unreadable manifest, a file it does not list, or a
+            file whose sha256 differs (one line naming the file).
+        FileNotFoundError: a listed file is missing.
+    """
+    from ..hub import sha256_file
+
+    path = root / MANIFEST
+    skip = "export again (`mobilesam export`), or pass verify=False to load it unchecked"
+    if not path.is_file():
+        raise ExportIntegrityError(
+            f"{path} not found: the files in {root} cannot be verified (an export by an older "
+            f"mobilesam, or an incomplete one); {skip}"
+        )
+    try:
+        hashes = json.loads(path.read_text())["sha256"]
+        if not isinstance(hashes, dict):
+            raise TypeError(f"'sha256' is a {type(hashes).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportIntegrityError(f"{path} is damaged ({reason}); {skip}") from None
+    for name in names:
+        file = root / name
+        expected = hashes.get(name)
+        if not isinstance(expected, str):
+            raise ExportIntegrityError(f"{path} records no sha256 for {name}; {skip}")
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: export again with `mobilesam export`")
+        actual = sha256_file(file)
+        if actual != expected.lower():
+            raise ExportIntegrityError(
+                f"{file}: its sha256 {actual[:16]}… differs from the {expected[:16]}… that "
+                f"{MANIFEST} records: the file changed or was damaged after export; {skip}"
+            )
 
 
 def _export_files(

@@ -18,9 +18,10 @@ import torch
 
 from ..modeling.mask_decoder import select_outputs
 from ..postprocess import upscale_masks
-from ..predictor import check_embedding, require_image
+from ..predictor import check_embedding, check_outputs, require_image
 from ..prompts import point_sequence, prepare_prompts
 from ..transforms import ResizeLongestSide, prepare_image, to_rgb_uint8
+from .export import verify_export
 
 VARIANTS = ("fp32", "int8", "fp16")
 
@@ -48,6 +49,14 @@ class OnnxPredictor:
         encoder: ``"fp32"``, ``"int8"`` or ``"fp16"`` encoder file; decoder: ``"fp32"`` or
             ``"int8"``.
         threads: ONNX Runtime intra-op threads (default: its own choice).
+        verify: check ``model.json`` and the two files loaded against the sha256 that
+            ``manifest.json`` records (:func:`~mobilesam.onnx.export.verify_export`); a
+            changed or damaged file raises :class:`~mobilesam.onnx.ExportIntegrityError`
+            naming it. ``False`` loads them unchecked.
+
+    Embeddings are checked (:class:`~mobilesam.predictor.DegenerateEmbeddingError`), and
+    NaN/inf scores or logits are never returned (:class:`~mobilesam.predictor.
+    NonFiniteOutputError`).
     """
 
     def __init__(
@@ -56,13 +65,23 @@ class OnnxPredictor:
         encoder: str = "fp32",
         decoder: str = "fp32",
         threads: int | None = None,
+        *,
+        verify: bool = True,
     ) -> None:
         root = Path(export_dir)
         meta_path = root / "model.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: not a mobilesam export directory")
-        self.meta = json.loads(meta_path.read_text())
-        files = self.meta["files"]
+        if verify:
+            verify_export(root, ["model.json"])
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            files = self.meta["files"]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{meta_path} is not a mobilesam model record ({type(exc).__name__}: {exc}); "
+                "export again with `mobilesam export`"
+            ) from None
         if encoder not in VARIANTS or decoder not in VARIANTS[:2]:
             raise ValueError(f"encoder must be one of {VARIANTS}, decoder 'fp32' or 'int8'")
         enc_key = "encoder" if encoder == "fp32" else f"encoder_{encoder}"
@@ -77,6 +96,8 @@ class OnnxPredictor:
                     f"{options[what]})"
                 )
         self.encoder_variant, self.decoder_variant = encoder, decoder
+        if verify:
+            verify_export(root, [files[enc_key], files[dec_key]])
         self._encoder = _session(root / files[enc_key], threads)
         self._decoder = _session(root / files[dec_key], threads)
         outputs = [o.name for o in self._decoder.get_outputs()]
@@ -107,7 +128,13 @@ class OnnxPredictor:
         rgb = to_rgb_uint8(image, image_format)
         x, input_size = prepare_image(rgb, self.img_size, self._mean, self._std)
         (features,) = self._encoder.run(None, {"image": x.numpy()})
-        check_embedding(features, f"OnnxPredictor ({self.encoder_variant} encoder)")
+        check_embedding(
+            features,
+            f"OnnxPredictor ({self.encoder_variant} encoder)",
+            "the float16 encoder overflowed: use the fp32 encoder"
+            if self.encoder_variant == "fp16"
+            else "the exported encoder returned them: was it exported from a damaged model?",
+        )
         self.reset_image()
         self.features = features
         self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -155,6 +182,11 @@ class OnnxPredictor:
                 "mask_input": mask.numpy(),
                 "has_mask_input": has_mask,
             },
+        )
+        check_outputs(
+            torch.from_numpy(low_res),
+            torch.from_numpy(iou),
+            f"OnnxPredictor ({self.decoder_variant} decoder)",
         )
         low, scores = select_outputs(
             torch.from_numpy(low_res), torch.from_numpy(iou), multimask_output

@@ -1,4 +1,5 @@
-"""A model gate that serves interactive requests first.
+"""The server's two gates: :class:`ModelGate` for the model, :class:`UploadBudget` for
+decoding uploads.
 
 One model serves every request, one call at a time (the model and predictors are not
 thread-safe, and two calls at once would only share the same cores). A plain lock is first
@@ -6,6 +7,11 @@ come, first served: a click sent while segment-everything runs (tens of seconds)
 all of it. :class:`ModelGate` lets long jobs hold the model in slices instead: a background
 job calls its ``yield_point`` between slices (between batches of prompt points), and gives
 the model to any waiting interactive request before going on.
+
+Decoding is the other large cost: a photo at the pixel cap takes hundreds of MB while it is
+decoded and resized, outside the model gate. :class:`UploadBudget` runs a fixed number of
+decodes at once and lets a bounded number of uploads wait; the rest are told to come back
+later (:class:`UploadsBusy`, a 503 with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -71,3 +77,59 @@ class ModelGate:
         with self._cv:
             self._busy = False
             self._cv.notify_all()
+
+
+class UploadsBusy(Exception):
+    """More uploads are in progress than :class:`UploadBudget` admits; ``retry_after`` is
+    the suggested wait in seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UploadBudget:
+    """Bounds the memory that uploads take before they reach the model.
+
+    ``decodes`` uploads are decoded and resized at once (:meth:`decoding_slot`, a semaphore);
+    :meth:`admit` lets in at most ``decodes + queue`` uploads in all (waiting to decode,
+    decoding, waiting for or using the model) and raises :class:`UploadsBusy` for more, so
+    neither memory nor the worker threads that waiting uploads hold grow with the number of
+    clients. ``pending`` and ``decoding`` count them now. Thread-safe."""
+
+    def __init__(self, decodes: int, queue: int, retry_after: int = 2) -> None:
+        self.decodes, self.queue, self.retry_after = decodes, queue, retry_after
+        self._slots = threading.BoundedSemaphore(decodes)
+        self._lock = threading.Lock()
+        self.pending = 0
+        self.decoding = 0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one upload in for the block; :class:`UploadsBusy` when the queue is full."""
+        with self._lock:
+            if self.pending >= self.decodes + self.queue:
+                raise UploadsBusy(
+                    f"server busy: {self.pending} uploads in progress (at most "
+                    f"{self.decodes} decoding and {self.queue} waiting); retry in "
+                    f"{self.retry_after} s",
+                    self.retry_after,
+                )
+            self.pending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending -= 1
+
+    @contextmanager
+    def decoding_slot(self) -> Iterator[None]:
+        """Hold one of the ``decodes`` slots for the block (waiting for one if need be)."""
+        with self._slots:
+            with self._lock:
+                self.decoding += 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self.decoding -= 1

@@ -1,7 +1,9 @@
-"""The server's two gatekeepers, run before any endpoint.
+"""The server's gatekeepers, run before any endpoint, and the headers of every response.
 
-- :class:`BodyLimit` (outermost, plain ASGI): request bodies over the upload limit get 413
-  before any of it is parsed or spooled to disk.
+- :class:`SecurityHeaders` (outermost, plain ASGI): a strict Content-Security-Policy and the
+  other browser protections on every response, refusals included.
+- :class:`BodyLimit` (plain ASGI): request bodies over the upload limit get 413 before any of
+  it is parsed or spooled to disk.
 - :class:`AccessRules` (an HTTP middleware): 403 for a ``Host`` the server does not answer to
   (DNS rebinding) and for cross-origin state-changing requests (CSRF).
 """
@@ -21,6 +23,21 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 #: Bytes a multipart request may carry beyond its file: boundaries, part headers, file name.
 MULTIPART_SLACK = 64 * 2**10
+
+#: The API's answers are data: as a document they may load nothing, run nothing and be framed
+#: nowhere. Pages (``/``, ``/docs``) set their own policy, which is kept.
+API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+#: Headers every response carries (unless the endpoint set its own): no MIME sniffing, no
+#: Referer to other sites, no framing (for browsers without ``frame-ancestors``), and no
+#: reading of the API's answers by other origins' ``<img>``/``<script>`` tags.
+SECURITY_HEADERS = (
+    (b"content-security-policy", API_CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
 
 
 def host_name(host_header: str) -> str:
@@ -75,6 +92,28 @@ def cross_origin(headers: Mapping[str, str], host_header: str) -> str | None:
     ):
         return f"Origin {origin!r} is not this server ({host_header!r})"
     return None
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response that does not
+    already carry them (the page's own Content-Security-Policy is kept)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimit:

@@ -2,9 +2,11 @@
 :class:`~mobilesam.serve.state.ServerState` through the :data:`State` dependency.
 
 Model calls hold the app's gate: uploads and clicks as interactive requests, segment-everything
-as a background job that yields between batches of points. Codes: 404 for unknown ids and
-handles, 422 for invalid prompts (naming the field), 400 for undecodable images, 413 for
-uploads over the limit.
+as a background job that yields between batches of points. Uploads are decoded and resized
+within the app's upload budget before they wait for the model. Codes: 404 for unknown ids and
+handles, 422 for invalid prompts (naming the field), 400 for images that fail to decode or
+orient, 413 for uploads over the limit, 503 with ``Retry-After`` when too many uploads are in
+progress.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ..automatic_mask_generator import SamAutomaticMaskGenerator
 from ..image_io import read_rgb
 from ..masks import coco_encode_rle, mask_to_rle
 from ..prompts import check_prompt_reach
+from ..transforms import resize_to_input
+from .gate import UploadsBusy
 from .schemas import (
     Everything,
     EverythingRequest,
@@ -52,12 +56,14 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
+# The page runs its own script and stylesheet only: no inline code, nothing from elsewhere;
+# masks arrive as data: URLs and downloads are blob: URLs.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-        "base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     ),
-    "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
 
@@ -82,27 +88,29 @@ def static(name: str) -> Response:
 
 
 @router.get("/healthz")
-def healthz(state: State) -> Health:
+async def healthz(state: State) -> Health:
+    # async: answered on the event loop even when every worker thread is busy
     return Health(status="ok", cached_images=len(state.images))
 
 
 @router.post("/v1/images")
 def upload(file: Annotated[UploadFile, File()], state: State) -> Uploaded:
-    """Decode (size- and pixel-limited), embed once and cache the embedding."""
-    limit = state.settings.max_upload_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"upload over the {limit}-byte limit")
+    """Decode (size- and pixel-limited, within the upload budget), embed once and cache the
+    embedding."""
     try:
-        image = read_rgb(data, state.settings.max_pixels)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-    with state.gate.interactive():
-        start = time.perf_counter()
-        state.predictor.set_image(image)
-        # the embedding and the size are all later calls need: the pixels are not kept
-        cached = CachedImage(state.predictor.get_image_embedding(), image.shape[:2])
-        encode_ms = 1000 * (time.perf_counter() - start)
+        with state.uploads.admit():
+            with state.uploads.decoding_slot():
+                image, size = model_input(file, state)
+            # what waits for the model is the resized input; the decoded pixels are gone
+            with state.gate.interactive():
+                start = time.perf_counter()
+                state.predictor.set_torch_image(image, size)
+                # the embedding and the size are all later calls need
+                cached = CachedImage(state.predictor.get_image_embedding(), size)
+                encode_ms = 1000 * (time.perf_counter() - start)
+    except UploadsBusy as exc:
+        headers = {"Retry-After": str(exc.retry_after)}
+        raise HTTPException(503, str(exc), headers=headers) from None
     image_id = uuid.uuid4().hex
     state.images.put(image_id, cached, cached.nbytes)
     state.heap.trim_if_grown()  # give evicted embeddings and decode buffers back to the OS
@@ -158,6 +166,7 @@ def everything(image_id: str, state: State, req: EverythingRequest | None = None
         stability_score_thresh=req.stability_score_thresh,
         output_mode="coco_rle",
         points_per_batch=16,  # a yield point every ~16 prompts; the masks are the same
+        precision=state.predictor.dtype,  # the server's (bf16: the decoder tail's too)
     )
     start = time.perf_counter()
     with state.gate.background() as yield_point:
@@ -172,6 +181,25 @@ def everything(image_id: str, state: State, req: EverythingRequest | None = None
         annotations=[{"id": i + 1, **a} for i, a in enumerate(anns)],
         seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def model_input(file: UploadFile, state: ServerState) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The upload as the image encoder takes it, as ``SamPredictor.set_image`` makes it: the
+    ``(1, 3, h, w)`` uint8 input (long side ``img_size``) and the photo's ``(H, W)`` in
+    display orientation. 413 over the upload limit; 400 with the reader's one line when the
+    photo fails to decode or orient, or has more pixels than the cap."""
+    limit = state.settings.max_upload_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"upload over the {limit}-byte limit")
+    try:
+        rgb = read_rgb(data, state.settings.max_pixels)
+    except ValueError as exc:  # every decode failure, by the reader's contract
+        raise HTTPException(400, str(exc)) from None
+    del data
+    if state.model.image_format == "BGR":
+        rgb = rgb[..., ::-1]
+    return resize_to_input(rgb, state.model.img_size), (int(rgb.shape[0]), int(rgb.shape[1]))
 
 
 def cached_image(state: ServerState, image_id: str) -> CachedImage:

@@ -1,7 +1,8 @@
-"""What one server app holds: its settings, the model and its predictor, the model gate, and
-the two caches (image embeddings, low-res mask logits). One :class:`ServerState` per app,
-built by :func:`~mobilesam.serve.app.create_app`; the endpoints reach it through the request
-(:func:`~mobilesam.serve.routes.server_state`). Nothing here imports FastAPI."""
+"""What one server app holds: its settings, the model and its predictor, the model gate, the
+upload budget, and the two caches (image embeddings, low-res mask logits). One
+:class:`ServerState` per app, built by :func:`~mobilesam.serve.app.create_app`; the endpoints
+reach it through the request (:func:`~mobilesam.serve.routes.server_state`). Nothing here
+imports FastAPI."""
 
 from __future__ import annotations
 
@@ -16,10 +17,21 @@ from .._heap import HeapTrimmer
 from ..image_io import DEFAULT_MAX_PIXELS
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
-from .gate import ModelGate
+from .gate import ModelGate, UploadBudget
 
 #: Host names a local server answers to (any port).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+#: Bytes per decoded pixel that one upload may hold while it is decoded and resized: Pillow's
+#: 4-byte-per-pixel image, a rotated or converted copy of it and the 3-byte RGB array, the
+#: resize's smaller buffers, and slack for what the allocator keeps per thread.
+DECODE_BYTES_PER_PIXEL = 20
+
+#: The memory that concurrent decodes may use by default (1.5 GiB): five 16-MP photos.
+DECODE_MEMORY_BYTES = 1536 * 2**20
+
+#: Where ``/docs`` loads Swagger UI from when it is turned on (FastAPI's default).
+DOCS_ASSETS_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,16 @@ class ServerSettings:
     bytes); ``cache_masks``: low-res mask logits kept for ``mask_input``.
     ``max_points_per_side``: the largest segment-everything grid; ``max_points``: prompt
     points per segment request. ``precision``: the image encoder's, ``"fp32"``, ``"bf16"``
-    or ``"auto"``."""
+    or ``"auto"``.
+
+    Uploads: ``max_concurrent_decodes`` photos are decoded and resized at once (``None``:
+    :attr:`decode_slots`, as many as ``decode_memory_bytes`` holds at the pixel cap); at most
+    ``max_queued_uploads`` more wait (to decode, or for the model); beyond that an upload gets
+    503 with ``Retry-After: retry_after_s``.
+
+    ``docs``: serve interactive API docs at ``/docs``. The page loads Swagger UI's script and
+    stylesheet from ``docs_assets_url`` (a CDN by default, or a copy of ``swagger-ui-dist``
+    the user hosts), so it is off unless asked for; ``/openapi.json`` is always served."""
 
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     max_upload_bytes: int = 20 * 2**20
@@ -44,6 +65,36 @@ class ServerSettings:
     max_points_per_side: int = 64
     max_points: int = 64
     precision: str = "fp32"
+    decode_memory_bytes: int = DECODE_MEMORY_BYTES
+    max_concurrent_decodes: int | None = None
+    max_queued_uploads: int = 16
+    retry_after_s: int = 2
+    docs: bool = False
+    docs_assets_url: str = DOCS_ASSETS_URL
+
+    def __post_init__(self) -> None:
+        for name, minimum in (
+            ("decode_memory_bytes", 1),
+            ("max_concurrent_decodes", 1),
+            ("max_queued_uploads", 0),
+            ("retry_after_s", 1),
+            ("max_pixels", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < minimum):
+                raise ValueError(f"ServerSettings.{name} must be a whole number >= {minimum}")
+
+    @property
+    def decode_slots(self) -> int:
+        """Uploads decoded and resized at once: ``max_concurrent_decodes``, or as many
+        photos at the pixel cap as ``decode_memory_bytes`` holds at
+        :data:`DECODE_BYTES_PER_PIXEL` (at least one)."""
+        if self.max_concurrent_decodes is not None:
+            return self.max_concurrent_decodes
+        if self.max_pixels is None:  # Pillow's own cap: one photo may take the whole budget
+            return 1
+        per_decode = self.max_pixels * DECODE_BYTES_PER_PIXEL
+        return max(1, self.decode_memory_bytes // per_decode)
 
 
 class LRU:
@@ -98,12 +149,13 @@ class ServerState:
     """Everything the endpoints of one app share. ``images`` maps an upload's id to its
     :class:`CachedImage`; ``low_res`` maps a ``low_res_handle`` to the ``(1, 256, 256)``
     logits of a returned mask. Model calls go through ``gate`` (the model and the predictor
-    are not thread-safe)."""
+    are not thread-safe); uploads are admitted and decoded through ``uploads``."""
 
     model: Sam
     settings: ServerSettings
     predictor: SamPredictor
     gate: ModelGate
+    uploads: UploadBudget
     images: LRU
     low_res: LRU
     heap: HeapTrimmer
@@ -115,6 +167,9 @@ class ServerState:
             settings=settings,
             predictor=SamPredictor(model, precision=settings.precision),
             gate=ModelGate(),  # interactive requests first; everything yields between batches
+            uploads=UploadBudget(
+                settings.decode_slots, settings.max_queued_uploads, settings.retry_after_s
+            ),
             images=LRU(settings.cache_images, settings.cache_bytes),
             low_res=LRU(settings.cache_masks),
             heap=HeapTrimmer(),

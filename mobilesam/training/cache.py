@@ -102,14 +102,29 @@ def _shard_ok(shard: Path, fingerprint: str) -> bool:
         return False
     try:
         meta = json.loads(side.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
+    if not (isinstance(meta, dict) and _sidecar_complete(meta)):
+        return False  # damaged: recomputed, so write_manifest can rely on it
     if meta.get("fingerprint") != fingerprint:
         return False
     if sha256_file(shard) != meta.get("sha256"):
         log.warning("%s is corrupt or truncated (checksum mismatch): recomputing", shard.name)
         return False
     return True
+
+
+def _sidecar_complete(meta: dict[str, Any]) -> bool:
+    """Whether a parsed shard sidecar has what :func:`write_manifest` copies: a sha256, valid
+    entries (:func:`_entry_problem`) and the list of unreadable keys."""
+    entries, unreadable = meta.get("entries"), meta.get("unreadable")
+    return (
+        isinstance(meta.get("sha256"), str)
+        and isinstance(entries, list)
+        and all(_entry_problem(e) is None for e in entries)
+        and isinstance(unreadable, list)
+        and all(isinstance(k, str) for k in unreadable)
+    )
 
 
 def build_cache(
@@ -184,7 +199,13 @@ def _compute_shard(
             continue
         view = augment_views(ref, image.shape[:2], cfg.views, cfg.seed)[v]
         x = prepare_image(view.apply(image), teacher.img_size)[0][0].to(teacher.device)
-        embs.append(teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu())
+        emb = teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu()
+        if not torch.isfinite(emb).all():  # a NaN target would only surface as a NaN loss
+            raise ValueError(
+                f"the teacher's embedding of {ref.key} (view {v}) holds NaN or infinite values "
+                f"in {cfg.dtype}: check the teacher checkpoint, or cache in float32"
+            )
+        embs.append(emb)
         views.append(view.to_json())
         stamp = dict(stamps(ref.path, ref.member))
         where = _relative_to(stamp.pop("path"), path.parent)  # relative to the cache folder
@@ -200,7 +221,9 @@ def _compute_shard(
         "entries": [dict(r, view_params=vp) for r, vp in zip(records, views, strict=True)],
         "unreadable": sorted(set(unreadable)),
     }
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(side)))
+    atomic_write(
+        path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(side, allow_nan=False))
+    )
 
 
 def write_manifest(
@@ -220,7 +243,12 @@ def write_manifest(
         if not side.is_file():
             log.info("cache incomplete: %s missing (another rank still running?)", side.name)
             return None
-        meta = json.loads(side.read_text())
+        try:
+            meta = json.loads(side.read_text())
+        except (ValueError, RecursionError):
+            meta = None
+        if not (isinstance(meta, dict) and _sidecar_complete(meta)):  # another rank's, damaged
+            raise CacheDamaged(out, f"{side.name} is not a complete shard sidecar")
         shards.append(
             {
                 "file": f"shard_{i:05d}.pt",
@@ -247,30 +275,146 @@ def write_manifest(
         "shards": shards,
         "n_entries": sum(len(s["entries"]) for s in shards),
     }
-    text = json.dumps(manifest, indent=1)
+    text = json.dumps(manifest, indent=1, allow_nan=False)
     atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(text))
+    return manifest
+
+
+class CacheDamaged(ValueError):
+    """A cache's manifest or shard is not what :func:`build_cache` writes; the one-line
+    message names the cache, the file and the first bad record."""
+
+    def __init__(self, root: Path, what: str) -> None:
+        super().__init__(
+            f"the cache at {root} is damaged ({what}): rebuild it with `mobilesam distill cache`"
+        )
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _view_problem(view: Any) -> str | None:
+    """What is wrong with a recorded :class:`~.data.View` (``view_params``), or None."""
+    if not isinstance(view, dict):
+        return "is not an object"
+    if not isinstance(view.get("flip", False), bool):
+        return "has a flip that is not true or false"
+    crop = view.get("crop")
+    if crop is None:
+        return None
+    if not (isinstance(crop, list) and len(crop) == 4 and all(_is_int(c) for c in crop)):
+        return "has a crop that is not 4 whole numbers [x0, y0, x1, y1]"
+    if not (crop[0] < crop[2] and crop[1] < crop[3]):
+        return "has an empty crop"
+    return None
+
+
+def _entry_problem(rec: Any) -> str | None:
+    """What is wrong with one manifest entry, or None."""
+    if not isinstance(rec, dict):
+        return "is not an object"
+    for key in ("key", "path", "member", "view_params"):
+        if key not in rec:
+            return f'has no "{key}"'
+    if not (isinstance(rec["key"], str) and isinstance(rec["path"], str) and rec["path"]):
+        return "has a key or path that is not text"
+    if not (rec["member"] is None or isinstance(rec["member"], str)):
+        return "has a member that is neither text nor null"
+    problem = _view_problem(rec["view_params"])
+    if problem is not None:
+        return f"view_params {problem}"
+    source = rec.get("source")
+    if source is None:
+        return None
+    if not isinstance(source, dict) or not {"size", "mtime_ns", "sha256"} <= source.keys():
+        return "has a source that is not {size, mtime_ns, sha256}"
+    sizes_ok = all(source[k] is None or _is_int(source[k]) for k in ("size", "mtime_ns"))
+    if not (sizes_ok and (source["sha256"] is None or isinstance(source["sha256"], str))):
+        return "has a source of the wrong types"
+    return None
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """The first thing in a parsed ``manifest.json`` that :class:`CacheReader` could not use
+    (``"shards[0].entries[3] has no "view_params""``), or None. Checked: the embedding shape
+    (three positive whole numbers), each shard's file (a plain name in the cache folder) and
+    sha256, and each entry's key, path, member, view and source."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    shape = manifest.get("embedding_shape")
+    if shape is None:
+        return 'has no "embedding_shape"'
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1) for d in shape)):
+        return f"embedding_shape is {str(shape)[:40]}, not three positive whole numbers"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return 'has no "shards" list'
+    for i, shard in enumerate(shards):
+        where = f"shards[{i}]"
+        if not isinstance(shard, dict):
+            return f"{where} is not an object"
+        file = shard.get("file")
+        if not (isinstance(file, str) and file == Path(file).name and file not in ("", ".", "..")):
+            return f"{where} has no file name in the cache folder (file: {str(file)[:40]})"
+        if not isinstance(shard.get("sha256"), str):
+            return f"{where} has no sha256"
+        entries = shard.get("entries")
+        if not isinstance(entries, list):
+            return f'{where} has no "entries" list'
+        for j, rec in enumerate(entries):
+            problem = _entry_problem(rec)
+            if problem is not None:
+                return f"{where}.entries[{j}] {problem}"
+    return None
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The checked ``manifest.json`` of the cache folder ``root``.
+
+    Raises:
+        FileNotFoundError: no manifest (the cache was never finished).
+        CacheDamaged: it is not UTF-8 JSON, or :func:`manifest_problem` finds a problem.
+    """
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the cache is unfinished or not a cache; build it with "
+            "`mobilesam distill cache`"
+        )
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CacheDamaged(
+            root, f"manifest.json is not UTF-8: byte at offset {exc.start}"
+        ) from None
+    except ValueError as exc:
+        what = "is empty" if not raw.strip() else f"is not JSON: {exc}"
+        raise CacheDamaged(root, f"manifest.json {what}") from None
+    except RecursionError:
+        raise CacheDamaged(root, "manifest.json nests too deeply") from None
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise CacheDamaged(root, f"manifest.json {problem}")
     return manifest
 
 
 class CacheReader:
     """Entries of a finished cache: ``(ImageRef, View, teacher embedding)``. Each shard's
-    checksum is verified once per reader (a copy in a forked or spawned DataLoader worker
-    keeps what was verified before); shards are memory-mapped and kept in a small LRU."""
+    checksum and content are verified once per reader (a copy in a forked or spawned
+    DataLoader worker keeps what was verified before); shards are memory-mapped and kept in
+    a small LRU.
+
+    Raises:
+        FileNotFoundError: no ``manifest.json`` in ``cache_dir``.
+        CacheDamaged: a damaged manifest (:func:`read_manifest`), or later a shard whose
+            content does not fit it.
+    """
 
     def __init__(self, cache_dir: str | Path, keep: int = 2) -> None:
         self.root = Path(cache_dir)
-        path = self.root / "manifest.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: build the cache first (build_cache)")
-        try:
-            self.manifest = json.loads(path.read_text())
-            shards = self.manifest["shards"]
-            _ = [len(shard["entries"]) for shard in shards]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{path} is not a readable cache manifest ({type(exc).__name__}: {exc}); "
-                "rebuild the cache (build_cache)"
-            ) from None
+        self.manifest = read_manifest(self.root)
         self.index: list[tuple[int, int]] = [
             (s, j)
             for s, shard in enumerate(self.manifest["shards"])
@@ -291,26 +435,56 @@ class CacheReader:
         return self.index[i][0]
 
     def verify(self, s: int | None = None) -> None:
-        """Check shard ``s`` (default: every shard) against the manifest's sha256, unless this
-        reader already has; raises :class:`OSError` on a mismatch."""
+        """Check shard ``s`` (default: every shard) against the manifest's sha256, and its
+        content (:meth:`_load`), unless this reader already has. Raises :class:`OSError` for
+        a missing shard or a checksum mismatch, :class:`CacheDamaged` for content that does
+        not fit the manifest."""
         for k in range(len(self.manifest["shards"])) if s is None else [s]:
             meta = self.manifest["shards"][k]
             path = self.root / meta["file"]
-            st = path.stat()
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise OSError(str(CacheDamaged(self.root, f"{meta['file']} is missing"))) from None
             stamp = (meta["file"], st.st_size, st.st_mtime_ns)
             if stamp in self._verified:
                 continue
             if sha256_file(path) != meta["sha256"]:
-                raise OSError(f"{path} fails its checksum: rebuild the cache (build_cache)")
+                what = f"{meta['file']} fails its checksum"
+                raise OSError(str(CacheDamaged(self.root, what)))
+            self._load(k)  # checked as it is loaded
             self._verified.add(stamp)
+
+    def _load(self, s: int) -> dict[str, Any]:
+        """Shard ``s``, memory-mapped: ``{"embeddings": (N, C, h, w)}`` with N its entries
+        and ``(C, h, w)`` the manifest's embedding shape, else :class:`CacheDamaged`."""
+        meta = self.manifest["shards"][s]
+        try:
+            data = torch.load(
+                self.root / meta["file"], map_location="cpu", weights_only=True, mmap=True
+            )
+        except Exception as exc:  # noqa: BLE001 - unpickling refusals come in many types
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            what = f"{meta['file']} is not a shard: {reason or type(exc).__name__}"
+            raise CacheDamaged(self.root, what) from None
+        emb = data.get("embeddings") if isinstance(data, dict) else None
+        expected = (len(meta["entries"]), *self.manifest["embedding_shape"])
+        if not isinstance(emb, torch.Tensor):
+            raise CacheDamaged(self.root, f"{meta['file']} holds no embeddings tensor")
+        if expected[0] == 0 and emb.numel() == 0:  # every image of the shard was unreadable
+            return data
+        if not emb.is_floating_point() or tuple(emb.shape) != expected:
+            got = f"{tuple(emb.shape)} {str(emb.dtype).removeprefix('torch.')}"
+            what = f"{meta['file']} holds embeddings of {got}; the manifest says {expected}"
+            raise CacheDamaged(self.root, what)
+        return data
 
     def _shard(self, s: int) -> dict[str, Any]:
         if s not in self._loaded:
             self.verify(s)
             if len(self._loaded) >= self.keep:
                 self._loaded.pop(next(iter(self._loaded)))
-            path = self.root / self.manifest["shards"][s]["file"]
-            self._loaded[s] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            self._loaded[s] = self._load(s)
         return self._loaded[s]
 
     def stale_sources(self, limit: int = 5) -> list[str]:

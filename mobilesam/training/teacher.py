@@ -15,7 +15,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..build import SamConfig, build_mask_decoder, build_prompt_encoder
-from ..checkpoint import CheckpointError, check_state_dict, read_state_dict
+from ..checkpoint import CheckpointError, check_state_dict, non_finite_keys, read_state_dict
 from ..modeling.mask_decoder import MaskDecoder
 from ..modeling.prompt_encoder import PromptEncoder
 
@@ -89,7 +89,11 @@ def export_student(
     """Write an official-format checkpoint to ``path`` atomically, as a plain fp32 state dict:
     ``image_encoder.*`` from the student ``encoder``, ``prompt_encoder.*`` and
     ``mask_decoder.*`` from ``teacher_heads`` (:func:`read_teacher_heads`), the decoder's
-    replaced by ``mask_decoder``'s when one is given (the fine-tuned copy)."""
+    replaced by ``mask_decoder``'s when one is given (the fine-tuned copy).
+
+    Raises:
+        ValueError: a tensor holds a NaN or an infinity (named); nothing is written.
+    """
     parts = [("image_encoder.", encoder.state_dict())]
     parts.append(("", {k: v for k, v in teacher_heads.items() if k.startswith(HEAD_PREFIXES)}))
     if mask_decoder is not None:
@@ -99,4 +103,11 @@ def export_student(
         for k, v in tensors.items():
             v = v.detach().cpu()
             sd[prefix + k] = v.float() if v.is_floating_point() else v
+    bad = non_finite_keys(sd)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"not writing {path}: non-finite values in {', '.join(bad[:3])}{more} (a diverged "
+            "run, or a teacher checkpoint holding NaN)"
+        )
     atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))

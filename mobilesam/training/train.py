@@ -5,10 +5,12 @@ teacher's masks through its frozen prompt encoder and mask decoder.
 AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on GPU,
 DistributedDataParallel under ``torchrun`` (NCCL on GPU, gloo on CPU; rank 0 logs and
 saves), atomic checkpoints every ``save_every`` steps and exact resumption (model,
-optimizer, scheduler, RNG and data order; see :mod:`.resume`). Of the teacher only the
-prompt encoder and mask decoder are read (:mod:`.teacher`). The result, ``RUN/student.pt``,
-is an official-format checkpoint: the student encoder plus the teacher's prompt encoder and
-mask decoder under their original keys.
+optimizer, scheduler, RNG and data order; see :mod:`.resume`). A non-finite loss or gradient
+stops the run (:class:`TrainingDiverged`) before it reaches the weights, and no checkpoint
+holding a non-finite value is ever written. Of the teacher only the prompt encoder and mask
+decoder are read (:mod:`.teacher`). The result, ``RUN/student.pt``, is an official-format
+checkpoint: the student encoder plus the teacher's prompt encoder and mask decoder under
+their original keys.
 
 ``train`` reads top to bottom: checks and resume state, :func:`_prepare_run`, the loop of
 :func:`_train_step`, then :func:`_finish`.
@@ -33,6 +35,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..build import build_image_encoder
+from ..checkpoint import non_finite_keys
 from ..modeling.tiny_vit import TinyViTConfig
 from ..progress import progress_bar
 from ..transforms import prepare_image
@@ -47,7 +50,12 @@ from .resume import (
     set_rng_state,
     trim_metrics,
 )
-from .teacher import TeacherHeads, build_teacher_heads, export_student, read_teacher_heads
+from .teacher import (
+    TeacherHeads,
+    build_teacher_heads,
+    export_student,
+    read_teacher_heads,
+)
 
 #: Student encoders. ``vit_t`` is MobileSAM's TinyViT-5M; ``vit_t_small`` is a ~4× cheaper
 #: TinyViT for quick experiments.
@@ -91,6 +99,11 @@ class TrainConfig:
     mask_points: int = 4  # semi-coupled: point prompts per image (plus their boxes)
     finetune_decoder_steps: int = 0  # optional second stage (see finetune_decoder)
     allow_stale_cache: bool = False  # train even if cached images changed since caching
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite, or the weights did: the run
+    stops (exit 1 on the command line); ``last.pt`` keeps the last finite state saved."""
 
 
 class CacheDataset(torch.utils.data.Dataset):
@@ -173,6 +186,12 @@ def train(
     A new run refuses an ``out`` that holds a ``last.pt``; ``resume`` refuses settings other
     than the checkpoint's (bar :data:`RESUMABLE_CHANGES`) and drops the ``metrics.jsonl`` rows
     logged after the checkpoint's step.
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient norm (checked before the optimizer
+            step, so it never reaches the weights), or non-finite weights or optimizer state
+            when a checkpoint is due. Nothing more is written; ``last.pt`` keeps the last
+            finite state saved, and the message says which step that is.
     """
     _check_config(cfg)
     rank, world, device = setup_distributed(cfg.device)
@@ -184,23 +203,29 @@ def train(
     bar = progress_bar(run.total, "distill", unit="step", enabled=progress and rank == 0)
     bar.update(step)
     start, losses = time.perf_counter(), []
+    saved_step = first_step if resume else None  # what last.pt holds; None: no last.pt yet
     run.model.train()
-    with _open_metrics(run, resume, step) as metrics:
-        while step < end:
-            epoch, in_epoch = divmod(step, run.steps_per_epoch)
-            for x, target, sizes in _epoch_loader(run, epoch, in_epoch):
-                loss, grad_norm = _train_step(run, x, target, sizes, step)
-                step += 1
-                losses.append(loss)
-                row = {"step": step, "epoch": epoch, "loss": loss, "grad_norm": grad_norm}
-                _log_metrics(metrics, run, row, start)
-                bar.update(1)
-                if step % cfg.save_every == 0:
-                    _save_last(run, step)
-                if step >= end:
-                    break
-    bar.close()
-    _save_last(run, step)
+    try:
+        with _open_metrics(run, resume, step) as metrics:
+            while step < end:
+                epoch, in_epoch = divmod(step, run.steps_per_epoch)
+                for x, target, sizes in _epoch_loader(run, epoch, in_epoch):
+                    loss, grad_norm = _train_step(run, x, target, sizes, step)
+                    step += 1
+                    losses.append(loss)
+                    row = {"step": step, "epoch": epoch, "loss": loss, "grad_norm": grad_norm}
+                    _log_metrics(metrics, run, row, start)
+                    bar.update(1)
+                    if step % cfg.save_every == 0:
+                        saved_step = _save_last(run, step)
+                    if step >= end:
+                        break
+        if saved_step != step:
+            saved_step = _save_last(run, step)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc}. {_kept(run, saved_step)}") from None
+    finally:
+        bar.close()
     summary = {
         "steps": step,
         "steps_this_run": step - first_step,
@@ -213,7 +238,19 @@ def train(
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    """Refuse an unknown student or mode, or a missing teacher checkpoint."""
+    """Refuse an unknown student or mode, a non-finite or out-of-range learning rate, weight
+    decay, clipping norm or final LR ratio, or a missing teacher checkpoint."""
+    for name, value, low in (
+        ("lr", cfg.lr, 0.0),
+        ("weight_decay", cfg.weight_decay, 0.0),
+        ("clip_grad", cfg.clip_grad, 0.0),
+        ("min_lr_ratio", cfg.min_lr_ratio, 0.0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not math.isfinite(value) or value < low or (name in ("lr", "clip_grad") and value == 0):
+            kind = "a positive" if name in ("lr", "clip_grad") else "a non-negative"
+            raise ValueError(f"{name} must be a finite number ({kind} one), got {value!r}")
     if cfg.student not in STUDENT_PRESETS:
         raise ValueError(f"student must be one of {list(STUDENT_PRESETS)}, got {cfg.student!r}")
     if cfg.mode not in MODES:
@@ -330,7 +367,7 @@ def _open_metrics(run: _Run, resume: bool, step: int) -> contextlib.AbstractCont
         return contextlib.nullcontext(None)
     config, metrics = run.out / "config.json", run.out / "metrics.jsonl"
     if not (resume and config.is_file()):
-        text = json.dumps(asdict(run.cfg), indent=2)
+        text = json.dumps(asdict(run.cfg), indent=2, allow_nan=False)  # _check_config: finite
         atomic_write(config, lambda tmp: tmp.write_text(text))
     if resume:
         trim_metrics(metrics, step)
@@ -351,7 +388,9 @@ def _train_step(
     run: _Run, x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor, step: int
 ) -> tuple[float, float]:
     """One optimizer step on a batch (``x`` (B, 3, S, S), ``target`` (B, C, h, w), ``sizes``
-    (B, 2)); returns the loss and the gradient norm before clipping."""
+    (B, 2)); returns the loss and the gradient norm before clipping. A non-finite loss or
+    gradient norm raises :class:`TrainingDiverged` before the optimizer step (under DDP on
+    every rank alike), so the weights stay as they were."""
     cfg, device = run.cfg, run.device
     x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -365,9 +404,44 @@ def _train_step(
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(run.student.parameters(), cfg.clip_grad)
+    loss_value, norm_value = loss.detach().item(), float(grad_norm)
+    if not _all_ranks_finite(run, loss_value, norm_value):
+        where = ""
+        if run.world > 1:
+            local_ok = math.isfinite(loss_value) and math.isfinite(norm_value)
+            where = f" on rank {run.rank}" + (
+                " (another rank's were not finite)" if local_ok else ""
+            )
+        raise TrainingDiverged(
+            f"training diverged at step {step + 1}: the loss is {loss_value:g} and the gradient "
+            f"norm {norm_value:g}{where}"
+        )
     run.opt.step()
     run.sched.step()
-    return loss.detach().item(), float(grad_norm)
+    return loss_value, norm_value
+
+
+def _all_ranks_finite(run: _Run, loss: float, grad_norm: float) -> bool:
+    """Whether ``loss`` and ``grad_norm`` are finite on every rank: under DDP the verdict is
+    shared (one all-reduce of a flag), so all ranks stop at the same step and none waits for
+    the others in the next collective."""
+    ok = math.isfinite(loss) and math.isfinite(grad_norm)
+    if run.world == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def _kept(run: _Run, saved: int | None) -> str:
+    """What a diverged run leaves to resume from, and what to change: one sentence."""
+    lr = f"lower the learning rate (lr {run.cfg.lr:g}) and start a new run in another folder"
+    if saved is None:
+        return f"No checkpoint was written (none was due yet): {lr}"
+    return (
+        f"No later checkpoint was written: {run.out / 'last.pt'} keeps step {saved}, the last "
+        f"finite state; {lr}"
+    )
 
 
 def _log_metrics(metrics: IO[str] | None, run: _Run, row: dict[str, Any], start: float) -> None:
@@ -377,14 +451,24 @@ def _log_metrics(metrics: IO[str] | None, run: _Run, row: dict[str, Any], start:
         return
     seconds = round(time.perf_counter() - start, 3)
     row = {**row, "lr": run.sched.get_last_lr()[0], "seconds": seconds}
-    metrics.write(json.dumps(row) + "\n")
+    metrics.write(json.dumps(row, allow_nan=False) + "\n")
     metrics.flush()
 
 
-def _save_last(run: _Run, step: int) -> None:
-    """Rank 0: ``last.pt`` (student, optimizer, scheduler, step, RNG, config), atomically."""
+def _save_last(run: _Run, step: int) -> int:
+    """Rank 0: ``last.pt`` (student, optimizer, scheduler, step, RNG, config), atomically;
+    returns ``step``. Non-finite weights or optimizer state raise :class:`TrainingDiverged`
+    instead, on every rank (DDP keeps them identical), and the previous ``last.pt`` stays."""
+    bad = non_finite_keys(run.student.state_dict())
+    for i, state in run.opt.state_dict()["state"].items():
+        bad += [f"optimizer state {i}.{k}" for k in non_finite_keys(state)]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise TrainingDiverged(
+            f"training diverged by step {step}: non-finite values in {', '.join(bad[:3])}{more}"
+        )
     if run.rank != 0:
-        return
+        return step
     ckpt = {
         "student": run.student.state_dict(),
         "optimizer": run.opt.state_dict(),
@@ -394,6 +478,7 @@ def _save_last(run: _Run, step: int) -> None:
         "config": asdict(run.cfg),
     }
     atomic_write(run.out / "last.pt", lambda tmp: torch.save(ckpt, tmp))
+    return step
 
 
 def _finish(run: _Run, summary: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +496,7 @@ def _finish(run: _Run, summary: dict[str, Any]) -> dict[str, Any]:
             summary["finetune_decoder_losses"] = [ft_losses[0], ft_losses[-1]]
         export_student(run.student, run.heads.state_dict, run.out / "student.pt", decoder)
         summary["checkpoint"] = str(run.out / "student.pt")
-        text = json.dumps(summary, indent=2)
+        text = json.dumps(summary, indent=2, allow_nan=False)
         atomic_write(run.out / "summary.json", lambda tmp: tmp.write_text(text))
     if run.world > 1:
         dist.barrier()
@@ -438,7 +523,11 @@ def finetune_decoder(
     """Second stage: the student encoder frozen, a copy of the teacher's mask decoder trained
     for ``cfg.finetune_decoder_steps`` steps with the mask loss against the teacher's own
     masks (random points and their boxes). Single process; not resumable mid-stage.
-    Returns the decoder and its losses (also appended to ``out/metrics.jsonl``)."""
+    Returns the decoder and its losses (also appended to ``out/metrics.jsonl``).
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient norm, before it reaches the decoder.
+    """
     decoder = copy.deepcopy(teacher.mask_decoder).requires_grad_(True).train()
     student.eval().requires_grad_(False)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
@@ -465,8 +554,17 @@ def finetune_decoder(
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(decoder.parameters(), cfg.clip_grad)
+            grad_norm = float(nn.utils.clip_grad_norm_(decoder.parameters(), cfg.clip_grad))
+            value = loss.detach().item()
+            if not (math.isfinite(value) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(
+                    f"the decoder stage diverged at step {i + 1}: the loss is {value:g} and the "
+                    f"gradient norm {grad_norm:g}; student.pt was not written (last.pt holds "
+                    "the finished encoder stage: resuming with finetune_decoder_steps=0 exports "
+                    f"it alone). Lower the learning rate (lr {cfg.lr:g}; the stage uses a tenth)"
+                )
             opt.step()
-            losses.append(loss.detach().item())
-            metrics.write(json.dumps({"finetune_step": i + 1, "loss": losses[-1]}) + "\n")
+            losses.append(value)
+            row = {"finetune_step": i + 1, "loss": value}
+            metrics.write(json.dumps(row, allow_nan=False) + "\n")
     return decoder, losses
