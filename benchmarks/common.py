@@ -18,8 +18,8 @@ from types import ModuleType
 
 import torch
 
-from mobilesam import native
 from mobilesam._atomic import atomic_write
+from mobilesam.engine import native
 from mobilesam.timing import matmul_peak, time_fn  # noqa: F401 (re-exported for the scripts)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

@@ -106,7 +106,7 @@ def main() -> None:
             model = build_sam(CKPT)
             pred = SamPredictor(model, precision=dtype)
             xd = x.to(dtype)
-            encoders[label] = lambda: pred.image_encoder(xd)
+            encoders[label] = lambda: pred.engine.encode(pred.image_encoder, xd)
             if dtype != torch.float32:
                 agree[label] = agreement(pred, ref_masks, images, cases)
             pred.set_image(image)

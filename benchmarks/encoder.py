@@ -5,8 +5,8 @@ Both sides run in this process on the same weights and threads, interleaved roun
 both alike. Reported from one run:
 - the CPU (model, AVX-512 / AVX512-BF16 / AMX flags), the thread count and the fp32 matmul
   peak (2048², best of 10, before and after);
-- median encoder forward, ``set_image`` and one-point multimask ``predict`` (full-resolution
-  masks) of each side, and their ratio;
+- median encoder (ours: the predictor's engine, ``CpuEngine.encode``), ``set_image`` and
+  one-point multimask ``predict`` (full-resolution masks) of each side, and their ratio;
 - GFLOP (``torch.utils.flop_counter``): the encoder, the decoder per prompt in SAM's order and
   in this project's cached order, and the per-image cache; achieved GFLOP/s as a percentage
   of the matmul peak.
@@ -42,7 +42,11 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from mobilesam import SamPredictor, build_sam, native  # noqa: E402
+from mobilesam import SamPredictor, build_sam  # noqa: E402
+from mobilesam.engine import (
+    CpuEngine,  # noqa: E402
+    native,  # noqa: E402
+)
 
 
 def gflop(fn: Callable[[], object]) -> float:
@@ -63,18 +67,14 @@ def flop_counts(model: torch.nn.Module, pred: SamPredictor, point: np.ndarray) -
     coords = torch.as_tensor(pred.transform.apply_coords(point, pred.original_size)).float()
     labels = torch.ones(1, 1, dtype=torch.int)
     sparse, dense = pred.encode_prompts(coords[None], labels)
-    pe, dec = model.prompt_encoder, model.mask_decoder
+    pe, dec, cpu = model.prompt_encoder, model.mask_decoder, CpuEngine()
     return {
         "encoder": gflop(lambda: model.image_encoder(x)),
         "decoder_sam_order": gflop(
             lambda: dec.predict_masks(pred.features, pe.get_dense_pe(), sparse, dense)
         ),
-        "decoder_cached": gflop(
-            lambda: dec.predict_masks_cached(pred.decoder_cache(), sparse, True)
-        ),
-        "decoder_cache_per_image": gflop(
-            lambda: dec.prepare(pred.features, pe.get_dense_pe(), pe.no_mask_dense(1))
-        ),
+        "decoder_cached": gflop(lambda: cpu.decode(cpu.prepare(model, pred.features), sparse)),
+        "decoder_cache_per_image": gflop(lambda: cpu.prepare(model, pred.features)),
     }
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     peaks = [matmul_peak()]
     with torch.no_grad():
         ours = {
-            "encoder": lambda: model.image_encoder(x),
+            "encoder": lambda: pred.engine.encode(pred.image_encoder, x),  # the predictor's
             "set_image": lambda: pred.set_image(image),
             "predict": lambda: pred.predict(point, label, multimask_output=True),
         }

@@ -38,6 +38,7 @@ from .amg.batch import BatchFilter
 from .amg.candidates import Candidates, without_small_regions
 from .amg.output import to_annotations
 from .amg.settings import OUTPUT_MODES, AmgSettings, Crop
+from .engine import Engine
 from .masks import box_area
 from .modeling.sam import Sam
 from .precision import PrecisionLike
@@ -92,9 +93,9 @@ class SamAutomaticMaskGenerator:
             pixels (needs SciPy), then re-run NMS as SAM does.
         output_mode: ``"binary_mask"`` (``H×W`` bool arrays), ``"uncompressed_rle"`` or
             ``"coco_rle"`` (needs pycocotools).
-        decoder_batch_size: points per decoder call; default: ``points_per_batch`` on GPU,
-            at most 48 on CPU (:data:`mobilesam.amg.batch.CPU_DECODER_BATCH`: bounded
-            memory, ~2 MB per prompt). Does not change the result.
+        decoder_batch_size: points per decoder call; default: the engine's (the CPU engine:
+            :data:`mobilesam.engine.tuning.CPU_DECODER_BATCH`, bounded memory, ~2 MB per
+            prompt; the plain engine: all ``points_per_batch``). Does not change the result.
         max_upsample_bytes: bound on the full-resolution float logits held at once.
         precision: the image encoder's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
             :mod:`mobilesam.precision`), as for :class:`SamPredictor`: ``model`` is never
@@ -102,6 +103,8 @@ class SamAutomaticMaskGenerator:
             the generator's predictor owns. ``None`` (default): the encoder's dtype as it is.
             bf16 also runs the products of the decoder's upscaling tail in bf16; the rest
             runs in float32.
+        engine: the predictor's inference engine, ``"cpu"``, ``"plain"`` or ``None``/``"auto"``
+            (see :class:`SamPredictor` and :mod:`mobilesam.engine`).
 
     Attributes:
         settings: the checked arguments (:class:`~mobilesam.amg.settings.AmgSettings`); each
@@ -148,6 +151,7 @@ class SamAutomaticMaskGenerator:
         decoder_batch_size: int | None = None,
         max_upsample_bytes: int = 64 * 2**20,
         precision: PrecisionLike = None,
+        engine: str | Engine | None = None,
     ) -> None:
         self.settings = AmgSettings(
             points_per_side=points_per_side,
@@ -166,28 +170,34 @@ class SamAutomaticMaskGenerator:
             decoder_batch_size=decoder_batch_size,
             max_upsample_bytes=max_upsample_bytes,
         )
-        self.predictor = SamPredictor(model, precision=precision)
+        self.predictor = SamPredictor(model, precision=precision, engine=engine)
         self.stage_times: dict[str, float] = {}
         self._heap = HeapTrimmer()
 
     @torch.inference_mode()  # returns only numpy and Python values: no tensor escapes
     def generate(
         self,
-        image: np.ndarray,
+        image: np.ndarray | None = None,
         image_embedding: torch.Tensor | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        original_size: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]:
         """Masks for the whole image.
 
         Args:
             image: ``H×W×3`` uint8 RGB (the conversions of ``SamPredictor.set_image`` apply).
-            image_embedding: optional ``(1, 256, 64, 64)`` embedding of this same ``image``
+                May be None with ``image_embedding`` and ``original_size`` when there are no
+                crop layers: no pixels are needed then.
+            image_embedding: optional ``(1, 256, 64, 64)`` embedding of the image
                 (``SamPredictor.get_image_embedding()`` after ``set_image(image)``); the
                 whole-image crop then skips the encoder. Crops of later layers are encoded
-                as usual. It is checked as the encoder's embeddings are
+                from ``image`` as usual. It is checked as the encoder's embeddings are
                 (:class:`~mobilesam.predictor.DegenerateEmbeddingError`).
             progress: called as ``progress(points_done, points_total)`` after each batch of
                 ``points_per_batch`` prompt points, over all crops.
+            original_size: ``(H, W)`` of the image the embedding was computed for; required
+                without ``image``, and must match ``image`` when both are given.
 
         Returns:
             One dict per mask: ``segmentation`` (per ``output_mode``), ``area`` (pixels),
@@ -195,18 +205,22 @@ class SamAutomaticMaskGenerator:
             of the prompt), ``stability_score`` and ``crop_box`` (XYWH).
 
         Raises:
-            ValueError: a wrong-shaped ``image_embedding`` (or image).
+            ValueError: a wrong-shaped ``image_embedding`` (or image); no ``image`` without
+                both ``image_embedding`` and ``original_size``, or with crop layers;
+                an ``original_size`` that is not the image's.
             DegenerateEmbeddingError: a NaN/inf, overflowed or collapsed embedding, given or
                 encoded.
             NonFiniteOutputError: the decoder returned NaN/inf scores or logits (they are
                 neither filtered out silently nor returned).
         """
         self.stage_times = dict.fromkeys(STAGES, 0.0)
-        image = to_rgb_uint8(image, "RGB")
+        if image is not None:
+            image = to_rgb_uint8(image, "RGB")
+        size = self._original_size(image, image_embedding, original_size)
         if image_embedding is not None:  # the guard of every embedding that enters
             where = "SamAutomaticMaskGenerator.generate(image_embedding=...)"
             self.predictor.check_features(image_embedding, where)
-        data = self._generate_masks(image, image_embedding, progress)
+        data = self._generate_masks(image, size, image_embedding, progress)
         s = self.settings
         if s.min_mask_region_area > 0:
             with self._stage("postprocess"):
@@ -215,14 +229,46 @@ class SamAutomaticMaskGenerator:
         with self._stage("postprocess"):
             return to_annotations(data, s.output_mode)
 
+    def _original_size(
+        self,
+        image: np.ndarray | None,
+        image_embedding: torch.Tensor | None,
+        original_size: tuple[int, int] | None,
+    ) -> tuple[int, int]:
+        """``(H, W)`` of the image to segment, from ``image`` or ``original_size`` (checked:
+        see :meth:`generate`)."""
+        given = None
+        if original_size is not None:
+            if len(original_size) != 2 or min(int(v) for v in original_size) < 1:
+                raise ValueError(
+                    f"original_size must be (height, width) of at least 1 pixel, got "
+                    f"{original_size}"
+                )
+            given = (int(original_size[0]), int(original_size[1]))
+        if image is not None:
+            size = (int(image.shape[0]), int(image.shape[1]))
+            if given is not None and given != size:
+                raise ValueError(f"original_size {given} is not the image's size {size}")
+            return size
+        if image_embedding is None or given is None:
+            raise ValueError(
+                "generate needs an image, or an image_embedding with its original_size (H, W)"
+            )
+        if self.settings.crop_n_layers > 0:
+            raise ValueError(
+                f"crop_n_layers={self.settings.crop_n_layers} encodes crops of the image: "
+                "pass the image, not only its embedding"
+            )
+        return given
+
     def _generate_masks(
         self,
-        image: np.ndarray,
+        image: np.ndarray | None,
+        orig_size: tuple[int, int],
         image_embedding: torch.Tensor | None,
         progress: Callable[[int, int], None] | None,
     ) -> Candidates:
         """Every crop's candidates, then NMS across crops preferring smaller crops."""
-        orig_size = (int(image.shape[0]), int(image.shape[1]))
         crops = self.settings.crops(orig_size)
         total = sum(len(crop.points) for crop in crops)
         done = 0
@@ -249,7 +295,7 @@ class SamAutomaticMaskGenerator:
 
     def _process_crop(
         self,
-        image: np.ndarray,
+        image: np.ndarray | None,
         crop: Crop,
         orig_size: tuple[int, int],
         batches: BatchFilter,
@@ -263,6 +309,8 @@ class SamAutomaticMaskGenerator:
             if crop.layer == 0 and image_embedding is not None:
                 # Layer 0 is the whole image: reuse the caller's embedding.
                 self.predictor.set_embedding(image_embedding, orig_size)
+            elif image is None:  # (generate refuses this case up front)
+                raise ValueError(f"crop {crop.box} needs the image's pixels")
             else:
                 self.predictor.set_image(image[y0:y1, x0:x1])
         step = self.settings.points_per_batch

@@ -1,12 +1,12 @@
 """Model zoo and checksum-verified download cache for SAM / MobileSAM checkpoints.
 
 The zoo lists the official checkpoints (MobileSAM ``vit_t`` and SAM ``vit_b`` /
-``vit_l`` / ``vit_h``) with their download URL, SHA-256 and byte size. The transfer is
-:func:`torch.hub.download_url_to_file` (streams to a temporary file with a progress bar on
-stderr); this module adds the zoo, a connect/read timeout, full SHA-256 and size checks,
-and errors that say where to put a copy downloaded by hand. The file is fetched into
-a ``<file>.….part`` sibling in the cache directory, verified, then moved into place by
-:func:`mobilesam._atomic.atomic_write`, so the final path never holds a partial or
+``vit_l`` / ``vit_h``) with their download URL, SHA-256 and byte size. A download streams
+over :func:`urllib.request.urlopen` with its own connect/read timeout (the process-wide
+socket default is never touched), with a progress bar on stderr; the file is checked in full
+(size and SHA-256), and errors say where to put a copy downloaded by hand. The file is
+fetched into a ``<file>.….part`` sibling in the cache directory, verified, then moved into
+place by :func:`mobilesam._atomic.atomic_write`, so the final path never holds a partial or
 unverified file.
 
 The cache directory is ``$MOBILESAM_CACHE`` if set, else
@@ -15,22 +15,18 @@ The cache directory is ``$MOBILESAM_CACHE`` if set, else
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
-import socket
 import sys
-import threading
 import urllib.error
+import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.hub import download_url_to_file
-
 from ._atomic import atomic_write
+from .progress import progress_bar
 
 __all__ = [
     "MODEL_ZOO",
@@ -109,16 +105,8 @@ def _sam_entry(size: str, md5: str, sha256: str, size_bytes: int, sources: str) 
     )
 
 
-# Checksums and sizes below were gathered from public third-party sources; neither the
-# MobileSAM nor the segment-anything repository publishes a SHA-256 itself. Each value
-# was cross-checked against at least two independent projects. The SAM MD5s come from
-# IOPaint (iopaint/plugins/interactive_seg.py).
+# Where each SHA-256 and size comes from, and how it was checked: docs/checkpoints.md.
 MODEL_ZOO: dict[str, ZooEntry] = {
-    # sha256: micro-sam (micro_sam/util.py, pooch registry key "vit_t") and the
-    # open-edge-platform/model_api MobileSAM model list (issue "Enable MOBILE_SAM model"),
-    # plus several independent weight manifests pinning MobileSAM commit f706ad9c.
-    # size: 40728226 bytes, from two independent third-party weight manifests (an
-    # "openscaner" MobileSAM artifact manifest and a "WeightSpec" weights registry).
     "mobilesam": ZooEntry(
         name="mobilesam",
         model_type="vit_t",
@@ -133,10 +121,6 @@ MODEL_ZOO: dict[str, ZooEntry] = {
             "open-edge-platform/model_api, weight manifests) that agree with each other."
         ),
     ),
-    # sha256: micro-sam (micro_sam/util.py, registry key "vit_b") and independent download
-    # scripts/manifests (a model-download manager listing url+size+sha256, several setup
-    # scripts running `sha256sum -c`). size: dafne-imaging/dafne
-    # (src/dafne/utils/sam_mask_refine.py) and Fooocus-derived model size lists.
     "sam_vit_b": _sam_entry(
         "b",
         md5="01ec64d29a2fca3f0661936605ae66f8",
@@ -144,11 +128,6 @@ MODEL_ZOO: dict[str, ZooEntry] = {
         size_bytes=375_042_383,
         sources="micro-sam, dafne, download manifests",
     ),
-    # sha256: micro-sam (micro_sam/util.py, registry key "vit_l") and independent
-    # manifests (a model-download manager listing url+size+sha256, a PowerShell
-    # installer with Size+Sha256). size: dafne-imaging/dafne
-    # (src/dafne/utils/sam_mask_refine.py), the same model-download manager, and
-    # Fooocus-derived model size lists.
     "sam_vit_l": _sam_entry(
         "l",
         md5="0b3195507c641ddb6910d2bb5adee89c",
@@ -156,10 +135,6 @@ MODEL_ZOO: dict[str, ZooEntry] = {
         size_bytes=1_249_524_607,
         sources="micro-sam, dafne, download manifests",
     ),
-    # sha256: micro-sam (micro_sam/util.py, registry key "vit_h"), the
-    # open-edge-platform/model_api SAM model list (issue "SAM Model enablement"), and
-    # several Dockerfiles/setup scripts running `sha256sum -c`. size: dafne-imaging/dafne
-    # (src/dafne/utils/sam_mask_refine.py) and a model-download manager (url+size+sha256).
     "sam_vit_h": _sam_entry(
         "h",
         md5="4b8939a88964f0f4ff5f5b2642c598a6",
@@ -288,25 +263,23 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     http.client.HTTPException,
 )
 
-_DEFAULT_TIMEOUT_LOCK = threading.Lock()
 
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Give the sockets opened inside the block a ``seconds`` connect and per-read timeout.
-
-    ``torch.hub.download_url_to_file`` opens its connection without a timeout, so its socket
-    takes the process-wide default, which is set here for the block and restored after it.
-    The lock keeps two downloads in different threads from restoring each other's value
-    (they run one after the other).
-    """
-    with _DEFAULT_TIMEOUT_LOCK:
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(seconds)
+def _download(url: str, dest: Path, timeout: float, progress: bool, label: str) -> None:
+    """Stream ``url`` into ``dest`` (created or truncated before connecting, so an unwritable
+    cache fails before the network is touched). ``timeout`` bounds the connect and each read of
+    this connection only: the process-wide socket default is left alone. With ``progress`` a
+    byte counter labelled ``label`` is drawn on stderr."""
+    request = urllib.request.Request(url, headers={"User-Agent": "mobilesam"})
+    with open(dest, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length", "")
+        total = int(length) if length.isdigit() else None
+        bar = progress_bar(total, label, unit="B", enabled=progress)
         try:
-            yield
+            while block := response.read(_CHUNK):
+                out.write(block)
+                bar.update(len(block))
         finally:
-            socket.setdefaulttimeout(previous)
+            bar.close()
 
 
 def _describe_network_error(exc: BaseException, timeout: float) -> str:
@@ -328,8 +301,7 @@ def _fetch(url: str, tmp: Path, entry: ZooEntry, timeout: float, progress: bool)
     by_hand = f"To install it by hand, download\n    {url}\nand save it as\n    {dest}\n"
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        with _socket_timeout(timeout):
-            download_url_to_file(url, os.fspath(tmp), progress=progress)
+        _download(url, tmp, timeout, progress, entry.filename)
     except _NETWORK_ERRORS as exc:
         if isinstance(exc, urllib.error.HTTPError):
             exc.close()

@@ -5,9 +5,10 @@ the padding away, then resizes to the original ``(H, W)``, each time with biline
 interpolation (``align_corners=False``). Along each axis that is one banded matrix, so here
 the output is computed in square blocks, each from the small patch of low-res logits it
 depends on, without the ``S×S`` intermediate. Thresholded masks need only the blocks near the
-threshold (:func:`threshold_blocks`). This is the one implementation of that step: the
-predictor, the everything-mode generator and the ONNX decoder all call it. Sizes may be Python
-ints or 0-d int64 tensors, so the ONNX export keeps the original size dynamic.
+threshold (:func:`threshold_blocks`). The predictor, the everything-mode generator and the
+ONNX Runtime predictor call :func:`upscale_masks`; the exported ONNX graph calls
+:func:`upscale_masks_graph` (gathers and weighted sums, whose sizes may be 0-d int64 tensors so
+that the export keeps the original size dynamic). Each caller names the one it wants.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from .engine.tuning import BLOCK, MARGIN_EPS
 from .masks import MaskRuns
 
 SizeLike = int | torch.Tensor
@@ -29,7 +31,8 @@ def upscale_masks(
     padded_size: int,
     threshold: float | None = None,
 ) -> torch.Tensor:
-    """SAM's ``postprocess_masks``.
+    """SAM's ``postprocess_masks``, block by block (eager inference; the ONNX graph uses
+    :func:`upscale_masks_graph`).
 
     Args:
         low_res_masks: ``(B, C, h, w)`` logits from the decoder (``256×256``).
@@ -43,11 +46,6 @@ def upscale_masks(
     Returns:
         ``(B, C, H, W)`` logits, same dtype as the input (bool with ``threshold``).
     """
-    if torch.jit.is_tracing():
-        x = bilinear_graph(low_res_masks, padded_size, padded_size)
-        x = x[..., : input_size[0], : input_size[1]]
-        x = bilinear_graph(x, original_size[0], original_size[1])
-        return x if threshold is None else x > threshold
     *lead, h, w = low_res_masks.shape
     grid = block_grid(
         (h, w),
@@ -66,16 +64,19 @@ def upscale_masks(
     return out.reshape(*lead, *out.shape[-2:])
 
 
-#: Output pixels per block side (a tuning constant: smaller blocks follow mask boundaries
-#: more closely, larger ones batch better).
-BLOCK = 32
-
-#: Margin, in units of the dtype's epsilon times the largest magnitude in a block's support,
-#: by which all of a block's low-res values must clear a threshold for the block to be
-#: decided without upsampling. A full-resolution value is a convex combination of at most 4×4
-#: of them, whose rounding error is below ~32 half-epsilons of that magnitude; 1024 leaves a
-#: 64× safety factor (float32: δ ≈ 1.2e-4 × magnitude).
-MARGIN_EPS = 1024
+def upscale_masks_graph(
+    low_res_masks: torch.Tensor,
+    input_size: tuple[SizeLike, SizeLike],
+    original_size: tuple[SizeLike, SizeLike],
+    padded_size: int,
+) -> torch.Tensor:
+    """SAM's ``postprocess_masks`` as one traceable graph for the ONNX export: the two
+    bilinear resizes as :func:`bilinear_graph`, sizes Python ints or 0-d int64 tensors (kept
+    dynamic in the trace). ``(B, C, h, w)`` logits → ``(B, C, H, W)`` logits; the same values
+    as :func:`upscale_masks` to float32 rounding."""
+    x = bilinear_graph(low_res_masks, padded_size, padded_size)
+    x = x[..., : input_size[0], : input_size[1]]
+    return bilinear_graph(x, original_size[0], original_size[1])
 
 
 class AxisBlocks(NamedTuple):
@@ -301,8 +302,11 @@ def threshold_blocks(
     upsampling only the blocks whose low-res support straddles one of them.
 
     A block whose low-res support lies entirely above ``t + δ`` (or below ``t - δ``), with
-    ``δ`` = :data:`MARGIN_EPS` × epsilon × the support's largest magnitude, is decided: every
-    pixel is a convex combination of that support, so no rounding can carry it across ``t``.
+    ``δ`` = :data:`~mobilesam.engine.tuning.MARGIN_EPS` × epsilon × the support's largest
+    magnitude, is decided: every pixel is a convex combination of at most 4×4 values of that
+    support, whose rounding error is below ~32 half-epsilons of that magnitude, so no rounding
+    can carry it across ``t`` (1024 leaves a 64× safety factor; float32: δ ≈ 1.2e-4 × the
+    magnitude).
     The other blocks are computed with :meth:`BlockGrid.values`, the same arithmetic as the
     plain upsampling, so every comparison equals that of the upsampled logits.
     """
@@ -367,9 +371,9 @@ def bilinear_graph(x: torch.Tensor, out_h: SizeLike, out_w: SizeLike) -> torch.T
     gathers and weighted sums, with PyTorch's float32 coordinate arithmetic and order of
     operations (columns, then rows).
 
-    Used when tracing for ONNX: ONNX Runtime's ``Resize`` computes source coordinates with a
-    different rounding, which at ~1000-pixel coordinates moves steep logits by up to 1e-2;
-    this graph agrees with PyTorch to float32 rounding instead.
+    Used in the ONNX graph (:func:`upscale_masks_graph`): ONNX Runtime's ``Resize`` computes
+    source coordinates with a different rounding, which at ~1000-pixel coordinates moves
+    steep logits by up to 1e-2; this graph agrees with PyTorch to float32 rounding instead.
     """
     h_in, w_in = x.shape[-2], x.shape[-1]
     c0, c1, cw0, cw1 = _source_index(out_w, w_in, x.device)

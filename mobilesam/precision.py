@@ -2,16 +2,19 @@
 
 Reduced precision runs where it pays: on a CPU with bf16 units (AVX512-BF16 or AMX) TinyViT
 runs about twice as fast in bf16, and so do the two products of the decoder's upscaling tail
-(with :mod:`mobilesam.native`: bf16 inputs, float32 sums, LayerNorm and GELUs in float32;
-without it, PyTorch's tail all in bf16). The prompt encoder, the decoder's transformer (bound
-by memory traffic and operation count, not by products; measured no faster in bf16), the IoU
-scores and the mask postprocessing stay in float32, so scores and the returned logits are
-float32.
+where their GEMM uses those units (with :mod:`mobilesam.engine.native`: bf16 inputs, float32 sums,
+LayerNorm and GELUs in float32, on Intel CPUs, see
+:func:`mobilesam.engine.native.bf16_tail_products`; without it, PyTorch's tail all in bf16). The
+prompt encoder, the decoder's transformer (bound by memory traffic and operation count, not by
+products; measured no faster in bf16), the IoU scores and the mask postprocessing stay in
+float32, so scores and the returned logits are float32.
 
-``"auto"`` picks bf16 only where the CPU reports bf16 units *and* a quick check (a few
-512×512 products, about 20 ms, once per process) finds bf16 faster; otherwise float32. It
-never picks float16, which CPUs run slowly. The default everywhere is float32, so results
-reproduce by default.
+``"auto"`` picks bf16 where the device has bf16 units (a CPU reporting ``avx512_bf16`` or
+``amx_bf16``, a CUDA device with native bf16), float32 elsewhere: decided from the device's
+features, never from a timing, so one machine always runs the same arithmetic
+(``mobilesam bench`` times both and recommends one). It never picks float16, which CPUs run
+slowly. The default everywhere is float32, so results reproduce by default. What runs in
+bf16 for each CPU and setting is tabled in docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +49,7 @@ def resolve_precision(precision: PrecisionLike, device: torch.device | str = "cp
         return precision
     name = ALIASES.get(str(precision).lower(), str(precision).lower())
     if name == "auto":
-        return torch.bfloat16 if bf16_is_faster(str(torch.device(device).type)) else torch.float32
+        return auto_dtype(torch.device(device).type)
     if name not in PRECISIONS:
         raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
     return PRECISIONS[name]
@@ -72,38 +75,61 @@ def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU reports bf16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in
-    ``/proc/cpuinfo``; False where that file is missing)."""
+#: The /proc/cpuinfo flags of bf16 arithmetic units.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What the CPU reports in ``/proc/cpuinfo``: its ``vendor_id`` (``"GenuineIntel"``,
+    ``"AuthenticAMD"``, ...; empty where unknown) and the first processor's flags."""
+
+    vendor: str = ""
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def bf16_units(self) -> bool:
+        """Whether the CPU has bf16 arithmetic units (``avx512_bf16`` or ``amx_bf16``)."""
+        return bool(self.flags & BF16_FLAGS)
+
+
+@functools.cache
+def cpu_features() -> CpuFeatures:
+    """This CPU's :class:`CpuFeatures`, read once per process (empty where
+    ``/proc/cpuinfo`` is missing, e.g. off Linux)."""
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
-        return False
-    flags = set()
+        return CpuFeatures()
+
+
+def parse_cpuinfo(text: str) -> CpuFeatures:
+    """The :class:`CpuFeatures` of the first processor in ``/proc/cpuinfo``'s ``text``."""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:  # the end of the first processor's block
+                break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    return CpuFeatures(fields.get("vendor_id", ""), frozenset(fields.get("flags", "").split()))
 
 
-@functools.lru_cache(maxsize=4)
-def bf16_is_faster(device_type: str = "cpu") -> bool:
-    """Whether bf16 should run the encoder on ``device_type`` (memoised per process)."""
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU reports bf16 arithmetic (``avx512_bf16`` or ``amx_bf16``)."""
+    return cpu_features().bf16_units
+
+
+def auto_dtype(device_type: str = "cpu") -> torch.dtype:
+    """What ``precision="auto"`` runs on a device of ``device_type``: bfloat16 on a CUDA
+    device with native bf16 support or a CPU with bf16 units, float32 elsewhere. Decided
+    from the device's features only, never from a timing."""
     if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device_type != "cpu" or not cpu_has_bf16_units():
-        return False
-    return _matmul_seconds(torch.bfloat16) * 1.2 < _matmul_seconds(torch.float32)
-
-
-def _matmul_seconds(dtype: torch.dtype, n: int = 512, repeats: int = 3) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b  # warm-up (kernel selection, packing)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
+        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported(
+            including_emulation=False
+        )
+        return torch.bfloat16 if supported else torch.float32
+    if device_type == "cpu" and cpu_features().bf16_units:
+        return torch.bfloat16
+    return torch.float32

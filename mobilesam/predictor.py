@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .checkpoint import all_finite, first_few, non_finite_keys
-from .modeling.image_cache import ImageCache, weights_key
-from .modeling.mask_decoder import select_outputs
+from .engine import Engine, ImageState, Workspace, engine_for
 from .modeling.sam import Sam
+from .postprocess import upscale_masks
 from .precision import PrecisionLike, cast_copy, precision_name, resolve_precision
 from .prompts import PROMPT_REACH, check_prompt_tensors, prepare_prompts
 from .transforms import ResizeLongestSide, resize_to_input, to_rgb_uint8
@@ -165,6 +165,10 @@ class SamPredictor:
             transformer, the IoU scores and the mask postprocessing always run in float32:
             inputs, embeddings and outputs are float32, and every embedding is checked
             (:class:`DegenerateEmbeddingError`).
+        engine: the inference engine (:mod:`mobilesam.engine`): ``"cpu"`` (the factored
+            decoder and native kernels), ``"plain"`` (SAM's order, the modules' ``forward``),
+            an :class:`~mobilesam.engine.Engine`, or ``None``/``"auto"``: ``"cpu"`` on a CPU
+            device, ``"plain"`` on any other. Both give the same masks to float rounding.
 
     The predictor never changes ``sam_model``: where the model's encoder has another dtype,
     :attr:`image_encoder` is the predictor's own cast copy (so predictors of several
@@ -178,6 +182,7 @@ class SamPredictor:
         dtype: torch.dtype | None = None,
         *,
         precision: PrecisionLike = None,
+        engine: str | Engine | None = None,
     ) -> None:
         if dtype is not None and precision is not None:
             raise ValueError("give either dtype or precision, not both")
@@ -187,12 +192,16 @@ class SamPredictor:
             device = sam_model.pixel_mean.device  # "auto" decides for the model's device
             chosen = resolve_precision(dtype if precision is None else precision, device)
         self.model = sam_model
+        #: The inference engine this predictor runs (see :mod:`mobilesam.engine`).
+        self.engine: Engine = engine_for(engine, sam_model.pixel_mean.device)
         #: The image encoder's dtype (and, for bf16, that of the decoder's upscaling tail's
         #: products).
         self.dtype = chosen
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         # (fingerprint of the model's encoder it was cast from, the cast copy)
         self._cast_encoder: tuple[tuple, nn.Module] | None = None
+        # scratch buffers of decode_points, reused call after call
+        self._workspace = Workspace()
         self.reset_image()
 
     @property
@@ -220,7 +229,9 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: torch.Tensor | None = None
-        self._decoder_cache: ImageCache | None = None
+        # the engine's per-image state, and the fingerprint of what it derives from
+        self._state: ImageState | None = None
+        self._state_key: tuple | None = None
         self._checked: tuple[int, int] | None = None  # _tensor_key of the checked features
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, int] | None = None
@@ -259,7 +270,7 @@ class SamPredictor:
         self._set_sizes(original_image_size, (shape[2], shape[3]))
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
         encoder = self.image_encoder
-        features = encoder(x.to(self.dtype))
+        features = self.engine.encode(encoder, x.to(self.dtype))
         check_embedding(
             features,
             f"SamPredictor ({precision_name(self.dtype)} encoder)",
@@ -268,7 +279,7 @@ class SamPredictor:
         self.features = features.float()
         self._checked = _tensor_key(self.features)
         self.is_image_set = True
-        self.decoder_cache()
+        self.image_state()
 
     def predict(
         self,
@@ -344,8 +355,8 @@ class SamPredictor:
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
         threshold = None if return_logits else self.model.mask_threshold
-        masks = self.model.postprocess_masks(
-            low_res, self.input_size, self.original_size, threshold
+        masks = upscale_masks(
+            low_res, self.input_size, self.original_size, self.model.img_size, threshold
         )
         return masks, iou, low_res
 
@@ -360,30 +371,78 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder half of :meth:`predict_torch`: same inputs, without the upsampling.
 
-        Without ``mask_input`` the decoder reuses the image's cached products
-        (:meth:`decoder_cache`) and upscales only the returned tokens; with it, every prompt
-        has its own dense input and the decoder runs in SAM's plain order.
+        The engine decodes against the image's state (:meth:`image_state`); a
+        ``mask_input`` (a dense prompt per call) runs SAM's plain order in every engine.
         ``multimask_output=None`` returns all tokens (token 0 the single-mask answer).
 
         Returns:
-            low-res logits ``(B, C, 256, 256)`` and scores ``(B, C)``. Callers that filter
-            masks by score (the automatic generator) upsample only the survivors with
-            ``self.model.postprocess_masks``.
+            low-res logits ``(B, C, 256, 256)`` and scores ``(B, C)``. To filter masks by
+            score before any upscaling, see :meth:`decode_points`.
         """
         sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
-        decoder = self.model.mask_decoder
-        if mask_input is None:
-            masks, iou = decoder.predict_masks_cached(
-                self.decoder_cache(), sparse, multimask_output
-            )
-        else:
-            masks, iou = decoder.predict_masks(
-                self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense
-            )
-            if multimask_output is not None:
-                masks, iou = select_outputs(masks, iou, multimask_output)
+        tokens = "all" if multimask_output is None else ("multi" if multimask_output else "single")
+        masks, iou = self.engine.decode(
+            self.image_state(), sparse, None if mask_input is None else dense, tokens
+        )
         check_outputs(masks, iou, "SamPredictor", self.model)
         return masks, iou
+
+    @torch.no_grad()
+    def decode_points(
+        self, points_xy: np.ndarray, iou_thresh: float, *, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode single foreground points (three masks each) and keep the masks whose
+        predicted IoU is above ``iou_thresh``, upscaling only those: segment everything's
+        batch step.
+
+        Args:
+            points_xy: ``(n, 2)`` (x, y) pixels in the original image frame.
+            iou_thresh: keep masks with a predicted IoU ``> iou_thresh``; 0 or less keeps
+                all (SAM's rule).
+            batch_size: points per decoder pass (default: the engine's
+                :attr:`~mobilesam.engine.Engine.decode_batch`, else all at once). Does not
+                change the result.
+
+        Returns:
+            low-res logits ``(k, 256, 256)`` float32, IoUs ``(k,)`` and the index of each
+            mask's point ``(k,)`` int64, point-major (point 0's surviving masks first). The
+            logits live in a buffer this predictor reuses: valid until its next call.
+
+        Raises:
+            NonFiniteOutputError: NaN/inf scores or logits (never filtered out silently).
+        """
+        self._require_image()
+        where = "SamPredictor.decode_points"
+        points = np.asarray(points_xy, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"decode_points expects (n, 2) points (x, y), got {points.shape}")
+        coords = self.transform.apply_coords(points, self.original_size)
+        coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[:, None, :]
+        labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=self.device)
+        n = len(points)
+        step = max(1, batch_size or self.engine.decode_batch or n)
+        state, ws = self.image_state(), self._workspace
+        size = self.model.prompt_encoder.mask_input_size
+        per_point = self.model.mask_decoder.num_multimask_outputs
+        # every surviving mask's logits go straight into one buffer, reused call after call
+        low = ws.get("low_res", (per_point * n, *size), coords_t)
+        count, iou, index = 0, [], []
+        for i in range(0, n, step):
+            sparse, _ = self.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
+            logits, scores, prompt = self.engine.decode_filtered(
+                state, sparse, iou_thresh, ws, out=low[count:]
+            )
+            check_outputs(logits, scores, where, self.model)
+            count += len(scores)
+            iou.append(scores)
+            index.append(prompt + i)
+        if not iou:
+            return (
+                low[:0],
+                coords_t.new_zeros(0),
+                torch.zeros(0, dtype=torch.long, device=self.device),
+            )
+        return low[:count], torch.cat(iou), torch.cat(index)
 
     def encode_prompts(
         self,
@@ -407,28 +466,29 @@ class SamPredictor:
         mask_input = mask_input.to(dt) if mask_input is not None else None
         return self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
 
-    def decoder_cache(self) -> ImageCache:
-        """The current image's prompt-independent decoder products (see
-        :mod:`~mobilesam.modeling.decoder_cache`), rebuilt from the embedding whenever the
-        embedding (in place) or the prompt encoder's or decoder's weights, dtype or device
-        changed since."""
+    def image_state(self) -> ImageState:
+        """The engine's per-image state for the current image (what
+        :meth:`Engine.prepare <mobilesam.engine.Engine.prepare>` returned: for the CPU
+        engine, every prompt-independent product of the decoder), prepared again whenever
+        the embedding (in place) or the prompt encoder's or decoder's weights, dtype or
+        device changed since."""
         self._require_image()
         pe, decoder = self.model.prompt_encoder, self.model.mask_decoder
         assert self.features is not None
-        # the cache derives from the embedding too: an in-place change of it invalidates
+        # the state derives from the embedding too: an in-place change of it invalidates
         # (inference tensors, made under torch.inference_mode, keep no version counter)
         key = (weights_key(pe, decoder), *_tensor_key(self.features))
-        if self._decoder_cache is None or self._decoder_cache.key != key:
-            self._decoder_cache = decoder.prepare(
+        if self._state is None or self._state_key != key:
+            self._state = None  # free the stale state first
+            self._state = self.engine.prepare(
+                self.model,
                 self.features.to(pe.no_mask_embed.weight),
-                pe.get_dense_pe(),
-                pe.no_mask_dense(1),
-                key,
                 # bf16 where the encoder runs bf16: the upscaling tail is the decoder's one
                 # product-heavy part (fp16 stays float32: it is slow on CPUs)
                 torch.bfloat16 if self.dtype == torch.bfloat16 else None,
             )
-        return self._decoder_cache
+            self._state_key = key
+        return self._state
 
     def set_embedding(
         self,
@@ -457,18 +517,19 @@ class SamPredictor:
             input_size = t.get_preprocess_shape(original_size[0], original_size[1], t.target_length)
         features = features.to(self.device, torch.float32)
         # restoring the embedding already held (a server's click after click) keeps its
-        # decoder cache; decoder_cache() still checks it against the weights and embedding
+        # engine state; image_state() still checks it against the weights and embedding
         held = features is self.features
-        kept = self._decoder_cache if held else None
+        kept = (self._state, self._state_key) if held else (None, None)
         unchanged = held and self._checked == _tensor_key(features)
         self.reset_image()
         if not unchanged:
             check_embedding(features, "SamPredictor.set_embedding", GIVEN_EMBEDDING)
-        self.features, self._decoder_cache = features, kept
+        self.features = features
+        self._state, self._state_key = kept
         self._checked = _tensor_key(features)
         self._set_sizes(original_size, input_size)
         self.is_image_set = True
-        self.decoder_cache()
+        self.image_state()
 
     def check_features(
         self, features: torch.Tensor, where: str = "SamPredictor.set_embedding"
@@ -499,6 +560,24 @@ class SamPredictor:
 
     def _require_image(self) -> None:
         require_image(self.is_image_set)
+
+
+def weights_key(*modules: nn.Module) -> tuple:
+    """A fingerprint that changes whenever any parameter or buffer of ``modules`` is replaced
+    (``.to(dtype/device)``, new ``Parameter``) or modified in place (``load_state_dict``,
+    optimiser steps bump the tensor version counter)."""
+    # a plain walk of the module dicts: about half the cost of ``modules()`` and
+    # ``parameters()``, whose generators de-duplicate (this runs on every ``predict``)
+    tensors: list[torch.Tensor | None] = []
+    stack = list(modules)
+    while stack:
+        sub = stack.pop()
+        if sub is None:  # a registered empty submodule slot
+            continue
+        tensors += sub._parameters.values()
+        tensors += sub._buffers.values()
+        stack += sub._modules.values()
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None)
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:

@@ -1,7 +1,7 @@
 """Progress bars on stderr: tqdm when it is installed, else a small text bar.
 
 ``progress_bar(total, desc, unit="img")`` counts items (``3/10 img``). Both expose
-``update(n)`` and ``close()``. (Downloads show torch.hub's own byte counter.)
+``update(n)`` and ``close()``. (Downloads use it too, counting bytes.)
 """
 
 from __future__ import annotations

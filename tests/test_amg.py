@@ -281,15 +281,16 @@ def test_points_rejected_by_predicted_iou_are_never_upscaled(
 ):
     """Predicted IoUs come from the IoU token, before upscaling: a point none of whose three
     masks passes ``pred_iou_thresh`` skips the transposed convolutions entirely."""
-    decoder = fixture_model.mask_decoder
+    from mobilesam.engine import cpu
+
     upscaled = []
-    original = type(decoder).masks_from_decoded
+    original = cpu.masks_from_decoded
 
-    def spy(self, cache, decoded, hyper, out=None):
+    def spy(cache, decoded, hyper, out=None):
         upscaled.append(hyper.shape[0])
-        return original(self, cache, decoded, hyper, out)
+        return original(cache, decoded, hyper, out)
 
-    monkeypatch.setattr(type(decoder), "masks_from_decoded", spy)
+    monkeypatch.setattr(cpu, "masks_from_decoded", spy)
     gen = SamAutomaticMaskGenerator(fixture_model, points_per_side=6, pred_iou_thresh=0.97)
     out = gen.generate(picture1, image_embedding=embedded["picture1.jpg"].get_image_embedding())
     assert 0 < sum(upscaled) < 36  # some points passed, some were skipped

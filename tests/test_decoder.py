@@ -1,7 +1,8 @@
 """The decoder's evaluation orders.
 
-- The per-image cache (:mod:`mobilesam.modeling.decoder_cache`) is exact algebra: in float64
-  it equals SAM's plain order to ~1e-12 of the logit scale, for every kind of prompt.
+- The CPU engine's per-image cache (:mod:`mobilesam.engine.factored_decode`) is exact
+  algebra: in float64 it equals SAM's plain order to ~1e-12 of the logit scale, for every
+  kind of prompt.
 - In float32 it is no less accurate than the official code, both measured against a float64
   run of the official package (the fixture's logits reach ~3,300, so float32 rounding alone
   moves them by ~1e-3 in either order).
@@ -18,6 +19,10 @@ import pytest
 import torch
 
 from mobilesam import SamPredictor, build_sam
+from mobilesam.engine import CpuEngine, Workspace, tuning
+from mobilesam.engine.factored_decode import decode_tokens
+from mobilesam.engine.image_products import prepare_image_cache
+from mobilesam.engine.upscale_tail import masks_from_decoded, masks_from_tokens
 
 from .helpers import FIXTURE_CKPT, REFERENCE
 
@@ -48,8 +53,9 @@ def _both_orders(model, embedding, prompt, multimask=None):
     with torch.no_grad():
         sparse, dense = pe(points=pts, boxes=None if boxes is None else boxes.to(dt), masks=None)
         plain = model.mask_decoder.predict_masks(embedding, pe.get_dense_pe(), sparse, dense)
-        cache = model.mask_decoder.prepare(embedding, pe.get_dense_pe(), pe.no_mask_dense(1))
-        cached = model.mask_decoder.predict_masks_cached(cache, sparse, multimask)
+        engine = CpuEngine()
+        tokens = "all" if multimask is None else ("multi" if multimask else "single")
+        cached = engine.decode(engine.prepare(model, embedding), sparse, None, tokens)
     return plain, cached
 
 
@@ -168,7 +174,7 @@ def test_cache_follows_weight_changes(fixture_model, golden):
     assert not np.allclose(after, before)
     np.testing.assert_array_equal(after, expected)
     pred.reset_image()
-    assert pred._decoder_cache is None
+    assert pred._state is None
     with pytest.raises(RuntimeError, match="set_image"):
         pred.predict(pts, labels)
 
@@ -179,9 +185,9 @@ def test_cache_kept_for_the_same_embedding_and_follows_it(fixture_model, golden)
     pred = SamPredictor(build_sam(FIXTURE_CKPT))
     emb = torch.from_numpy(golden["img0/embedding"]).clone()
     pred.set_embedding(emb, (770, 769))
-    cache = pred.decoder_cache()
+    cache = pred.image_state()
     pred.set_embedding(pred.get_image_embedding(), (770, 769))
-    assert pred.decoder_cache() is cache
+    assert pred.image_state() is cache
     pts, labels = np.array([[420.0, 385.0]]), np.array([1])
     before, _, _ = pred.predict(pts, labels, return_logits=True)
     with torch.no_grad():
@@ -190,10 +196,10 @@ def test_cache_kept_for_the_same_embedding_and_follows_it(fixture_model, golden)
     fresh = SamPredictor(build_sam(FIXTURE_CKPT))
     fresh.set_embedding(emb, (770, 769))  # emb is the held tensor: halved too
     expected, _, _ = fresh.predict(pts, labels, return_logits=True)
-    assert pred.decoder_cache() is not cache and not np.allclose(after, before)
+    assert pred.image_state() is not cache and not np.allclose(after, before)
     np.testing.assert_array_equal(after, expected)
     pred.set_embedding(emb.clone(), (770, 769))
-    assert pred.decoder_cache() is not cache
+    assert pred.image_state() is not cache
 
 
 def test_predict_runs_in_inference_mode_without_leaking_it(fixture_model, golden):
@@ -241,81 +247,61 @@ def test_mask_input_uses_the_plain_order(embedded, cases):
 
 
 def test_chunked_upscaling_matches_nchw_layers(fixture_model, monkeypatch):
+    """The engine's tail (sub-pixel matrix products, chunk by chunk, prompt by prompt) equals
+    SAM's NCHW ``output_upscaling`` and product, whatever the chunk size."""
     dec = fixture_model.mask_decoder
     g = torch.Generator().manual_seed(0)
     keys, hyper = torch.randn(2, 32 * 48, 256, generator=g), torch.randn(2, 4, 32, generator=g)
-    monkeypatch.setattr(dec, "UPSCALE_CHUNK_TOKENS", 5 * 48)  # 5 grid rows, a ragged end
+    monkeypatch.setattr(tuning, "UPSCALE_CHUNK_TOKENS", 5 * 48)  # 5 grid rows, a ragged end
     with torch.no_grad():
-        chunked = dec.masks_from_tokens(keys, hyper, 32, 48)
-        monkeypatch.setattr(dec, "UPSCALE_CHUNK_TOKENS", 10**9)
-        whole = dec.masks_from_tokens(keys, hyper, 32, 48)
+        chunked = masks_from_tokens(dec, keys, hyper, 32, 48)
+        one_by_one = torch.cat(
+            [masks_from_tokens(dec, keys[i : i + 1], hyper[i : i + 1], 32, 48) for i in range(2)]
+        )
+        monkeypatch.setattr(tuning, "UPSCALE_CHUNK_TOKENS", 10**9)
+        whole = masks_from_tokens(dec, keys, hyper, 32, 48)
         x = dec.output_upscaling(keys.transpose(1, 2).reshape(2, 256, 32, 48))
         nchw = (hyper @ x.flatten(2)).view(2, 4, 128, 192)
     assert chunked.shape == (2, 4, 128, 192)
+    assert torch.equal(chunked, one_by_one)
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(chunked, nchw, rtol=1e-5, atol=1e-4)
-
-
-def test_upscaling_with_autograd_equals_inference(fixture_model, monkeypatch):
-    """Inference moves the sub-pixel shuffle as integer pairs into reused buffers; with a
-    graph to record it takes float copies. Same values, and gradients reach the inputs."""
-    dec = fixture_model.mask_decoder
-    g = torch.Generator().manual_seed(1)
-    keys = torch.randn(3, 16 * 24, 256, generator=g, requires_grad=True)
-    hyper = torch.randn(3, 4, 32, generator=g, requires_grad=True)
-    monkeypatch.setattr(dec, "UPSCALE_CHUNK_TOKENS", 5 * 24)
-    graph = dec.masks_from_tokens(keys, hyper, 16, 24)
-    graph.square().sum().backward()
-    with torch.no_grad():
-        inference = dec.masks_from_tokens(keys, hyper, 16, 24)
-        one_by_one = torch.cat(
-            [dec.masks_from_tokens(keys[i : i + 1], hyper[i : i + 1], 16, 24) for i in range(3)]
-        )
-    assert torch.equal(graph.detach(), inference)
-    assert torch.equal(inference, one_by_one)
-    assert keys.grad is not None and keys.grad.abs().sum() > 0
-    assert hyper.grad is not None and hyper.grad.abs().sum() > 0
 
 
 def test_workspace_and_out_give_the_same_masks(fixture_model, golden):
     """Decoding into a reused Workspace, compacting prompts within it and writing the tail
     into ``out`` change no value; a later decode may overwrite an earlier one's image
     tokens."""
-    from mobilesam.modeling.common import Workspace
-    from mobilesam.modeling.decoder_cache import decode_tokens
-
-    dec, pe = fixture_model.mask_decoder, fixture_model.prompt_encoder
+    pe = fixture_model.prompt_encoder
     emb = torch.from_numpy(golden["img0/embedding"])
     points, labels, _ = PROMPTS["three points, batch of 2"]
     ws = Workspace()
     with torch.inference_mode():
-        cache = dec.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
+        cache = prepare_image_cache(fixture_model, emb)
         sparse, _ = pe(points=(points, labels), boxes=None, masks=None)
-        fresh = decode_tokens(dec, cache, sparse, True)
-        expected = dec.masks_from_decoded(cache, fresh, fresh.hyper)
-        reused = decode_tokens(dec, cache, sparse, True, workspace=ws)
+        fresh = decode_tokens(cache, sparse, "multi")
+        expected = masks_from_decoded(cache, fresh, fresh.hyper)
+        reused = decode_tokens(cache, sparse, "multi", workspace=ws)
         out = torch.full_like(expected, float("nan"))
-        assert dec.masks_from_decoded(cache, reused, reused.hyper, out) is out
+        assert masks_from_decoded(cache, reused, reused.hyper, out) is out
         assert torch.equal(out, expected)
         z = reused.image.z.data_ptr()
         picked = reused.compact(torch.tensor([1]))  # moved to the front of the same buffer
         assert picked.image.z.data_ptr() == z
-        one = dec.masks_from_decoded(cache, picked, picked.hyper)
+        one = masks_from_decoded(cache, picked, picked.hyper)
         assert torch.equal(one, expected[1:])
         assert torch.equal(picked.iou, fresh.iou[1:])
         # the workspace's buffers are reused, not reallocated
-        again = decode_tokens(dec, cache, sparse[:1], True, workspace=ws)
+        again = decode_tokens(cache, sparse[:1], "multi", workspace=ws)
         assert again.image.z.data_ptr() == z
         # (one prompt instead of two: the token-side products may round differently)
-        diff = dec.masks_from_decoded(cache, again, again.hyper) - expected[:1]
+        diff = masks_from_decoded(cache, again, again.hyper) - expected[:1]
         assert diff.abs().max() <= 2e-5 * expected.abs().max()
         # compacting keeps any increasing subset, moved forward in place
         three = torch.tensor([[[500.0, 400.0]], [[100.0, 900.0]], [[1000.0, 20.0]]])
         sparse3, _ = pe(points=(three, torch.ones(3, 1, dtype=torch.int64)), boxes=None, masks=None)
-        full = decode_tokens(dec, cache, sparse3, True)
-        want = dec.masks_from_decoded(cache, full, full.hyper)
+        full = decode_tokens(cache, sparse3, "multi")
+        want = masks_from_decoded(cache, full, full.hyper)
         for keep in ([0, 2], [1, 2], [2]):
-            part = decode_tokens(dec, cache, sparse3, True, workspace=ws).compact(
-                torch.tensor(keep)
-            )
-            assert torch.equal(dec.masks_from_decoded(cache, part, part.hyper), want[keep])
+            part = decode_tokens(cache, sparse3, "multi", workspace=ws).compact(torch.tensor(keep))
+            assert torch.equal(masks_from_decoded(cache, part, part.hyper), want[keep])

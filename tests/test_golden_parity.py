@@ -1,4 +1,5 @@
-"""Parity with the official MobileSAM outputs in ../shared/reference/golden/."""
+"""Parity with the official MobileSAM outputs in ../shared/reference/golden/, through
+``SamPredictor`` with each inference engine (:mod:`mobilesam.engine`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import mask_iou
+from .helpers import load_image, mask_iou
 
 EMB_TOL = 2e-3
 #: Low-res logits, relative to the case's largest golden magnitude (the fixture's logits reach
@@ -20,6 +21,23 @@ IOU_TOL = 1e-3
 MASK_IOU_MIN = 0.999
 
 PROMPT_CASES = ["one_point_multimask", "three_points_pos_neg", "box", "box_and_point"]
+
+
+@pytest.fixture(scope="module", params=["cpu", "plain"])
+def predictors(request, embedded, fixture_model, reference, cases):
+    """``{image name: SamPredictor with that image set}`` for the engine of this run (the
+    default one, ``"cpu"`` on CPU, is the session's ``embedded``)."""
+    if request.param == "cpu":
+        assert all(p.engine.name == "cpu" for p in embedded.values())
+        return embedded
+    from mobilesam import SamPredictor
+
+    out = {}
+    for name in cases["images"]:
+        p = SamPredictor(fixture_model, engine=request.param)
+        p.set_image(load_image(reference, name))
+        out[name] = p
+    return out
 
 
 def _prompt_kwargs(case: dict) -> dict:
@@ -50,8 +68,8 @@ def _check_outputs(golden, key, masks, iou, low_res) -> None:
 
 
 @pytest.mark.parametrize("img", [0, 1])
-def test_embedding(embedded, golden, cases, img):
-    pred = embedded[cases["images"][img]]
+def test_embedding(predictors, golden, cases, img):
+    pred = predictors[cases["images"][img]]
     emb = pred.get_image_embedding()
     g = golden[f"img{img}/embedding"]
     assert tuple(emb.shape) == g.shape == (1, 256, 64, 64)
@@ -62,10 +80,10 @@ def test_embedding(embedded, golden, cases, img):
 
 @pytest.mark.parametrize("img", [0, 1])
 @pytest.mark.parametrize("name", PROMPT_CASES)
-def test_prompt_case(embedded, golden, cases, img, name):
+def test_prompt_case(predictors, golden, cases, img, name):
     key = f"img{img}/{name}"
     case = _case(cases, key)
-    pred = embedded[case["image"]]
+    pred = predictors[case["image"]]
     kw = _prompt_kwargs(case)
     masks, iou, low = pred.predict(**kw, multimask_output=case["multimask_output"])
     _check_outputs(golden, key, masks, iou, low)
@@ -73,7 +91,7 @@ def test_prompt_case(embedded, golden, cases, img, name):
 
 @pytest.mark.parametrize("img", [0, 1])
 @pytest.mark.parametrize("name", PROMPT_CASES)
-def test_refined_case(embedded, golden, cases, img, name):
+def test_refined_case(predictors, golden, cases, img, name):
     """Same prompt with ``mask_input`` = the best golden low-res logits, single output.
 
     The golden mask input is used (not ours) so that this checks the refinement step itself:
@@ -82,7 +100,7 @@ def test_refined_case(embedded, golden, cases, img, name):
     """
     key = f"img{img}/{name}"
     case = _case(cases, key)
-    pred = embedded[case["image"]]
+    pred = predictors[case["image"]]
     best = int(np.argmax(golden[f"{key}/iou"]))
     mask_input = golden[f"{key}/low_res_logits"][best][None]
     masks, iou, low = pred.predict(
@@ -92,11 +110,11 @@ def test_refined_case(embedded, golden, cases, img, name):
 
 
 @pytest.mark.parametrize("img", [0, 1])
-def test_refined_with_own_logits(embedded, golden, cases, img):
+def test_refined_with_own_logits(predictors, golden, cases, img):
     """The user's loop (feed our own best logits back) still gives the golden masks."""
     key = f"img{img}/one_point_multimask"
     case = _case(cases, key)
-    pred = embedded[case["image"]]
+    pred = predictors[case["image"]]
     kw = _prompt_kwargs(case)
     _, iou, low = pred.predict(**kw, multimask_output=True)
     masks, iou2, _ = pred.predict(
@@ -107,10 +125,10 @@ def test_refined_with_own_logits(embedded, golden, cases, img):
 
 
 @pytest.mark.parametrize("img", [0, 1])
-def test_batched_boxes(embedded, golden, cases, img):
+def test_batched_boxes(predictors, golden, cases, img):
     key = f"img{img}/batched_boxes"
     case = _case(cases, key)
-    pred = embedded[case["image"]]
+    pred = predictors[case["image"]]
     boxes = pred.transform.apply_boxes_torch(torch.tensor(case["boxes"]), pred.original_size)
     masks, iou, low = pred.predict_torch(None, None, boxes=boxes, multimask_output=False)
     g_masks, g_iou = golden[f"{key}/masks"], golden[f"{key}/iou"]
@@ -122,10 +140,10 @@ def test_batched_boxes(embedded, golden, cases, img):
 
 
 @pytest.mark.parametrize("img", [0, 1])
-def test_return_logits_matches_masks(embedded, golden, cases, img):
+def test_return_logits_matches_masks(predictors, golden, cases, img):
     key = f"img{img}/three_points_pos_neg"
     case = _case(cases, key)
-    pred = embedded[case["image"]]
+    pred = predictors[case["image"]]
     logits, _, _ = pred.predict(**_prompt_kwargs(case), multimask_output=False, return_logits=True)
     assert logits.dtype == np.float32
     masks, _, _ = pred.predict(**_prompt_kwargs(case), multimask_output=False)
@@ -134,8 +152,6 @@ def test_return_logits_matches_masks(embedded, golden, cases, img):
 
 def test_sam_forward_batched_api(fixture_model, embedded, golden, cases, reference):
     """``Sam.forward`` (the batched dict API) agrees with the predictor."""
-    from .helpers import load_image
-
     case = _case(cases, "img0/three_points_pos_neg")
     pred = embedded[case["image"]]
     image = load_image(reference, case["image"])

@@ -419,6 +419,62 @@ def test_timeout_leaves_the_process_default_as_it_was(
         socket.setdefaulttimeout(previous)
 
 
+def test_download_leaves_other_threads_default_timeout_alone(
+    entry: ZooEntry, server: LocalServer, cache: Path
+) -> None:
+    """While a download is stalled mid-transfer, another thread still sees the process-wide
+    default it had before (the download's timeout belongs to its own connection)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(7.0)
+    failures: list[BaseException] = []
+
+    def stalled_download() -> None:
+        try:
+            download_weights(
+                entry, cache_dir=cache, progress=False, url=server.url("/stall"), timeout=1.0
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            failures.append(exc)
+
+    downloader = threading.Thread(target=stalled_download)
+    try:
+        downloader.start()
+        seen: list[float | None] = []
+        checker = threading.Thread(target=lambda: seen.append(socket.getdefaulttimeout()))
+        for _ in range(200):  # the request has reached the server: the download is running
+            if server.count:
+                break
+            downloader.join(0.01)
+        assert server.count == 1 and downloader.is_alive()
+        checker.start()
+        checker.join()
+        assert seen == [7.0]
+        downloader.join(10.0)
+        assert len(failures) == 1 and isinstance(failures[0], DownloadError)
+        assert "timed out after 1 s" in str(failures[0])
+    finally:
+        downloader.join(10.0)
+        socket.setdefaulttimeout(previous)
+
+
+def test_download_keeps_its_timeout_whatever_the_default(
+    entry: ZooEntry, server: LocalServer, cache: Path, payload: bytes
+) -> None:
+    """A tiny process default does not cut a download short, nor does a stall outlast the
+    download's own timeout under a default of none."""
+    previous = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(1e-6)
+        assert download_weights(entry, cache_dir=cache, progress=False).read_bytes() == payload
+        socket.setdefaulttimeout(None)
+        with pytest.raises(DownloadError, match=r"timed out after 0\.3 s"):
+            download_weights(
+                entry, cache_dir=cache / "b", progress=False, url=server.url("/stall"), timeout=0.3
+            )
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def test_truncated_body_is_rejected(entry: ZooEntry, server: LocalServer, cache: Path) -> None:
     # urllib returns a short body without complaint (ChecksumError: size); a Python that
     # raises IncompleteRead instead gives DownloadError. Either way nothing is kept.

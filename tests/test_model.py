@@ -12,7 +12,6 @@ from mobilesam import CheckpointError, build_sam, sam_model_registry
 from mobilesam.build import MODEL_CONFIGS, build_sam_from_config
 from mobilesam.checkpoint import DROP_PREFIXES, detect_model_type, read_state_dict
 from mobilesam.modeling.image_encoder import ImageEncoderViT, ViTConfig
-from mobilesam.modeling.tiny_vit import TinyViT
 
 from .helpers import load_image
 
@@ -166,51 +165,3 @@ def test_vit_small_encoder_parity(reference):
     expected = np.load(reference / "vit_small" / "sam_vit_small_embedding.npy")
     assert out.shape == expected.shape
     assert np.abs(out - expected).max() <= 2e-3
-
-
-def test_folded_batchnorm_matches_plain_batchnorm(fixture_model):
-    """The folded-BN eval path equals plain BatchNorm with running statistics."""
-    enc: TinyViT = fixture_model.image_encoder
-    x = torch.randn(1, 3, 128, 128)
-    with torch.no_grad():
-        folded = enc(x)
-    for mod in enc.modules():
-        if hasattr(mod, "c") and hasattr(mod, "bn"):
-            mod.forward = lambda t, m=mod: m.bn(m.c(t))  # unfused reference
-    try:  # with a graph to record, the whole-map path calls each module's forward
-        plain = enc(x.clone().requires_grad_()).detach()
-    finally:
-        for mod in enc.modules():
-            if hasattr(mod, "c") and hasattr(mod, "bn"):
-                del mod.forward
-    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("side", [224, 256])
-def test_banded_inference_matches_whole_map(fixture_model, monkeypatch, side):
-    """Inference runs TinyViT in bands of rows (halo rows for the 3×3 convolutions, whole
-    window rows for attention); with tiny bands, so that every block crosses band edges and
-    the last band is partial, it equals the whole-map path (autograd) to float32 rounding."""
-    from mobilesam.modeling import banding
-
-    enc: TinyViT = fixture_model.image_encoder
-    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
-    whole = enc(x.clone().requires_grad_()).detach()
-    monkeypatch.setattr(banding, "BAND_TOKENS", 3 * side // 4)
-    monkeypatch.setattr(banding, "ATTN_BAND_TOKENS", side)
-    with torch.no_grad():
-        banded = enc(x)
-    # the same per-pixel arithmetic; kernels chosen per shape may round differently
-    assert (banded - whole).abs().max() <= 1e-5 * whole.abs().max()
-
-
-def test_train_mode_never_runs_in_bands():
-    """In train mode BatchNorm uses the batch's statistics, which bands would change: the
-    whole-map path runs even without autograd. (A fresh model: train mode also updates the
-    running statistics.)"""
-    enc = TinyViT().train()
-    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        no_grad = enc(x)
-    graph = enc(x.clone().requires_grad_()).detach()
-    assert torch.allclose(no_grad, graph, rtol=0, atol=1e-5 * float(graph.abs().max()))

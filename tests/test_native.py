@@ -1,4 +1,4 @@
-"""The native decoder kernels (:mod:`mobilesam.native`) against the decoder's PyTorch order.
+"""The native decoder kernels (:mod:`mobilesam.engine.native`) against the decoder's PyTorch order.
 
 Both compute the same arithmetic in a different order of rounding: products of at most a few
 hundred float32 terms, softmax, LayerNorm and GELU (the kernels' exp is ~1 ulp, their erf the
@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam import SamPredictor, build_sam, native
-from mobilesam.modeling.decoder_cache import decode_tokens
+from mobilesam import SamPredictor, build_sam
+from mobilesam.engine import native
+from mobilesam.engine.factored_decode import decode_tokens
+from mobilesam.engine.image_products import prepare_image_cache
+from mobilesam.engine.upscale_tail import masks_from_decoded, native_tail
 
 from .helpers import FIXTURE_CKPT
 
@@ -28,17 +31,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _both_tails(decoder, cache, sparse, multimask, monkeypatch):
+#: multimask_output → the engine's token selection
+TOKENS = {True: "multi", False: "single", None: "all"}
+
+
+def _both_tails(cache, sparse, multimask, monkeypatch):
     """The cached decoder (transformer and tail) with and without the native kernels; the
     tails also on the same decoded tokens, so that only the tail differs."""
+    tokens = TOKENS[multimask]
     with torch.inference_mode():
-        decoded = decode_tokens(decoder, cache, sparse, multimask)
-        fused = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
+        decoded = decode_tokens(cache, sparse, tokens, kernels=native.kernels())
+        fused = masks_from_decoded(cache, decoded, decoded.hyper)
         with monkeypatch.context() as m:
             m.setattr(native, "kernels", lambda: None)
-            plain = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
-            ref = decode_tokens(decoder, cache, sparse, multimask)
-            ref_masks = decoder.masks_from_decoded(cache, ref, ref.hyper)
+            plain = masks_from_decoded(cache, decoded, decoded.hyper)
+            ref = decode_tokens(cache, sparse, tokens)
+            ref_masks = masks_from_decoded(cache, ref, ref.hyper)
     _assert_close(decoded.hyper, ref.hyper)
     assert (decoded.iou - ref.iou).abs().max() <= 1e-5
     _assert_close(fused, ref_masks)
@@ -53,13 +61,13 @@ def _assert_close(fused, plain):
 @pytest.mark.parametrize("multimask", [True, False, None])
 def test_native_decoder_matches_torch_on_the_fixture(fixture_model, golden, multimask, monkeypatch):
     """Real weights and embedding, a batch of 3 prompts, every token selection."""
-    pe, decoder = fixture_model.prompt_encoder, fixture_model.mask_decoder
+    pe = fixture_model.prompt_encoder
     emb = torch.from_numpy(golden["img1/embedding"])
     points = torch.tensor([[[500.0, 400.0]], [[100.0, 900.0]], [[1000.0, 20.0]]])
     with torch.no_grad():
         sparse, _ = pe(points=(points, torch.ones(3, 1, dtype=torch.int64)), boxes=None, masks=None)
-        cache = decoder.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
-    fused, plain = _both_tails(decoder, cache, sparse, multimask, monkeypatch)
+        cache = prepare_image_cache(fixture_model, emb)
+    fused, plain = _both_tails(cache, sparse, multimask, monkeypatch)
     _assert_close(fused, plain)
 
 
@@ -71,35 +79,35 @@ def test_native_decoder_on_other_grids_and_depths(side, monkeypatch):
     torch.manual_seed(side)
     model = build_sam(FIXTURE_CKPT)
     decoder = model.mask_decoder
+    model.prompt_encoder.image_embedding_size = (side, side)  # its PE and dense on this grid
     with torch.no_grad():
         for p in decoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
         emb = torch.randn(1, 256, side, side)
-        pe = torch.randn(1, 256, side, side)
-        dense = model.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         sparse = torch.randn(2, 3, 256)
         for depth in (2, 1, 0):
             decoder.transformer.layers = decoder.transformer.layers[:depth]
-            cache = decoder.prepare(emb, pe, dense)
-            fused, plain = _both_tails(decoder, cache, sparse, True, monkeypatch)
+            cache = prepare_image_cache(model, emb)
+            fused, plain = _both_tails(cache, sparse, True, monkeypatch)
             assert fused.shape == (2, 3, 4 * side, 4 * side)
             _assert_close(fused, plain)
 
 
 def test_native_tail_not_used_where_it_does_not_apply(fixture_model):
-    """Gradients, fp16 tails and a tanh GELU keep the PyTorch tail; bf16 runs natively where
-    the kernels have bf16 products."""
+    """fp16 tails and a tanh GELU keep the PyTorch tail; bf16 runs natively where the kernels
+    take bf16 products. Tensors that require gradients are not applicable (a property of the
+    tensors; no global mode is read)."""
     decoder, cpu = fixture_model.mask_decoder, torch.device("cpu")
-    assert decoder._native_tail(cpu, torch.float32) is None  # gradients enabled
+    assert not native.applicable(torch.zeros(2, requires_grad=True))
     with torch.no_grad():
-        assert decoder._native_tail(cpu, torch.float32) is not None
-        assert decoder._native_tail(cpu, torch.float16) is None
-        bf16 = decoder._native_tail(cpu, torch.bfloat16) is not None
+        assert native_tail(decoder, cpu, torch.float32) is not None
+        assert native_tail(decoder, cpu, torch.float16) is None
+        bf16 = native_tail(decoder, cpu, torch.bfloat16) is not None
         assert bf16 == native.kernels().bf16
         act = decoder.output_upscaling[4]
         try:
             act.approximate = "tanh"
-            assert decoder._native_tail(cpu, torch.float32) is None
+            assert native_tail(decoder, cpu, torch.float32) is None
         finally:
             act.approximate = "none"
 
@@ -111,7 +119,7 @@ def test_bf16_predictor_tail(golden):
     pred.set_embedding(torch.from_numpy(golden["img0/embedding"]), (770, 769))
     assert pred.dtype == torch.bfloat16
     expected = torch.bfloat16 if native.kernels().bf16 else torch.float32
-    assert pred.decoder_cache().upscale.dtype == expected
+    assert pred.image_state().upscale.dtype == expected
 
 
 def test_bf16_tail_keeps_the_native_transformer(golden, monkeypatch):
@@ -132,7 +140,7 @@ def test_bf16_tail_keeps_the_native_transformer(golden, monkeypatch):
 
 def test_native_build_is_reused_and_can_be_turned_off(tmp_path):
     """The library is built once per cache directory; ``MOBILESAM_NATIVE=0`` turns it off."""
-    code = "import mobilesam.native as n; print(n.status())"
+    code = "import mobilesam.engine.native as n; print(n.status())"
     env = {**os.environ, "MOBILESAM_CACHE": str(tmp_path)}
 
     def run(**extra):
@@ -153,20 +161,20 @@ def test_native_build_is_reused_and_can_be_turned_off(tmp_path):
 def test_native_tail_checks_its_output_buffer(fixture_model, golden):
     """``out`` must have the logits' shape, float32 and be contiguous: a clear error, not a
     write past a buffer."""
-    pe, decoder = fixture_model.prompt_encoder, fixture_model.mask_decoder
+    pe = fixture_model.prompt_encoder
     emb = torch.from_numpy(golden["img1/embedding"])
     points = torch.tensor([[[500.0, 400.0]]])
     with torch.inference_mode():
         sparse, _ = pe(points=(points, torch.ones(1, 1, dtype=torch.int64)), boxes=None, masks=None)
-        cache = decoder.prepare(emb, pe.get_dense_pe(), pe.no_mask_dense(1))
-        decoded = decode_tokens(decoder, cache, sparse, True)
-        good = decoder.masks_from_decoded(cache, decoded, decoded.hyper)
+        cache = prepare_image_cache(fixture_model, emb)
+        decoded = decode_tokens(cache, sparse, "multi")
+        good = masks_from_decoded(cache, decoded, decoded.hyper)
         for bad in (
             torch.empty(1, 2, 256, 256),
             torch.empty(1, 3, 256, 256, dtype=torch.float64),
             torch.empty(1, 3, 256, 512)[..., ::2],
         ):
             with pytest.raises(ValueError, match="out must be"):
-                decoder.masks_from_decoded(cache, decoded, decoded.hyper, bad)
+                masks_from_decoded(cache, decoded, decoded.hyper, bad)
         out = torch.empty_like(good)
-        assert torch.equal(decoder.masks_from_decoded(cache, decoded, decoded.hyper, out), good)
+        assert torch.equal(masks_from_decoded(cache, decoded, decoded.hyper, out), good)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import mobilesam.precision as precision_mod
-from mobilesam import SamAutomaticMaskGenerator, SamPredictor, native, sam_model_registry
+from mobilesam import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+from mobilesam.engine import native
 from mobilesam.precision import resolve_precision
 from mobilesam.predictor import (
     MAX_EMBEDDING_MAGNITUDE,
@@ -32,14 +33,14 @@ def test_precision_names():
             resolve_precision(bad)
 
 
-def test_auto_needs_bf16_units_and_never_picks_fp16(monkeypatch):
-    precision_mod.bf16_is_faster.cache_clear()
-    monkeypatch.setattr(precision_mod, "cpu_has_bf16_units", lambda: False)
-    assert resolve_precision("auto") == torch.float32
-    precision_mod.bf16_is_faster.cache_clear()
-    monkeypatch.setattr(precision_mod, "cpu_has_bf16_units", lambda: True)
-    assert resolve_precision("auto") in (torch.float32, torch.bfloat16)
-    precision_mod.bf16_is_faster.cache_clear()
+def test_auto_follows_bf16_units_and_never_picks_fp16(monkeypatch):
+    """``auto`` is bf16 exactly where the CPU reports bf16 units (see
+    test_native_boundary.py for the full table)."""
+    for flags, expected in [({"avx2"}, torch.float32), ({"avx512_bf16"}, torch.bfloat16)]:
+        features = precision_mod.CpuFeatures("GenuineIntel", frozenset(flags))
+        monkeypatch.setattr(precision_mod, "cpu_features", lambda f=features: f)
+        assert resolve_precision("auto") == expected
+    assert resolve_precision("auto", "meta") == torch.float32
 
 
 def _embedding(seed: int, variation: float) -> np.ndarray:
@@ -102,8 +103,9 @@ def real_embedding(embedded) -> torch.Tensor:
 def test_guard_fires_on_every_torch_path(reference, real_embedding, dtype, bad):
     model = sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT)
     pred = SamPredictor(model, dtype=dtype)
-    # the encoder in `dtype` returns picture1's embedding, degraded
-    model.image_encoder.forward = lambda x: BAD_EMBEDDINGS[bad](real_embedding.to(x.dtype))
+    # the encoder in `dtype` (as the predictor's engine runs it) returns picture1's
+    # embedding, degraded
+    pred.engine.encode = lambda encoder, x: BAD_EMBEDDINGS[bad](real_embedding.to(x.dtype))
     with pytest.raises(DegenerateEmbeddingError, match="SamPredictor"):
         pred.set_image(load_image(reference, "picture1.jpg"))
     assert not pred.is_image_set
@@ -149,7 +151,7 @@ def test_bf16_predictor_agrees_with_fp32(reference, cases, embedded):
 @pytest.mark.parametrize("tail", ["pytorch", "native"])
 def test_bf16_decoder_tail_on_the_same_embedding(reference, cases, monkeypatch, tail):
     """``precision="bf16"`` also runs the decoder's upscaling tail in bf16: PyTorch's (all in
-    bf16), or the native one (:mod:`mobilesam.native`: bf16 products with float32 sums,
+    bf16), or the native one (:mod:`mobilesam.engine.native`: bf16 products with float32 sums,
     LayerNorm and GELUs in float32); the transformer, the IoU scores and the returned logits
     stay float32. On one float32 embedding, so that only the tail differs: bf16 keeps 8
     significant bits (relative rounding 2⁻⁹), and the tail rounds a handful of times, so the
@@ -158,14 +160,17 @@ def test_bf16_decoder_tail_on_the_same_embedding(reference, cases, monkeypatch, 
     name = cases["images"][0]
     if tail == "pytorch":
         monkeypatch.setattr(native, "kernels", lambda: None)
-    elif native.kernels() is None or not native.kernels().bf16:
+    elif native.kernels() is None or not native.kernels().bf16_products:
         pytest.skip(f"no native bf16 tail here: {native.status()}")
+    else:  # an Intel CPU with bf16 units, so that the tail takes bf16 products on any CPU
+        intel = precision_mod.CpuFeatures("GenuineIntel", frozenset({"amx_bf16"}))
+        monkeypatch.setattr(precision_mod, "cpu_features", lambda: intel)
     fp32 = SamPredictor(sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT))
     fp32.set_image(load_image(reference, name))
     bf16 = SamPredictor(sam_model_registry["vit_t"](checkpoint=FIXTURE_CKPT), precision="bf16")
     bf16.set_embedding(fp32.get_image_embedding(), fp32.original_size)
-    assert bf16.decoder_cache().upscale.dtype == torch.bfloat16
-    assert fp32.decoder_cache().upscale.dtype == torch.float32
+    assert bf16.image_state().upscale.dtype == torch.bfloat16
+    assert fp32.image_state().upscale.dtype == torch.float32
     ious = []
     for key in PROMPT_CASES:
         kw = _prompt_kwargs(_case(cases, f"img0/{key}"))

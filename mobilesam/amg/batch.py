@@ -4,8 +4,9 @@ goes in; the masks that pass SAM's filters come out as :class:`Candidates`, with
 In SAM's order, with SAM's rules:
 
 1. decode the points (three masks each) and keep masks whose predicted IoU passes
-   ``pred_iou_thresh``: the IoU token comes before any upscaling, so a point none of whose
-   masks passes is never upscaled;
+   ``pred_iou_thresh``, with the predictor's public batch step
+   (:meth:`~mobilesam.predictor.SamPredictor.decode_points`): the IoU token comes before any
+   upscaling, so a point none of whose masks passes is never upscaled;
 2. a bounded chunk of survivors at a time (``max_upsample_bytes``), compute full-resolution
    values only in the blocks near the three thresholds (``threshold_blocks``);
 3. stability filter, boxes, crop-edge filter, RLE, all read off those blocks.
@@ -21,27 +22,13 @@ import torch
 
 from .._heap import HeapTrimmer
 from ..masks import is_box_near_crop_edge
-from ..modeling.common import Workspace
-from ..modeling.decoder_cache import decode_tokens
 from ..postprocess import block_grid, threshold_blocks
-from ..predictor import SamPredictor, check_outputs
+from ..predictor import SamPredictor
 from .candidates import Candidates
 from .settings import AmgSettings
 
 #: ``with stage("decoder"): ...`` adds the block's seconds to that stage's time.
 Stage = Callable[[str], AbstractContextManager[None]]
-
-
-#: Prompts per decoder call on CPU. With the native kernels (whose tasks are sized for the
-#: cache whatever the batch), larger batches amortise the per-call work: measured on a 2-core
-#: Xeon (AMX), picture1 at 32×32 in float32, 8: 13.0 s, 32: 12.3 s, 48: 11.8 s, 64: 11.2-11.4 s;
-#: in bf16 with the reused workspace, 32: 7.0 s, 48: 7.0 s (633-645 MiB peak RSS), 64:
-#: 6.7-6.8 s (698-705 MiB, close to the 0.75 GiB goal: the factored image tokens take ~2 MB
-#: per prompt).
-CPU_DECODER_BATCH = 48
-
-#: Names the generator in errors.
-WHERE = "SamAutomaticMaskGenerator"
 
 
 class BatchFilter:
@@ -62,8 +49,6 @@ class BatchFilter:
         self.settings = settings
         self.stage = stage
         self.heap = heap
-        #: the decoder's image tokens and the batch's logits, reused batch after batch
-        self.workspace = Workspace()
 
     def __call__(
         self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int]
@@ -98,57 +83,18 @@ class BatchFilter:
 
     def decode(self, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode ``n`` points in the crop's pixel frame (three masks each) and keep the masks
-        whose predicted IoU passes ``pred_iou_thresh``.
+        whose predicted IoU passes ``pred_iou_thresh``
+        (:meth:`SamPredictor.decode_points <mobilesam.predictor.SamPredictor.decode_points>`).
 
         Returns:
-            low-res logits ``(k, 256, 256)`` (in :attr:`workspace`: valid until the next
+            low-res logits ``(k, 256, 256)`` (in the predictor's buffer: valid until the next
             call), IoUs ``(k,)`` and the index of each mask's point ``(k,)``, point-major
             (point 0's surviving masks first).
         """
-        p, thresh, ws = self.predictor, self.settings.pred_iou_thresh, self.workspace
-        device, decoder, cache = p.device, p.model.mask_decoder, p.decoder_cache()
-        coords = p.transform.apply_coords(points, p.original_size)
-        coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[:, None, :]
-        labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=device)
-        # bounded groups on CPU: the factored image tokens take ~2 MB per prompt
-        step = self.settings.decoder_batch_size or (
-            len(points) if device.type != "cpu" else CPU_DECODER_BATCH
+        s = self.settings
+        return self.predictor.decode_points(
+            points, s.pred_iou_thresh, batch_size=s.decoder_batch_size
         )
-        size = p.model.prompt_encoder.mask_input_size
-        per_point = decoder.num_multimask_outputs
-        # every surviving mask's logits go straight into one buffer, reused batch after batch
-        low = ws.get("low_res", (per_point * len(points), *size), coords_t)
-        count, iou, index = 0, [], []
-        for i in range(0, len(points), step):
-            sparse, _ = p.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
-            decoded = decode_tokens(decoder, cache, sparse, multimask_output=True, workspace=ws)
-            # NaN scores would fail every threshold and vanish silently: refuse them
-            check_outputs(None, decoded.iou, WHERE, p.model)
-            passed = decoded.iou > thresh
-            if thresh <= 0.0:  # SAM's rule: a threshold of 0 turns the filter off
-                passed.fill_(True)
-            rows = passed.any(1).nonzero()[:, 0]
-            if len(rows) == 0:
-                continue
-            # (the kept prompts' factored image tokens move to the front of the workspace)
-            kept = decoded if len(rows) == len(passed) else decoded.compact(rows)
-            keep = passed[rows]
-            n_masks = int(keep.sum())
-            dst = low[count : count + n_masks]
-            if n_masks == keep.numel():  # (r, 3, 256, 256), written in place
-                decoder.masks_from_decoded(cache, kept, kept.hyper, dst.view(*keep.shape, *size))
-            else:
-                masks = ws.get("masks", (*keep.shape, *size), coords_t)
-                decoder.masks_from_decoded(cache, kept, kept.hyper, masks)
-                torch.index_select(masks.flatten(0, 1), 0, keep.flatten().nonzero()[:, 0], out=dst)
-            check_outputs(dst, None, WHERE, p.model)  # (one pass over the survivors' logits)
-            count += n_masks
-            iou.append(kept.iou[keep])
-            index.append((i + rows)[:, None].expand(keep.shape)[keep])
-        if not iou:
-            empty = coords_t.new_zeros(0)
-            return empty.reshape(0, *size), empty, empty.long()
-        return low[:count], torch.cat(iou), torch.cat(index)
 
     def _filter_chunk(
         self,

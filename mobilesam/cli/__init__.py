@@ -2,6 +2,8 @@
 
 Exit codes: 0 done, 1 a failure while working (an unreadable file, a failed download, a
 model that cannot be loaded), 2 a usage error (one line, before any work), 130 Ctrl-C.
+Expected errors (see :func:`user_facing`) are one line; any other exception is a bug and
+keeps its traceback. ``--debug`` or ``MOBILESAM_DEBUG=1`` shows the traceback of every error.
 The library never imports this package.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -42,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = CliParser(prog="mobilesam", description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"mobilesam {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on any error, show Python's full traceback (also MOBILESAM_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -54,18 +62,59 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
         return exc.code if isinstance(exc.code, int) else 0
+    debug = args.debug or debug_from_env()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             check_out_dir(args)
             return int(args.func(args))
-    except CliError as exc:
-        return fail(str(exc), 2)
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("mobilesam: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+    except Exception as exc:
+        return report(exc, debug)
+
+
+def debug_from_env() -> bool:
+    """Whether ``MOBILESAM_DEBUG`` asks for tracebacks (anything but unset, 0, false, no, off)."""
+    value = os.environ.get("MOBILESAM_DEBUG", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
+
+
+def user_facing(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error the user can act on (printed as one line) rather than a bug.
+
+    User-facing: the project's own exception classes and their subclasses (CliError,
+    CheckpointError, ImageTooLarge, DownloadError, ChecksumError, DegenerateEmbeddingError,
+    NonFiniteOutputError, TrainingDiverged, CocoFileError, CacheDamaged, ...), which it raises
+    on purpose; ``ValueError`` (the library's input checks), ``OSError`` (files, folders,
+    sockets), ``ImportError`` (a missing optional package) and ``MemoryError``. Anything else
+    (``TypeError``, ``KeyError``, ``AttributeError``, a plain ``RuntimeError`` from torch) is
+    a bug.
+    """
+    if isinstance(exc, (ValueError, OSError, ImportError, MemoryError)):
+        return True
+    return any(cls.__module__.partition(".")[0] == "mobilesam" for cls in type(exc).__mro__)
+
+
+def report(exc: Exception, debug: bool) -> int:
+    """Print ``exc`` and return the exit code: a user-facing error (see :func:`user_facing`)
+    as one line (exit 2 for a CliError, else 1), after its traceback with ``debug``; a bug
+    with its traceback and a last line asking for a report (exit 1)."""
+    expected = user_facing(exc)
+    if debug or not expected:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, CliError):
+        return fail(str(exc), 2)
+    if expected:
         return fail(describe(exc), 1)
+    message = describe(exc)
+    name = type(exc).__name__
+    detail = f"{name}: {message}" if message != name else name
+    print(f"mobilesam: internal error, please report: {detail}", file=sys.stderr)
+    return 1
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -100,4 +149,4 @@ def check_out_dir(args: argparse.Namespace) -> None:
         raise CliError(f"--out {out} is not a writable folder ({exc.strerror or exc})") from None
 
 
-__all__ = ["CliError", "build_parser", "main"]
+__all__ = ["CliError", "build_parser", "main", "user_facing"]

@@ -34,8 +34,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     It prints the median time of each (and, with --everything, of segmenting everything in
     the photo), with the machine's measured matrix-multiply peak (GFLOP/s) and whether the
-    decoder's native kernels run, for context, and can write the figures to a JSON file. The
-    full benchmarks are in the repository's benchmarks folder.
+    decoder's native kernels run, for context, and can write the figures to a JSON file. It
+    also times the encoder in fp32 and bf16 and prints a recommended --precision: a
+    suggestion only; nothing is chosen from these timings. The full benchmarks are in the
+    repository's benchmarks folder.
     """
     import torch
 
@@ -51,7 +53,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     width = max(len(k) for k in result)
     for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
+        if k != "recommended":
+            print(f"{k:<{width}}  {v}")
+    print(f"recommended: {result['recommended']}")
     if args.json:
         text = json.dumps(result, indent=2, allow_nan=False)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))
@@ -61,19 +65,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     """The figures: matmul peak, encoder, set_image and predict times (and segment-everything
     with ``args.everything``), for ``model`` on ``image`` (``H×W×3`` uint8)."""
-    import torch
 
-    from .. import native
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..engine import native
     from ..precision import precision_name
     from ..predictor import SamPredictor
     from ..timing import matmul_peak
 
     peak = matmul_peak(runs=5)["best_gflops"]
     pred = SamPredictor(model, precision=args.precision)
-    x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
-    with torch.no_grad():
-        enc = median_s(lambda: pred.image_encoder(x), args.repeats)
+    encoder = {name: encoder_s(model, name, args.repeats) for name in ("fp32", "bf16")}
     set_img = median_s(lambda: pred.set_image(image), args.repeats)
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
@@ -82,7 +83,10 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
         "precision": precision_name(pred.dtype),
         "native_kernels": native.status(),
         "matmul_peak_gflops": round(peak, 1),
-        "encoder_s": round(enc, 4),
+        "encoder_s": round(encoder[precision_name(pred.dtype)], 4),
+        "encoder_fp32_s": round(encoder["fp32"], 4),
+        "encoder_bf16_s": round(encoder["bf16"], 4),
+        "recommended": recommendation(encoder["fp32"], encoder["bf16"]),
         "set_image_s": round(set_img, 4),
         "predict_ms": round(1000 * predict, 2),
     }
@@ -95,6 +99,33 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
         result["everything_s"] = round(time.perf_counter() - start, 2)
         result["everything_masks"] = len(masks)
     return result
+
+
+def encoder_s(model: Any, precision: str, repeats: int) -> float:
+    """Median seconds of ``model``'s image encoder at ``precision`` (``"fp32"`` or
+    ``"bf16"``) on one random image, as a predictor of that precision runs it."""
+    import torch
+
+    from ..predictor import SamPredictor
+
+    pred = SamPredictor(model, precision=precision)
+    x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
+    with torch.no_grad():
+        return median_s(lambda: pred.engine.encode(pred.image_encoder, x), repeats)
+
+
+#: How much faster the bf16 encoder must be here for bench to recommend bf16: below this,
+#: fp32's exact results are worth more than the time.
+RECOMMEND_BF16_SPEEDUP = 1.2
+
+
+def recommendation(fp32_s: float, bf16_s: float) -> str:
+    """The precision ``mobilesam bench`` recommends from the two encoder timings: a
+    suggestion printed for the user, never applied by itself."""
+    speedup = fp32_s / bf16_s
+    if speedup >= RECOMMEND_BF16_SPEEDUP:
+        return f"--precision bf16 (encoder {speedup:.1f}x faster here)"
+    return f"--precision fp32 (bf16 encoder {speedup:.2f}x of fp32's speed here)"
 
 
 def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

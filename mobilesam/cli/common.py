@@ -181,7 +181,7 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
         choices=["fp32", "bf16", "auto"],
         help="precision of the image encoder (and with bf16 of the products of the "
         "decoder's upscaling tail): fp32 (default, reproducible), bf16, or auto (bf16 where "
-        "the CPU has bf16 units and it is faster); scores and logits stay fp32",
+        "the device has bf16 units); scores and logits stay fp32",
     )
 
 

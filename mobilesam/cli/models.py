@@ -49,9 +49,9 @@ def checkpoint_path(args: argparse.Namespace, prefix: str = "") -> Path:
 
 def download(name: str, checkpoint_flag: str) -> Path:
     """The zoo model ``name``'s checkpoint file. A failed or corrupt download (the library's
-    DownloadError or ChecksumError) becomes a RuntimeError that keeps the first line of the
-    library's message and gives the hint in the command line's terms: where to save a copy
-    fetched by hand, or ``checkpoint_flag`` to use a file one already has."""
+    DownloadError or ChecksumError) is raised again as the same error, reworded: the first
+    line of the library's message and the hint in the command line's terms, where to save a
+    copy fetched by hand, or ``checkpoint_flag`` to use a file one already has."""
     from ..hub import ChecksumError, DownloadError, download_weights
 
     try:
@@ -59,9 +59,11 @@ def download(name: str, checkpoint_flag: str) -> Path:
     except (DownloadError, ChecksumError) as exc:
         lines = str(exc).strip().splitlines()
         reason = lines[0].rstrip(".:") if lines else type(exc).__name__
-        raise RuntimeError(
+        raise type(exc)(
             f"{reason}. To install it by hand, download {exc.url} and save it as {exc.dest}; "
-            f"or pass {checkpoint_flag} PATH with a checkpoint file you already have"
+            f"or pass {checkpoint_flag} PATH with a checkpoint file you already have",
+            exc.url,
+            exc.dest,
         ) from exc
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,23 +16,15 @@ class LayerNorm2d(nn.Module):
     Args:
         num_channels: C.
         eps: added to the variance.
-        fused: compute with one channels-last ``F.layer_norm`` kernel (fast; used in the
-            encoders' necks) instead of SAM's explicit mean/variance arithmetic (used in the
-            decoder, where outputs are sensitive to float rounding). Both agree to rounding.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, fused: bool = False) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
-        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            x = x.permute(0, 2, 3, 1)
-            x = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-            return x.permute(0, 3, 1, 2)
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
@@ -125,21 +115,3 @@ def conv_transpose_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch
 def gelu_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
     """``act(x)`` in place, for an ``nn.GELU`` ``act`` (inference only)."""
     return torch.ops.aten.gelu_(x, approximate=act.approximate)
-
-
-class Workspace:
-    """Named scratch buffers, each grown to the largest request and reused (eager
-    inference only: later requests overwrite earlier results). Large tensors allocated
-    afresh on every call cost page faults each time (~10 ms per 40 MB); a loop that holds a
-    workspace touches its memory once."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor with ``like``'s dtype and device."""
-        n = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n or (buf.dtype, buf.device) != (like.dtype, like.device):
-            buf = self._buffers[name] = like.new_empty(n)
-        return buf[:n].view(shape)

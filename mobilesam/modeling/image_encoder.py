@@ -179,9 +179,9 @@ class ImageEncoderViT(nn.Module):
         )
         self.neck = nn.Sequential(
             nn.Conv2d(cfg.embed_dim, cfg.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(cfg.out_chans, fused=True),
+            LayerNorm2d(cfg.out_chans),
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans, fused=True),
+            LayerNorm2d(cfg.out_chans),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

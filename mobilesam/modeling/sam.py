@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..postprocess import upscale_masks
 from ..transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -62,16 +62,19 @@ class Sam(nn.Module):
         masks: torch.Tensor,
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
-        threshold: float | None = None,
     ) -> torch.Tensor:
-        """Low-res logits ``(B, C, 256, 256)`` → logits ``(B, C, H, W)`` at the original size
-        (or the bool masks ``logits > threshold``, see :func:`upscale_masks`)."""
-        return upscale_masks(
+        """SAM's: low-res logits ``(B, C, 256, 256)`` → logits ``(B, C, H, W)`` at the
+        original size: bilinear to the padded input frame, crop the padding (``input_size``
+        ``(h, w)``), bilinear to ``original_size`` ``(H, W)``. (Inference upsamples block by
+        block with the same result: :func:`mobilesam.postprocess.upscale_masks`.)"""
+        size = self.img_size
+        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(
             masks,
-            (input_size[0], input_size[1]),
-            (original_size[0], original_size[1]),
-            self.img_size,
-            threshold,
+            (int(original_size[0]), int(original_size[1])),
+            mode="bilinear",
+            align_corners=False,
         )
 
     def forward(

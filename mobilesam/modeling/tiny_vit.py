@@ -1,24 +1,20 @@
 """TinyViT image encoder as used by MobileSAM (``vit_t``).
 
-Parameter names and shapes follow the official ``tiny_vit_sam.py`` exactly, so official
-checkpoints load unchanged. Differences from the official code, none of which change results
-beyond float rounding:
+The official ``tiny_vit_sam.py``'s arithmetic, with its parameter names and shapes, so official
+checkpoints load unchanged. Differences from the official code, none of which changes a
+result beyond float rounding:
 
-- activations stay channels-last ``(B, H, W, C)`` between stages; convolutions see them as
-  channels_last NCHW views, so there are no layout copies;
-- in ``eval()`` each ``Conv2d_BN`` folds its BatchNorm into the convolution on every call
-  (nothing is cached, so a later ``load_state_dict`` or ``.to(dtype)`` is always honoured);
-- attention is an explicit ``bmm`` softmax with the learned relative-position bias gathered
-  on every call (the official code caches it in ``train(False)``, which goes stale when
-  weights are loaded afterwards);
-- in eval mode without autograd (inference; :func:`banded`), every block runs in bands of
-  rows (:func:`row_bands`): the convolutional blocks with a one-row halo for their 3×3
-  depthwise convolution, attention a band of whole windows at a time, the MLP a band of
-  tokens at a time. Each pixel's arithmetic is the same; only the wide intermediates (4×
-  expanded channels) stay a few MB, so they stay in cache and are not freshly paged in by the
-  OS on every call, which on a VM costs as much as the arithmetic;
-- the token grid is derived from the input instead of being hard-coded to 64×64, and the
-  unused ImageNet classifier head is not built.
+- between stages, activations are channels-last maps ``(B, H, W, C)`` rather than token lists
+  ``(B, H·W, C)`` with a fixed resolution: convolutions see them as channels_last NCHW views
+  (:func:`nchw`, :func:`nhwc`), and the token grid is derived from the input, so any multiple
+  of 32 works, not only the configured ``img_size``;
+- attention gathers its learned relative-position bias on every call (the official code caches
+  it at ``eval()``, which goes stale when weights are loaded afterwards);
+- the unused ImageNet classifier head is not built.
+
+Fast inference (folded BatchNorm, bands of rows, bf16 kernels) lives in
+:mod:`mobilesam.engine.encoder`; the modules offer it only what it reads once
+(:meth:`Conv2d_BN.folded`, :meth:`Attention.position_bias`).
 """
 
 from __future__ import annotations
@@ -27,21 +23,9 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import banding
-from .banding import (
-    banded,
-    banded_rows,
-    conv3x3_rows,
-    conv_out,
-    inverted_bottleneck,
-    nchw,
-    nhwc,
-    row_bands,
-)
-from .common import LayerNorm2d, gelu_, window_partition, window_unpartition
+from .common import LayerNorm2d, window_partition, window_unpartition
 
 
 @dataclass(frozen=True)
@@ -73,8 +57,18 @@ class TinyViTConfig:
     drop_path_rate: float = 0.0
 
 
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, C)`` → channels_last ``(B, C, H, W)`` view (no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, H, W, C)`` view (no copy for channels_last input)."""
+    return x.permute(0, 2, 3, 1)
+
+
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for key parity
-    """Bias-free convolution ``c`` followed by BatchNorm ``bn`` (folded on the fly in eval)."""
+    """Bias-free convolution ``c`` followed by BatchNorm ``bn``."""
 
     def __init__(
         self,
@@ -95,47 +89,13 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, kept for k
         nn.init.zeros_(bn.bias)
         self.add_module("bn", bn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.bn(self.c(x))
-        return self.fused(x)
-
-    def fused(
-        self,
-        x: torch.Tensor,
-        padding: tuple[int, int] | None = None,
-        gelu: nn.GELU | None = None,
-    ) -> torch.Tensor:
-        """The convolution with the BatchNorm (running statistics) folded in, optionally with
-        another ``padding`` (rows, columns) than the layer's own, and followed by ``gelu``
-        in place (inference only). In bf16 on a CPU the GELU runs inside oneDNN's
-        convolution: the whole bf16 encoder 8% faster (0.305 → 0.280 s on a 2-core Xeon with
-        AMX), and the convolution's output is rounded to bf16 once instead of twice. In
-        float32 the fused form was no faster in these bands, so it keeps the two steps."""
-        conv: nn.Conv2d = self.c
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution with the BatchNorm's running statistics folded in (what this
+        module computes in eval mode): weight ``(O, I/groups, k, k)`` and bias ``(O,)``, in the
+        parameters' dtype. Computed afresh on each call, so it never goes stale."""
         bn: nn.BatchNorm2d = self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = conv.weight * scale[:, None, None, None]
-        bias = bn.bias - bn.running_mean * scale
-        pad = conv.padding if padding is None else padding
-        if gelu is not None and _fused_gelu_conv(x):
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, bias, list(pad), list(conv.stride), list(conv.dilation),
-                conv.groups, "gelu", [None], gelu.approximate,
-            )  # fmt: skip
-        y = F.conv2d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
-        return y if gelu is None else gelu_(y, gelu)
-
-
-def _bf16_eager(x: torch.Tensor) -> bool:
-    """Whether ``x`` is in bf16 eager inference (no gradient recorded, not tracing), where
-    the encoder takes its fused kernels."""
-    return x.dtype == torch.bfloat16 and not torch.is_grad_enabled() and not torch.jit.is_tracing()
-
-
-def _fused_gelu_conv(x: torch.Tensor) -> bool:
-    """Whether oneDNN's convolution + GELU applies: bf16 CPU inference with oneDNN built in."""
-    return _bf16_eager(x) and x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
 class DropPath(nn.Module):
@@ -165,21 +125,7 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        if not banded(x, self):
-            return nhwc(self.seq(x))
-        conv1, act, conv2 = self.seq
-        h = x.shape[2]
-        mid_h = conv_out(h, conv1)
-
-        def mid(a: int, z: int) -> torch.Tensor:  # rows a:z of GELU(conv1(x)), NCHW
-            return conv3x3_rows(conv1, lambda i, j: x[:, :, i:j], h, a, z, gelu=act)
-
-        def band(o0: int, o1: int) -> torch.Tensor:
-            return conv3x3_rows(conv2, mid, mid_h, o0, o1)
-
-        out_w = conv_out(conv_out(x.shape[3], conv1), conv2)
-        return banded_rows(band, x.shape[0], conv_out(mid_h, conv2), out_w)
+        return nhwc(self.seq(x.contiguous(memory_format=torch.channels_last)))
 
 
 class MBConv(nn.Module):
@@ -197,10 +143,8 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = inverted_bottleneck(x, self.conv1, self.act1, self.conv2, self.act2, self.conv3)
-        if banded(x, self):  # y is a fresh buffer: finish in place
-            return gelu_(y.add_(x), self.act3)
-        return self.act3(x + self.drop_path(y))
+        y = self.conv3(self.act2(self.conv2(self.act1(self.conv1(nchw(x))))))
+        return self.act3(x + self.drop_path(nhwc(y)))
 
 
 class PatchMerging(nn.Module):
@@ -214,7 +158,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return inverted_bottleneck(x, self.conv1, self.act, self.conv2, self.act, self.conv3)
+        return nhwc(self.conv3(self.act(self.conv2(self.act(self.conv1(nchw(x)))))))
 
 
 class ConvLayer(nn.Module):
@@ -251,25 +195,6 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
-    def add_banded(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: ``x + self(x)`` for ``(B, H, W, C)``, in bands of rows that reuse one
-        hidden buffer (GELU in place), so the 4×-wide hidden layer is never a fresh
-        full-map allocation."""
-        b, h, w, c = x.shape
-        out = torch.empty_like(x)
-        bands = row_bands(h, w)
-        hidden = x.new_empty(b * min(h, bands.step) * w, self.fc1.out_features)
-        y = x.new_empty(hidden.shape[0], c)
-        for r0 in bands:
-            band = x[:, r0 : r0 + bands.step]
-            n = band.shape[0] * band.shape[1] * w
-            t = self.norm(band).reshape(n, c)
-            hb = torch.addmm(self.fc1.bias, t, self.fc1.weight.t(), out=hidden[:n])
-            gelu_(hb, self.act)
-            yb = torch.addmm(self.fc2.bias, hb, self.fc2.weight.t(), out=y[:n])
-            torch.add(band, yb.view(band.shape), out=out[:, r0 : r0 + bands.step])
-        return out
-
 
 def relative_offset_index(window: int) -> tuple[torch.Tensor, int]:
     """Index table of TinyViT's attention bias for a ``window``×``window`` window.
@@ -301,6 +226,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = dim // num_heads
+        self.scale = self.key_dim**-0.5
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * self.key_dim * num_heads)
         self.proj = nn.Linear(self.key_dim * num_heads, dim)
@@ -309,33 +235,24 @@ class Attention(nn.Module):
         # Geometry only (no weights): recomputed from `window` at construction, never stale.
         self.register_buffer("attention_bias_idxs", idxs, persistent=False)
 
+    def position_bias(self) -> torch.Tensor:
+        """The learned relative-position bias of every token pair: ``(heads, N, N)``."""
+        return self.attention_biases[:, self.attention_bias_idxs]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
-        q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        if _bf16_eager(q):
-            # bf16: SDPA's fused kernel, the bias as a mask expanded over the windows (a
-            # broadcast one takes a slower path). The whole bf16 encoder is 4-6% faster on a
-            # 2-core Xeon (AMX); its online softmax's drift (~1e-4) is far below bf16's own
-            # rounding. (Exports keep the explicit graph.)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(b, -1, -1, -1))
-            return self.proj(out.transpose(1, 2).reshape(b, n, -1))
-        # Explicit softmax attention, in the official order ((q·kᵀ)·scale + bias). On CPU, SDPA
-        # with a float mask takes a slower, mask-validating path, and its fused kernel's
-        # online softmax drifts ~1e-4 from the official embedding over the 10 blocks. The
-        # bias is gathered each call (never stale) and broadcast-added in place.
-        scores = torch.bmm(
-            q.reshape(-1, n, self.key_dim), k.reshape(-1, n, self.key_dim).transpose(1, 2)
-        )
-        scores = scores.view(b, self.num_heads, n, n).mul_(self.key_dim**-0.5).add_(bias)
-        attn = scores.softmax(dim=-1).view(-1, n, n)
-        out = torch.bmm(attn, v.reshape(-1, n, self.key_dim)).view(b, self.num_heads, n, -1)
+        q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)  # (B, heads, N, d) each
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.position_bias()
+        out = attn.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class TinyViTBlock(nn.Module):
-    """Window attention, a depthwise 3×3 "local" conv, then the MLP, on ``(B, H, W, C)``."""
+    """Window attention, a depthwise 3×3 "local" conv, then the MLP, on ``(B, H, W, C)``.
+
+    Windows are zero-padded at the bottom and right to whole windows, as in TinyViT.
+    """
 
     def __init__(
         self,
@@ -356,26 +273,12 @@ class TinyViTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not banded(x, self):
-            x = x + self.drop_path(self._window_attention(x))
-            x = nhwc(self.local_conv(nchw(x)))
-            return x + self.drop_path(self.mlp(x))
-        # inference: bands of whole window rows for attention, bands of tokens for the MLP
-        h, w = x.shape[1], x.shape[2]
-        y = torch.empty_like(x)
-        bands = row_bands(h, w, self.window_size, banding.ATTN_BAND_TOKENS)
-        for r0 in bands:
-            band = x[:, r0 : r0 + bands.step]
-            torch.add(band, self._window_attention(band), out=y[:, r0 : r0 + bands.step])
-        return self.mlp.add_banded(nhwc(self.local_conv(nchw(y))))
-
-    def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention within each window of ``(B, H, W, C)`` (zero-padded at the bottom and
-        right to whole windows, as in TinyViT): ``(B, H, W, C)``. Bands of whole window rows
-        give the same windows as the full map."""
         h, w = x.shape[1], x.shape[2]
         windows, padded = window_partition(x, self.window_size)
-        return window_unpartition(self.attn(windows), self.window_size, padded, (h, w))
+        attn = window_unpartition(self.attn(windows), self.window_size, padded, (h, w))
+        x = x + self.drop_path(attn)
+        x = nhwc(self.local_conv(nchw(x)))
+        return x + self.drop_path(self.mlp(x))
 
 
 class BasicLayer(nn.Module):
@@ -446,9 +349,9 @@ class TinyViT(nn.Module):
             self.layers.append(layer)
         self.neck = nn.Sequential(
             nn.Conv2d(dims[-1], cfg.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(cfg.out_chans, fused=True),
+            LayerNorm2d(cfg.out_chans),
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans, fused=True),
+            LayerNorm2d(cfg.out_chans),
         )
         self.apply(_init_weights)
 

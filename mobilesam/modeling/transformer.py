@@ -14,8 +14,7 @@ class Attention(nn.Module):
 
     Inputs ``q (Bq, Nq, C)``, ``k (Bk, Nk, C)``, ``v (Bk, Nk, C)`` with ``Bq`` and ``Bk`` equal
     or one of them 1 (many prompts against one image: shared inputs are projected once);
-    output ``(max(Bq, Bk), Nq, C)``. This is SAM's plain evaluation order; inference against
-    a prepared image uses the factored order of :mod:`~mobilesam.modeling.decoder_cache`.
+    output ``(max(Bq, Bk), Nq, C)``.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -92,22 +91,31 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.self_attend(queries, query_pe)
         keys_pe = keys + key_pe
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
-        queries = self.norm3(queries + self.mlp(queries))
+        queries = self.mlp_tokens(queries, self.cross_attn_token_to_image(q=q, k=keys_pe, v=keys))
 
         q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_pe, k=q, v=queries))
         return queries, keys
 
+    # The two token-only steps, public so that an inference engine that evaluates the image
+    # side in another order runs the prompt tokens through these same lines.
+
     def self_attend(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
-        """The block's first step, on the prompt tokens alone (shared by both decoder orders):
-        self-attention (without positional encoding in the first layer) and ``norm1``."""
+        """Step 1, on the prompt tokens ``(B, T, C)`` alone: self-attention (without
+        positional encoding in the first layer) and ``norm1``."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         return self.norm1(queries)
+
+    def mlp_tokens(self, queries: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Steps 2-3 on the prompt tokens ``(B, T, C)`` given the token→image attention's
+        output ``attn`` ``(B, T, C)``: residual and ``norm2``, then the MLP, residual and
+        ``norm3``."""
+        queries = self.norm2(queries + attn)
+        return self.norm3(queries + self.mlp(queries))
 
 
 class TwoWayTransformer(nn.Module):
@@ -169,4 +177,10 @@ class TwoWayTransformer(nn.Module):
         attn = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
         if keys.shape[0] != queries.shape[0]:  # depth 0: the image never met the prompts
             keys = keys.expand(queries.shape[0], -1, -1)
-        return self.norm_final_attn(queries + attn), keys
+        return self.final_tokens(queries, attn), keys
+
+    def final_tokens(self, queries: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The last step on the tokens ``(B, T, C)`` given the final token→image attention's
+        output ``attn`` ``(B, T, C)``: residual and ``norm_final_attn`` (public for the same
+        reason as :meth:`TwoWayAttentionBlock.self_attend`)."""
+        return self.norm_final_attn(queries + attn)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..modeling.mask_decoder import select_by_point_count
 from ..modeling.sam import Sam
-from ..postprocess import upscale_masks
+from ..postprocess import upscale_masks_graph
 from ..transforms import resize_longest_size
 
 INPUT_NAMES = (
@@ -83,7 +83,7 @@ class SamOnnxDecoder(nn.Module):
             low_res, iou = select_by_point_count(low_res, iou, point_coords.shape[1])
         orig = orig_im_size.to(torch.int64)
         input_size = resize_longest_size(orig_im_size, self.img_size)
-        masks = upscale_masks(
+        masks = upscale_masks_graph(
             low_res, (input_size[0], input_size[1]), (orig[0], orig[1]), self.img_size
         )
         return masks, iou, low_res

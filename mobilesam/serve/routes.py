@@ -171,10 +171,8 @@ def everything(image_id: str, state: State, req: EverythingRequest | None = None
     start = time.perf_counter()
     with state.gate.background() as yield_point:
         anns = gen.generate(
-            # with the embedding given, the generator reads only the image's size: zeros
-            # that are never touched cost no memory
-            np.zeros((*cached.size, 3), np.uint8),
             image_embedding=cached.features,
+            original_size=cached.size,
             progress=lambda done, total: yield_point(),
         )
     return Everything(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_write
+from ..engine.encoder import encode_fast
 from ..hub import sha256_file
 from ..modeling.sam import Sam
 from ..progress import progress_bar
@@ -199,7 +200,7 @@ def _compute_shard(
             continue
         view = augment_views(ref, image.shape[:2], cfg.views, cfg.seed)[v]
         x = prepare_image(view.apply(image), teacher.img_size)[0][0].to(teacher.device)
-        emb = teacher.image_encoder(x[None])[0].to(DTYPES[cfg.dtype]).cpu()
+        emb = encode_fast(teacher.image_encoder, x[None])[0].to(DTYPES[cfg.dtype]).cpu()
         if not torch.isfinite(emb).all():  # a NaN target would only surface as a NaN loss
             raise ValueError(
                 f"the teacher's embedding of {ref.key} (view {v}) holds NaN or infinite values "

@@ -50,6 +50,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class ResumeRefused(RuntimeError):
+    """``last.pt`` is not a plain training checkpoint (refused before anything is loaded)."""
+
+
 def load_resume_state(path: Path) -> dict[str, Any]:
     """``last.pt`` loaded on the CPU with ``weights_only=True``: tensors, numbers and plain
     containers only, so a planted file cannot run code. Anything else is refused, naming the
@@ -58,7 +62,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refusals come in several types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(
+        raise ResumeRefused(
             f"refusing to resume from {path}: it is not a plain training checkpoint (tensors, "
             f"numbers and containers only; loaded with weights_only=True): {reason}"
         ) from None

@@ -1,7 +1,7 @@
-"""The per-image half of the fast decoder: every product of SAM's mask decoder that does not
-depend on the prompt, computed once per image (:func:`prepare_image_cache`), and the
+"""The per-image half of the CPU engine's decoder: every product of SAM's mask decoder that
+does not depend on the prompt, computed once per image (:func:`prepare_image_cache`), and the
 weight rearrangements every prompt uses (:class:`DecoderWeights`). Why the split is exact,
-and how the per-prompt half uses these products: :mod:`~mobilesam.modeling.decoder_cache`.
+and how the per-prompt half uses these products: :mod:`~mobilesam.engine.factored_decode`.
 
 Shapes: ``N = h·w`` image tokens (4096), ``C`` channels (256), ``H`` heads, ``d = D/H``.
 """
@@ -14,29 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_transpose_matrix
-from .transformer import Attention
+from ..modeling.common import conv_transpose_matrix
+from ..modeling.transformer import Attention
+from .interface import ImageState
 
 
-def weights_key(*modules: nn.Module) -> tuple:
-    """A fingerprint that changes whenever any parameter or buffer of ``modules`` is replaced
-    (``.to(dtype/device)``, new ``Parameter``) or modified in place (``load_state_dict``,
-    optimiser steps bump the tensor version counter)."""
-    # a plain walk of the module dicts: about half the cost of ``modules()`` and
-    # ``parameters()``, whose generators de-duplicate (this runs on every ``predict``)
-    tensors: list[torch.Tensor | None] = []
-    stack = list(modules)
-    while stack:
-        sub = stack.pop()
-        if sub is None:  # a registered empty submodule slot
-            continue
-        tensors += sub._parameters.values()
-        tensors += sub._buffers.values()
-        stack += sub._modules.values()
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None)
-
-
-def _center(rows: torch.Tensor) -> torch.Tensor:
+def center_rows(rows: torch.Tensor) -> torch.Tensor:
     """Subtract each row's mean over the last (channel) axis."""
     return rows - rows.mean(-1, keepdim=True)
 
@@ -49,7 +32,7 @@ def _heads_nd(x: torch.Tensor, heads: int, channels_first: bool = False) -> torc
 
 
 @dataclass
-class _AttnImageSide:
+class AttnImageSide:
     """Per-image products for one cross-attention whose image side is ``K`` (+ ``PE``):
     ``img`` = ``X·diag(g)·Wᵀ`` and ``pe`` = ``PE·Wᵀ + b``, per head: ``(H, d, N)`` for keys
     and queries (the operand of a product with the prompt side), ``(H, N, d)`` for values.
@@ -60,12 +43,12 @@ class _AttnImageSide:
 
 
 @dataclass
-class _LayerCache:
+class LayerProducts:
     """Per-image products for one two-way block (see the module docstring)."""
 
-    t2i_k: _AttnImageSide  # token→image keys: (K + PE)·W_kᵀ
-    t2i_v: _AttnImageSide  # token→image values: K·W_vᵀ (bias added after pooling)
-    i2t_q: _AttnImageSide  # image→token queries: (K + PE)·W_qᵀ
+    t2i_k: AttnImageSide  # token→image keys: (K + PE)·W_kᵀ
+    t2i_v: AttnImageSide  # token→image values: K·W_vᵀ (bias added after pooling)
+    i2t_q: AttnImageSide  # image→token queries: (K + PE)·W_qᵀ
     cross_u: list[torch.Tensor]  # per earlier update block k: (H, d, N) X·diag(g)·F̃_kᵀ
     cross_c: torch.Tensor  # (n_c, N) Ẽc·(X·diag(g))ᵀ for the fixed rows
     x_sum: torch.Tensor  # (N,) Σ_c (X·diag(g))
@@ -73,20 +56,17 @@ class _LayerCache:
 
 
 @dataclass
-class ImageCache:
-    """Everything the decoder computes from one image alone. Built by
-    :func:`prepare_image_cache`; valid while :attr:`key` (the caller's fingerprint of what
-    it derives from: :func:`weights_key` of the decoder and prompt encoder, and the
-    embedding) is unchanged (the predictor checks this on every call)."""
+class ImageCache(ImageState):
+    """Everything the decoder computes from one image alone: the CPU engine's per-image
+    state (with the plain order's inputs of :class:`~mobilesam.engine.interface.ImageState`,
+    for a ``mask_input``). Built by :func:`prepare_image_cache`."""
 
-    key: tuple
-    layers: list[_LayerCache]
-    final_k: _AttnImageSide
-    final_v: _AttnImageSide
+    layers: list[LayerProducts]
+    final_k: AttnImageSide
+    final_v: AttnImageSide
     #: ``(N, 4·C/4)`` X·diag(g)·W_up1 (first transposed conv as a matrix), in the upscaling
-    #: tail's dtype, which it defines for :meth:`MaskDecoder.masks_from_decoded`
+    #: tail's dtype, which it defines (see :mod:`~mobilesam.engine.upscale_tail`)
     upscale: torch.Tensor
-    size: tuple[int, int]  # (h, w) of the embedding grid
     weights: DecoderWeights  # weight-derived constants, rebuilt with the cache
 
 
@@ -140,41 +120,37 @@ def _attn_side(
     xg: torch.Tensor,
     pe: torch.Tensor | None,
     unscaled: bool = False,
-) -> _AttnImageSide:
+) -> AttnImageSide:
     """Keys or queries (with ``pe``, channels first) or values (without). ``unscaled``: the
     image tokens have no per-token scale yet (the first layer), so the image and positional
     parts are stored as one sum."""
     h, first = attn.num_heads, pe is not None
     img = _heads_nd(xg @ proj.weight.t(), h, first)
     if pe is None:
-        return _AttnImageSide(img, None)
+        return AttnImageSide(img, None)
     pe_side = _heads_nd(F.linear(pe, proj.weight, proj.bias), h, first)
-    return _AttnImageSide(img + pe_side, None) if unscaled else _AttnImageSide(img, pe_side)
+    return AttnImageSide(img + pe_side, None) if unscaled else AttnImageSide(img, pe_side)
 
 
 @torch.no_grad()
 def prepare_image_cache(
-    decoder: nn.Module,
-    image_embeddings: torch.Tensor,
-    image_pe: torch.Tensor,
-    dense_embedding: torch.Tensor,
-    key: tuple = (),
-    tail_dtype: torch.dtype | None = None,
+    model: nn.Module, embedding: torch.Tensor, tail_dtype: torch.dtype | None = None
 ) -> ImageCache:
-    """Compute the prompt-independent products of ``decoder`` (a
-    :class:`~mobilesam.modeling.mask_decoder.MaskDecoder`) for one image.
+    """Compute the prompt-independent products of ``model``'s mask decoder (``model`` a
+    :class:`~mobilesam.modeling.sam.Sam`) for one image.
 
     Args:
-        image_embeddings: ``(1, C, h, w)``.
-        image_pe: ``(1, C, h, w)`` dense positional encoding.
-        dense_embedding: ``(1, C, 1, 1)`` or ``(1, C, h, w)``, the same for every prompt (the
-            no-mask embedding).
-        key: :func:`weights_key` of the modules the cache derives from.
+        embedding: ``(1, C, h, w)`` image embedding, in the decoder's dtype.
         tail_dtype: the upscaling tail's dtype (default: the decoder's). With
-            ``torch.bfloat16`` the native tail (:mod:`mobilesam.native`) takes bf16 products
+            ``torch.bfloat16`` the native tail (:mod:`mobilesam.engine.native`) takes bf16 products
             with float32 sums, and PyTorch's runs wholly in bf16; the transformer, the IoU
             scores and the returned logits stay in the decoder's dtype.
+
+    The dense embedding is the prompt encoder's no-mask one, the same for every prompt.
     """
+    decoder, prompt_encoder = model.mask_decoder, model.prompt_encoder
+    image_embeddings, image_pe = embedding, prompt_encoder.get_dense_pe()
+    dense_embedding = prompt_encoder.no_mask_dense(1)
     tf = decoder.transformer
     _, c, h, w = image_embeddings.shape
     x = (image_embeddings + dense_embedding)[0].flatten(1).t().contiguous()  # (N, C)
@@ -191,17 +167,17 @@ def prepare_image_cache(
         out_weights.append(i2t.out_proj.weight)  # W_o (C, D) of this layer's update
         scales.append(torch.ones_like(g))
         blocks = [
-            _heads_nd(xg @ _center(wo.t() * s).t(), i2t.num_heads, True)
+            _heads_nd(xg @ center_rows(wo.t() * s).t(), i2t.num_heads, True)
             for wo, s in zip(out_weights, scales, strict=True)
         ]
-        xc = _center(xg)
+        xc = center_rows(xg)
         layers.append(
-            _LayerCache(
+            LayerProducts(
                 t2i_k=_attn_side(t2i, t2i.k_proj, xg, pe, unscaled=not layers),
                 t2i_v=_attn_side(t2i, t2i.v_proj, xg, None),
                 i2t_q=_attn_side(i2t, i2t.q_proj, xg, pe, unscaled=not layers),
                 cross_u=blocks,
-                cross_c=_center(ec) @ xg.t(),
+                cross_c=center_rows(ec) @ xg.t(),
                 x_sum=xg.sum(-1),
                 x_sq=(xc * xc).sum(-1),
             )
@@ -214,11 +190,13 @@ def prepare_image_cache(
     fa = tf.final_attn_token_to_image
     weights = DecoderWeights.of(decoder, tail_dtype)
     return ImageCache(
-        key=key,
+        model=model,
+        embedding=image_embeddings,
+        image_pe=image_pe,
+        no_mask=dense_embedding,
         layers=layers,
         final_k=_attn_side(fa, fa.k_proj, xg, pe),
         final_v=_attn_side(fa, fa.v_proj, xg, None),
         upscale=(xg @ weights.up1_w).to(weights.up2_w.dtype),
-        size=(h, w),
         weights=weights,
     )

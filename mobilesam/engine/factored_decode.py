@@ -1,4 +1,5 @@
-"""SAM's mask decoder with every prompt-independent product computed once per image.
+"""The CPU engine's per-prompt decoding: SAM's mask decoder with every prompt-independent
+product computed once per image (:mod:`~mobilesam.engine.image_products`).
 
 Why it is exact
 ---------------
@@ -24,7 +25,7 @@ rows; earlier coefficients never change. Every product of ``K`` with a fixed wei
 ``W`` splits into
 
 - ``(X·diag(g))·W``: computed once per image, in
-  :func:`~mobilesam.modeling.image_cache.prepare_image_cache`;
+  :func:`~mobilesam.engine.image_products.prepare_image_cache`;
 - ``Z·(E·W)``: per prompt, rank ``H·(T−1) + 1`` per layer instead of ``C`` (each head's
   weights sum to one over the ``T`` tokens, so its first token's follow from the others', see
   :func:`_image_to_token`);
@@ -42,11 +43,12 @@ LayerNorm, GELUs and second convolution run per prompt.
 Cost per prompt (1 point, multimask, so ``T = 7``) drops from 3.55 GFLOP to 0.80
 (``benchmarks/encoder.py``); the cache costs 4.84 GFLOP once per image. On CPU, in eager
 float32 inference, the cross-attentions, the LayerNorm statistics and the upscaling tail run
-as fused native kernels (:mod:`mobilesam.native`) where they can be built: the same algebra,
+as fused native kernels (:mod:`mobilesam.engine.native`) where they can be built: the same algebra,
 one pass over the image each.
 
-The plain order (:meth:`MaskDecoder.predict_masks`) stays for training (gradients), for a
-per-prompt dense input (``mask_input``) and for the ONNX graph with SAM's public interface.
+SAM's plain order (``MaskDecoder.predict_masks``, the plain engine) stays for training
+(gradients), for a per-prompt dense input (``mask_input``), for other devices and for the
+ONNX graph with SAM's public interface.
 """
 
 from __future__ import annotations
@@ -57,13 +59,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .. import native
-from .common import Workspace
-from .image_cache import ImageCache, _AttnImageSide, _center, _LayerCache
-from .transformer import Attention
+from ..modeling.transformer import Attention
+from . import native
+from .image_products import AttnImageSide, ImageCache, LayerProducts, center_rows
+from .interface import Tokens, token_range
+from .workspace import Workspace
 
 
-class _Run(NamedTuple):
+class TermRows(NamedTuple):
     """A run of rows ``start:stop`` of the factored image tokens: fixed rows (``values``
     None), an update's rows (``values`` ``(B, H, T', d)``, one row per head and token), or
     with ``summed`` one row per token summed over the heads (``values`` ``(B, H, T', d)``)."""
@@ -84,7 +87,7 @@ class _ImageTokens:
     ``β`` rows). Both live in buffers sized for the whole decoder, so adding terms copies
     only the new rows. :attr:`a` ``(B, N)`` scales everything; it and ``z`` are ``None``
     before the first update (``a = 1``). With a ``workspace`` the buffers are its (see
-    :class:`~mobilesam.modeling.common.Workspace`)."""
+    :class:`~mobilesam.engine.workspace.Workspace`)."""
 
     def __init__(
         self,
@@ -101,7 +104,7 @@ class _ImageTokens:
         self._e = ws.get("image_tokens_e", (batch, rows, c), like)
         self.m = 0
         #: the runs of rows, in order
-        self.segments: list[_Run] = []
+        self.segments: list[TermRows] = []
 
     @property
     def z(self) -> torch.Tensor | None:
@@ -126,14 +129,14 @@ class _ImageTokens:
     ) -> None:
         """Add terms: coefficients ``z`` ``(B, k, N)`` (times ``scale`` ``(B, 1, N)``, if
         given; None when already written into :meth:`next_rows`) and rows ``e``
-        ``(B, k, C)``; ``values`` and ``summed`` as in :class:`_Run`."""
+        ``(B, k, C)``; ``values`` and ``summed`` as in :class:`TermRows`."""
         k = e.shape[1]
         if z is not None and scale is not None:
             torch.mul(z, scale, out=self.next_rows(k))
         elif z is not None:
             self.next_rows(k).copy_(z)
         self._e[:, self.m : self.m + k] = e
-        self.segments.append(_Run(self.m, self.m + k, values, summed))
+        self.segments.append(TermRows(self.m, self.m + k, values, summed))
         self.m += k
 
     def compact(self, prompts: torch.Tensor) -> None:
@@ -200,7 +203,7 @@ def _coefficients(
 
 
 def _factored_scores(
-    xh: torch.Tensor, side: _AttnImageSide, img: _ImageTokens, attn: Attention, proj: nn.Linear
+    xh: torch.Tensor, side: AttnImageSide, img: _ImageTokens, attn: Attention, proj: nn.Linear
 ) -> torch.Tensor:
     """Dot products of prompt-side vectors ``xh`` ``(B, H, T, d)`` with the image side of an
     attention, ``(K + PE)·Wᵀ + b`` per head, without forming it: the cached products, the
@@ -222,8 +225,8 @@ def _token_to_image(
     attn: Attention,
     queries: torch.Tensor,
     img: _ImageTokens,
-    k_side: _AttnImageSide,
-    v_side: _AttnImageSide,
+    k_side: AttnImageSide,
+    v_side: AttnImageSide,
     kernels: native.DecoderKernels | None = None,
 ) -> torch.Tensor:
     """Attention of ``queries`` ``(B, T, C)`` (positional encoding included) over the factored
@@ -258,7 +261,7 @@ def _image_to_token(
     keys: torch.Tensor,
     values: torch.Tensor,
     img: _ImageTokens,
-    cache: _LayerCache,
+    cache: LayerProducts,
     kernels: native.DecoderKernels | None = None,
 ) -> None:
     """The image tokens' attention over the prompt tokens, added to the factored image
@@ -303,7 +306,7 @@ def _image_to_token(
 
 def _layer_norm_factored(
     img: _ImageTokens,
-    cache: _LayerCache,
+    cache: LayerProducts,
     norm: nn.LayerNorm,
     kernels: native.DecoderKernels | None = None,
 ) -> None:
@@ -316,7 +319,7 @@ def _layer_norm_factored(
     # C·var(Q) = ‖x̃‖² + Σ_k z_k (G·z + 2·(x̃·ẽ_k))_k, with G = ẽẽᵀ and the cross products
     # x̃·ẽ_k from cached per-image products, accumulated into one (B, m, N) matrix; the
     # row sums of e ride along as one more row of the same product, for the mean
-    e_centred = _center(e)
+    e_centred = center_rows(e)
     m = e.shape[1]
     lhs = torch.cat([e_centred @ e_centred.transpose(1, 2), e.sum(-1)[:, None, :]], 1)
     segments = []  # each run of rows with its cached cross products
@@ -379,51 +382,54 @@ class DecodedTokens:
 
 
 def decode_tokens(
-    decoder: nn.Module,
     cache: ImageCache,
     sparse_prompt_embeddings: torch.Tensor,
-    multimask_output: bool | None = None,
+    tokens: Tokens = "multi",
     workspace: Workspace | None = None,
+    kernels: native.DecoderKernels | None = None,
 ) -> DecodedTokens:
-    """Run the two-way transformer, IoU head and hypernetworks for ``B`` prompts against one
-    cached image.
+    """Run the two-way transformer, IoU head and hypernetworks of ``cache.model``'s decoder
+    for ``B`` prompts against one cached image.
+
+    The prompt tokens go through the modules' own pieces (each block's
+    :meth:`~mobilesam.modeling.transformer.TwoWayAttentionBlock.self_attend` and
+    :meth:`~mobilesam.modeling.transformer.TwoWayAttentionBlock.mlp_tokens`, the
+    transformer's :meth:`~mobilesam.modeling.transformer.TwoWayTransformer.final_tokens`,
+    the IoU head); only the attentions that involve the image tokens run in factored form,
+    from the attention modules' weights.
 
     Args:
         sparse_prompt_embeddings: ``(B, N_p, C)``.
-        multimask_output: keep the multimask tokens (True), token 0 (False) or all (None).
-            The final attention and the hypernetworks run only for the kept tokens (each
-            query row is independent there), and :attr:`DecodedTokens.iou` and ``hyper``
-            hold only those.
+        tokens: keep the multimask tokens, token 0 or all (see
+            :data:`~mobilesam.engine.interface.Tokens`). The final attention and the
+            hypernetworks run only for the kept tokens (each query row is independent
+            there), and :attr:`DecodedTokens.iou` and ``hyper`` hold only those.
         workspace: holds the factored image tokens (~2 MB per prompt), for a loop that
             decodes batch after batch; the outputs are then valid until its next use.
+        kernels: the native kernels, where the engine runs them (float32 on the CPU).
     """
+    decoder = cache.model.mask_decoder
     tf = decoder.transformer
     b = sparse_prompt_embeddings.shape[0]
     out_tokens = cache.weights.tokens
-    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], 1)
+    all_tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], 1)
     heads = tf.layers[0].cross_attn_image_to_token.num_heads if tf.layers else 0
     # per layer: the update's H·(T−1) rows and its summed row, the bias row, two LayerNorm rows
-    n_rows = len(tf.layers) * (heads * (tokens.shape[1] - 1) + 4)
-    img = _ImageTokens(tokens, b, n_rows, cache.size[0] * cache.size[1], workspace)
-    queries, query_pe = tokens, tokens
-    kernels = native.kernels_for(tokens, cache.final_k.img)  # (the tail may be bf16)
+    n_rows = len(tf.layers) * (heads * (all_tokens.shape[1] - 1) + 4)
+    h, w = cache.size
+    img = _ImageTokens(all_tokens, b, n_rows, h * w, workspace)
+    queries, query_pe = all_tokens, all_tokens
     for layer, lc in zip(tf.layers, cache.layers, strict=True):
         queries = layer.self_attend(queries, query_pe)
-        i2t = layer.cross_attn_image_to_token
         attn = _token_to_image(
             layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v, kernels
         )
-        queries = layer.norm2(queries + attn)
-        queries = layer.norm3(queries + layer.mlp(queries))
+        queries = layer.mlp_tokens(queries, attn)
+        i2t = layer.cross_attn_image_to_token
         _image_to_token(i2t, queries + query_pe, queries, img, lc, kernels)
         _layer_norm_factored(img, lc, layer.norm4, kernels)
     # only the IoU token and the kept mask tokens are read after the final attention
-    n_mask = decoder.num_mask_tokens
-    kept = (
-        range(n_mask)
-        if multimask_output is None
-        else (range(1, n_mask) if multimask_output else range(1))
-    )
+    kept = token_range(tokens, decoder.num_mask_tokens)
     rows_out = [0, *(1 + i for i in kept)]
     queries, query_pe = queries[:, rows_out], query_pe[:, rows_out]
     attn = _token_to_image(
@@ -434,7 +440,7 @@ def decode_tokens(
         cache.final_v,
         kernels,
     )
-    queries = tf.norm_final_attn(queries + attn)
+    queries = tf.final_tokens(queries, attn)
     iou = decoder.iou_prediction_head(queries[:, 0, :])[:, kept.start : kept.stop]
     hyper = cache.weights.hypernetworks(queries[:, 1:], kept)
     return DecodedTokens(iou=iou, hyper=hyper, image=img)

@@ -1,5 +1,5 @@
 """Building the native kernels' shared library: compiler flags for this CPU, the compiler,
-and a build cached per source, flags and PyTorch version (see :mod:`mobilesam.native`)."""
+and a build cached per source, flags and PyTorch version (see :mod:`mobilesam.engine.native`)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def compiler() -> str | None:
 def build(cc: str, flags: tuple[str, ...]) -> Path:
     """Compile with ``cc`` (or reuse) the shared library; returns its path. Raises on
     failure."""
-    from ..hub import default_cache_dir
+    from ...hub import default_cache_dir
 
     text = b"\0".join((_HERE / name).read_bytes() for name in SOURCES + HEADERS)
     digest = hashlib.sha256(

@@ -20,6 +20,12 @@ and loaded with :mod:`ctypes`. Anything missing (no compiler, another BLAS, anot
 platform) leaves :func:`kernels` returning None, and the decoder keeps its PyTorch order:
 results agree to float32 rounding either way. ``MOBILESAM_NATIVE=0`` turns the kernels off;
 :func:`status` says which path is in use and why.
+
+Every tensor is checked before its pointer reaches C (:mod:`.kernels`: a
+:class:`ValueError`, also under ``python -O``). With bf16 precision the tail's two products
+take bf16 only where :func:`bf16_tail_products` says so, from the CPU's features; nothing
+here is chosen by a timing. Where the kernels run is the engine's decision:
+:func:`applicable` is a pure check of the tensors, reading no global mode.
 """
 
 from __future__ import annotations
@@ -32,52 +38,50 @@ import subprocess
 
 import torch
 
+from ... import precision
 from .build import build, build_flags, compiler
-from .kernels import DecoderKernels
+from .kernels import DecoderKernels, bf16_tail_products
 
-__all__ = ["DecoderKernels", "kernels", "kernels_for", "status"]
+__all__ = ["DecoderKernels", "applicable", "bf16_tail_products", "kernels", "status"]
 
 _log = logging.getLogger(__name__)
-_STATUS: list[str] = []
 
 
-@functools.cache
 def kernels() -> DecoderKernels | None:
     """The decoder's native kernels, built and loaded on first call; None where unavailable
     (:func:`status` says why). The result is memoised."""
+    return _load()[0]
+
+
+@functools.cache
+def _load() -> tuple[DecoderKernels | None, str]:
+    """The kernels (or None) and one line on why they are on or off."""
     if os.environ.get("MOBILESAM_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        _STATUS.append("off: MOBILESAM_NATIVE disables native kernels")
-        return None
+        return None, "off: MOBILESAM_NATIVE disables native kernels"
     flags, cc = build_flags(), compiler()
     if flags is None or cc is None:
         why = "no C compiler (cc, gcc or $CC)" if flags else "needs x86-64 Linux with AVX2"
-        _STATUS.append(f"off: {why}")
-        return None
+        return None, f"off: {why}"
     try:
-        loaded = DecoderKernels(ctypes.CDLL(str(build(cc, flags))))
+        return DecoderKernels(ctypes.CDLL(str(build(cc, flags)))), "on (CPU)"
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        _STATUS.append(f"off: build or load failed: {detail.strip()[:500]}")
         _log.warning("mobilesam: native decoder kernels unavailable, using PyTorch: %s", detail)
-        return None
-    bf16 = "available" if loaded.bf16_products else "unavailable"
-    _STATUS.append(f"on (CPU; bf16 tail products {bf16})")
-    return loaded
+        return None, f"off: build or load failed: {detail.strip()[:500]}"
 
 
-def kernels_for(*tensors: torch.Tensor, check_grad: bool = True) -> DecoderKernels | None:
-    """:func:`kernels` where they apply to ``tensors``: all float32 on the CPU, in eager
-    inference (no gradient recorded, unless ``check_grad`` is False; not tracing)."""
-    if (
-        (check_grad and torch.is_grad_enabled())
-        or torch.jit.is_tracing()
-        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
-    ):
-        return None
-    return kernels()
+def applicable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take ``tensors`` (the activations a decoder step reads): all
+    float32 on the CPU, none requiring gradients (the kernels record none). A pure check of
+    the tensors; where the kernels run is the caller's (the engine's) decision."""
+    return all(t.is_cpu and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
 
 
 def status() -> str:
-    """One line: whether the native kernels are in use, and why not if they are not."""
-    kernels()
-    return _STATUS[-1]
+    """One line: whether the native kernels are in use, and why not if they are not; when
+    on, whether a bf16 tail takes bf16 products here, and why."""
+    loaded, line = _load()
+    if loaded is None:
+        return line
+    bf16, why = bf16_tail_products(precision.cpu_features(), loaded.bf16_products)
+    return f"on (CPU; a bf16 tail takes {'bf16' if bf16 else 'float32'} products: {why})"

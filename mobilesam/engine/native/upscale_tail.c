@@ -10,7 +10,7 @@
  * and sub-pixel (a, b) of sub-pixel (c, d) of token (i, j) is output pixel
  * (4i + 2a + c, 4j + 2b + d). Every intermediate of a chunk stays in the core's cache, the
  * products go to the BLAS sgemm_ that PyTorch links (MKL), and the chunks of all prompts are
- * shared between OpenMP threads. The Python side (mobilesam/native/__init__.py) documents the
+ * shared between OpenMP threads. The Python side (mobilesam/engine/native/__init__.py) documents the
  * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
  * With bf16 set, the two convolutions take bfloat16 inputs (shared, ew and W2 come in
  * bfloat16; z and the first LayerNorm's output are rounded to it) with float32 sums; the
