@@ -43,10 +43,7 @@ from common import (  # noqa: E402
 )
 
 from mobilesam import SamPredictor, build_sam  # noqa: E402
-from mobilesam.engine import (
-    CpuEngine,  # noqa: E402
-    native,  # noqa: E402
-)
+from mobilesam.engine import CpuEngine, native  # noqa: E402
 
 
 def gflop(fn: Callable[[], object]) -> float:
@@ -68,12 +65,13 @@ def flop_counts(model: torch.nn.Module, pred: SamPredictor, point: np.ndarray) -
     labels = torch.ones(1, 1, dtype=torch.int)
     sparse, dense = pred.encode_prompts(coords[None], labels)
     pe, dec, cpu = model.prompt_encoder, model.mask_decoder, CpuEngine()
+    state = cpu.prepare(model, pred.features)
     return {
         "encoder": gflop(lambda: model.image_encoder(x)),
         "decoder_sam_order": gflop(
             lambda: dec.predict_masks(pred.features, pe.get_dense_pe(), sparse, dense)
         ),
-        "decoder_cached": gflop(lambda: cpu.decode(cpu.prepare(model, pred.features), sparse)),
+        "decoder_cached": gflop(lambda: cpu.decode(state, sparse)),
         "decoder_cache_per_image": gflop(lambda: cpu.prepare(model, pred.features)),
     }
 
