@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.common import LayerNorm2d, gelu_, window_partition, window_unpartition
+from ..modeling.common import LayerNorm2d, window_partition, window_unpartition
 from ..modeling.tiny_vit import (
     Attention,
     Conv2d_BN,
@@ -39,6 +39,7 @@ from ..modeling.tiny_vit import (
 )
 from . import tuning
 from .bands import banded_rows, conv3x3_rows, conv_out, row_bands
+from .ops import gelu_
 
 
 def encode_fast(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.common import conv_transpose_matrix
 from ..modeling.transformer import Attention
 from .interface import ImageState
+from .ops import conv_transpose_matrix
 
 
 def center_rows(rows: torch.Tensor) -> torch.Tensor:

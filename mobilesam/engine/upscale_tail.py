@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.common import conv_transpose_matrix, gelu_
 from . import native, tuning
 from .factored_decode import DecodedTokens, first_conv_factors
 from .image_products import ImageCache
+from .ops import conv_transpose_matrix, gelu_
 from .workspace import Workspace
 
 #: ``(prompts, start, stop, workspace)`` → the first transposed convolution of image tokens
