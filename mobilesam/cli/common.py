@@ -185,6 +185,29 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def device_name(text: str) -> str:
+    """A ``--device`` value that this machine has (argparse type): one line naming the
+    devices it has otherwise (exit 2)."""
+    from ..device import DeviceUnavailable, resolve_device
+
+    try:
+        resolve_device(text)
+    except DeviceUnavailable as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs (``auto`` takes CUDA where available)."""
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA where available, else CPU)",
+    )
+
+
 def add_out_arg(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
     """``--out FOLDER`` (checked to be writable before the command starts); required when
     ``default`` is None."""
