@@ -48,7 +48,9 @@ from mobilesam.engine.native.kernels import DecoderKernels  # noqa: E402
 CKPT = REFERENCE / "checkpoints" / "mobile_sam_fixture.pt"
 POINT, LABEL = np.array([[400, 380]]), np.array([1])
 #: The native kernels' Python entry points, timed one by one in the breakdown.
-KERNELS = ("upscale_tail", "token_attention", "image_attention", "layer_norm_stats")
+KERNELS = (
+    "upscale_tail", "token_attention", "image_attention", "layer_norm_stats", "token_linear"
+)
 
 
 def breakdown(predictor: SamPredictor, calls: int = 30) -> dict[str, float]:

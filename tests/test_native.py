@@ -178,3 +178,42 @@ def test_native_tail_checks_its_output_buffer(fixture_model, golden):
                 masks_from_decoded(cache, decoded, decoded.hyper, bad)
         out = torch.empty_like(good)
         assert torch.equal(masks_from_decoded(cache, decoded, decoded.hyper, out), good)
+
+
+@pytest.mark.skipif(
+    native.kernels() is None or not native.kernels().linear_cols,
+    reason="the token-linear kernel needs AVX-512 native kernels",
+)
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 21, 40])
+@pytest.mark.parametrize("relu", [False, True])
+def test_token_linear_matches_torch(rows, relu):
+    """The small-row linear kernel gives ``F.linear`` (then ReLU) to float32 rounding, for
+    any number of rows (blocks of 8, padded) and a weight of several column blocks."""
+    k, g = native.kernels(), torch.Generator().manual_seed(rows)
+    cols = k.linear_cols
+    weight, bias = torch.randn(3 * cols, 40, generator=g), torch.randn(3 * cols, generator=g)
+    x = torch.randn(rows, 40, generator=g)
+    want = torch.nn.functional.linear(x, weight, bias)
+    want = want.relu() if relu else want
+    got = k.token_linear(x.view(1, rows, 40), k.pack_linear(weight), bias, relu).view(rows, -1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    no_bias = k.token_linear(x, k.pack_linear(weight), None)
+    torch.testing.assert_close(no_bias, x @ weight.t(), rtol=1e-5, atol=1e-5)
+    assert k.pack_linear(torch.randn(cols + 1, 4)) is None  # not whole blocks: PyTorch's
+
+
+def test_token_linears_fall_back_to_the_module(fixture_model):
+    """Layers with many rows, or layers the kernel does not take, run the module itself."""
+    from mobilesam.engine.token_linears import TokenLinears
+
+    linears = TokenLinears.of(fixture_model.mask_decoder)
+    if linears is None:
+        pytest.skip("the token-linear kernel is not offered here")
+    layer = fixture_model.mask_decoder.transformer.layers[0].mlp.lin1
+    many = torch.randn(200, layer.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(linears(layer, many), layer(many))
+        few = many[:5]
+        torch.testing.assert_close(linears(layer, few, relu=True), layer(few).relu())
+        other = torch.nn.Linear(4, 3)
+        torch.testing.assert_close(linears(other, torch.ones(2, 4)), other(torch.ones(2, 4)))

@@ -79,6 +79,12 @@ def bad_calls(k: native.DecoderKernels) -> dict[str, object]:
         )  # fmt: skip
         return lambda: k.layer_norm_stats(**{**args, **change})
 
+    def linear(**change: object) -> object:
+        cols = k.linear_cols or 16
+        packed = k.pack_linear(rand(2 * cols, 8)) if k.linear_cols else rand(2, 8, cols)
+        args = dict(x=rand(3, 8), packed=packed, bias=rand(2 * cols))
+        return lambda: k.token_linear(**{**args, **change})
+
     def run(start: int, stop: int, values: torch.Tensor | None = None) -> SimpleNamespace:
         return SimpleNamespace(start=start, stop=stop, values=values, summed=False)
 
@@ -101,6 +107,10 @@ def bad_calls(k: native.DecoderKernels) -> dict[str, object]:
         "shared of float16": tail(shared=rand(16, 32, dtype=torch.float16)),
         "hyper of bfloat16": tail(hyper=rand(b, t, 4, dtype=torch.bfloat16)),
         "ew of another rank": tail(ew=rand(b, m + 1, 32)),
+        "x of the wrong width": linear(x=rand(3, 9)),
+        "x of float64": linear(x=rand(3, 8, dtype=torch.float64)),
+        "packed in blocks of another width": linear(packed=rand(2, 8, 7)),
+        "linear bias of the wrong length": linear(bias=rand(5)),
         "fixed rows past m": stats((run(1, m + 1), rand(m, n))),
         "cross of the wrong width": stats((fixed, rand(m, n + 1))),
         "update rows not H·T'": stats((run(0, 3, rand(b, 2, 2, d)), rand(2, d, n))),
@@ -257,13 +267,13 @@ AMD_BF16 = CpuFeatures("AuthenticAMD", frozenset({"avx512f", "avx512_bf16"}))
 AMD_NONE = CpuFeatures("AuthenticAMD", frozenset({"avx2"}))
 UNKNOWN = CpuFeatures()
 
-#: features → (precision "auto" on the CPU, a bf16 tail takes bf16 products where MKL's bf16
-#: GEMM is linked): the table of docs/deployment.md
+#: features → (precision "auto" on the CPU, a bf16 tail takes bf16 products where the
+#: AVX512-BF16 kernel is built): the table of docs/deployment.md
 DECISIONS = {
     INTEL_AMX: (torch.bfloat16, True),
     INTEL_BF16: (torch.bfloat16, True),
     INTEL_NONE: (torch.float32, False),
-    AMD_BF16: (torch.bfloat16, False),
+    AMD_BF16: (torch.bfloat16, True),
     AMD_NONE: (torch.float32, False),
     UNKNOWN: (torch.float32, False),
 }
@@ -285,8 +295,8 @@ def test_bf16_choices_are_functions_of_cpu_features(monkeypatch, no_timing, feat
     auto, tail = DECISIONS[features]
     monkeypatch.setattr(precision_mod, "cpu_features", lambda: features)
     assert resolve_precision("auto") == resolve_precision("auto", "cpu") == auto
-    assert native.bf16_tail_products(features, gemm_linked=True)[0] is tail
-    assert native.bf16_tail_products(features, gemm_linked=False)[0] is False
+    assert native.bf16_tail_products(features, kernel_built=True)[0] is tail
+    assert native.bf16_tail_products(features, kernel_built=False)[0] is False
     if native.kernels() is not None:
         k = native.kernels()
         assert k.bf16 is (tail and k.bf16_products)

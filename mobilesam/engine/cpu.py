@@ -11,6 +11,7 @@ from .encoder import encode_fast
 from .factored_decode import decode_tokens
 from .image_products import ImageCache, prepare_image_cache
 from .interface import Engine, ImageState, Tokens, passing
+from .token_linears import TokenLinears
 from .plain import PlainEngine
 from .upscale_tail import masks_from_decoded, native_tail
 from .workspace import Workspace
@@ -57,7 +58,11 @@ class CpuEngine(Engine):
             and native_tail(decoder, device, torch.float32) is not None
         ):
             tail_dtype = None
-        return prepare_image_cache(model, embedding, tail_dtype)
+        tail = native_tail(decoder, device, tail_dtype or embedding.dtype)
+        cache = prepare_image_cache(model, embedding, tail_dtype, tail is not None)
+        if native.applicable(embedding):
+            cache.linears = TokenLinears.of(decoder)
+        return cache
 
     @torch.no_grad()
     def decode(

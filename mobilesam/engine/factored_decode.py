@@ -53,6 +53,7 @@ ONNX graph with SAM's public interface.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -156,6 +157,14 @@ class _ImageTokens:
         ]
 
 
+#: ``(layer, x)`` → ``layer(x)``, computed by the module or by the native kernel.
+Linear = Callable[[nn.Linear, torch.Tensor], torch.Tensor]
+
+
+def _module_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return layer(x)
+
+
 def _per_prompt(
     x: torch.Tensor, shared: torch.Tensor, out: torch.Tensor | None = None, alpha: float = 0.0
 ) -> torch.Tensor:
@@ -228,13 +237,14 @@ def _token_to_image(
     k_side: AttnImageSide,
     v_side: AttnImageSide,
     kernels: native.DecoderKernels | None = None,
+    linear: Linear = _module_linear,
 ) -> torch.Tensor:
     """Attention of ``queries`` ``(B, T, C)`` (positional encoding included) over the factored
     image tokens: keys ``K + PE``, values ``K``; with ``kernels``, scores, softmax and pooling
     run as one native pass over the image. Returns ``(B, T, C)``."""
     heads = attn.num_heads
     d = attn.internal_dim // heads
-    qh = attn.split_heads(attn.q_proj(queries)) * d**-0.5  # (B, H, T, d)
+    qh = attn.split_heads(linear(attn.q_proj, queries)) * d**-0.5  # (B, H, T, d)
     b, h, t, _ = qh.shape
     if kernels is not None:
         coef = _coefficients(qh, img, attn, attn.k_proj)
@@ -253,7 +263,7 @@ def _token_to_image(
         rows = (pooled @ img.e).view(b, h, t, -1)  # (B, H, T, C)
         out = _per_head(rows, _heads_of(attn.v_proj, h).transpose(1, 2)) + out
     out = out + attn.v_proj.bias.view(heads, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
+    return linear(attn.out_proj, out.transpose(1, 2).reshape(b, t, heads * d))
 
 
 def _image_to_token(
@@ -263,6 +273,7 @@ def _image_to_token(
     img: _ImageTokens,
     cache: LayerProducts,
     kernels: native.DecoderKernels | None = None,
+    linear: Linear = _module_linear,
 ) -> None:
     """The image tokens' attention over the prompt tokens, added to the factored image
     tokens: the update's rows (attention weights relative to ``a``, ``Rᵀ`` and ``V`` of the
@@ -279,8 +290,8 @@ def _image_to_token(
     """
     heads = attn.num_heads
     d = attn.internal_dim // heads
-    kh = attn.split_heads(attn.k_proj(keys)) * d**-0.5  # (B, H, T, d)
-    vh = attn.split_heads(attn.v_proj(values))  # (B, H, T, d)
+    kh = attn.split_heads(linear(attn.k_proj, keys)) * d**-0.5  # (B, H, T, d)
+    vh = attn.split_heads(linear(attn.v_proj, values))  # (B, H, T, d)
     b, _, t, _ = kh.shape
     w_o = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (H, d, C)
     rows = _per_head(vh, w_o)  # (B, H, T, C)
@@ -418,15 +429,16 @@ def decode_tokens(
     n_rows = len(tf.layers) * (heads * (all_tokens.shape[1] - 1) + 4)
     h, w = cache.size
     img = _ImageTokens(all_tokens, b, n_rows, h * w, workspace)
+    linears = cache.linears if kernels is not None else None
+    linear = linears or _module_linear
     queries, query_pe = all_tokens, all_tokens
     for layer, lc in zip(tf.layers, cache.layers, strict=True):
         queries = layer.self_attend(queries, query_pe)
-        attn = _token_to_image(
-            layer.cross_attn_token_to_image, queries + query_pe, img, lc.t2i_k, lc.t2i_v, kernels
-        )
-        queries = layer.mlp_tokens(queries, attn)
+        t2i = layer.cross_attn_token_to_image
+        attn = _token_to_image(t2i, queries + query_pe, img, lc.t2i_k, lc.t2i_v, kernels, linear)
+        queries = layer.mlp_tokens(queries, attn, linears and linears.mlp(layer.mlp))
         i2t = layer.cross_attn_image_to_token
-        _image_to_token(i2t, queries + query_pe, queries, img, lc, kernels)
+        _image_to_token(i2t, queries + query_pe, queries, img, lc, kernels, linear)
         _layer_norm_factored(img, lc, layer.norm4, kernels)
     # only the IoU token and the kept mask tokens are read after the final attention
     kept = token_range(tokens, decoder.num_mask_tokens)
@@ -439,6 +451,7 @@ def decode_tokens(
         cache.final_k,
         cache.final_v,
         kernels,
+        linear,
     )
     queries = tf.final_tokens(queries, attn)
     iou = decoder.iou_prediction_head(queries[:, 0, :])[:, kept.start : kept.stop]

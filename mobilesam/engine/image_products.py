@@ -17,6 +17,7 @@ from torch import nn
 from ..modeling.transformer import Attention
 from .interface import ImageState
 from .ops import conv_transpose_matrix
+from .token_linears import TokenLinears
 
 
 def center_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,14 @@ class ImageCache(ImageState):
     final_k: AttnImageSide
     final_v: AttnImageSide
     #: ``(N, 4·C/4)`` X·diag(g)·W_up1 (first transposed conv as a matrix), in the upscaling
-    #: tail's dtype, which it defines (see :mod:`~mobilesam.engine.upscale_tail`)
+    #: tail's dtype, which it defines (see :mod:`~mobilesam.engine.upscale_tail`); stored
+    #: transposed, ``(4·C/4, N)`` contiguous, when :attr:`upscale_channels_first`
     upscale: torch.Tensor
     weights: DecoderWeights  # weight-derived constants, rebuilt with the cache
+    #: whether :attr:`upscale` is stored channels first (the native tail's layout)
+    upscale_channels_first: bool = False
+    #: the transformer's linear layers packed for the native kernel (set by the CPU engine)
+    linears: TokenLinears | None = None
 
 
 @dataclass
@@ -134,7 +140,10 @@ def _attn_side(
 
 @torch.no_grad()
 def prepare_image_cache(
-    model: nn.Module, embedding: torch.Tensor, tail_dtype: torch.dtype | None = None
+    model: nn.Module,
+    embedding: torch.Tensor,
+    tail_dtype: torch.dtype | None = None,
+    upscale_channels_first: bool = False,
 ) -> ImageCache:
     """Compute the prompt-independent products of ``model``'s mask decoder (``model`` a
     :class:`~mobilesam.modeling.sam.Sam`) for one image.
@@ -145,6 +154,8 @@ def prepare_image_cache(
             ``torch.bfloat16`` the native tail (:mod:`mobilesam.engine.native`) takes bf16 products
             with float32 sums, and PyTorch's runs wholly in bf16; the transformer, the IoU
             scores and the returned logits stay in the decoder's dtype.
+        upscale_channels_first: store the upscaling product channels first, the native
+            tail's layout.
 
     The dense embedding is the prompt encoder's no-mask one, the same for every prompt.
     """
@@ -197,6 +208,14 @@ def prepare_image_cache(
         layers=layers,
         final_k=_attn_side(fa, fa.k_proj, xg, pe),
         final_v=_attn_side(fa, fa.v_proj, xg, None),
-        upscale=(xg @ weights.up1_w).to(weights.up2_w.dtype),
+        upscale=_upscale_product(xg, weights, upscale_channels_first),
         weights=weights,
+        upscale_channels_first=upscale_channels_first,
     )
+
+
+def _upscale_product(xg: torch.Tensor, weights: DecoderWeights, channels_first: bool) -> torch.Tensor:
+    """``X·diag(g)·W_up1`` in the tail's dtype: ``(N, 4·C/4)``, or ``(4·C/4, N)`` contiguous."""
+    if channels_first:
+        return (weights.up1_w.t() @ xg.t()).to(weights.up2_w.dtype)
+    return (xg @ weights.up1_w).to(weights.up2_w.dtype)

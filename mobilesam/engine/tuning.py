@@ -30,3 +30,7 @@ TOKENS_PER_TASK = 128
 
 #: Image tokens per task of the native cross-attention and LayerNorm-statistics kernels.
 ATTENTION_CHUNK = 512
+
+#: Most rows (prompts × tokens) a token-side linear layer sends to the native kernel, which
+#: reads each weight once per 8 rows; above it PyTorch's GEMM is faster.
+TOKEN_LINEAR_MAX_ROWS = 32

@@ -69,14 +69,14 @@ def masks_from_decoded(
     kernels = native_tail(decoder, hyper_in.device, dtype) if native.applicable(hyper_in) else None
     if kernels is not None:  # the same tail, fused per chunk of tokens (mobilesam.engine.native)
         norm = decoder.output_upscaling[1]
-        return kernels.upscale_tail(
-            cache.upscale, a, z, ew, bias, norm, w2, b2, hyper_in, (h, w), out
-        )
+        shared = cache.upscale if cache.upscale_channels_first else cache.upscale.t().contiguous()
+        return kernels.upscale_tail(shared, a, z, ew, bias, norm, w2, b2, hyper_in, (h, w), out)
     # PyTorch's tail runs wholly in the tail's dtype
     a, z, ew, bias, b2 = (None if t is None else t.to(dtype) for t in (a, z, ew, bias, b2))
+    by_token = cache.upscale.t() if cache.upscale_channels_first else cache.upscale  # (N, 4·C/4)
 
     def first_conv(rows: slice, start: int, stop: int, ws: Workspace | None = None) -> torch.Tensor:
-        shared = cache.upscale[start:stop]
+        shared = by_token[start:stop]
         if z is None:
             return (shared + bias).expand(hyper_in[rows].shape[0], -1, -1)
         zr = z[rows, :, start:stop]

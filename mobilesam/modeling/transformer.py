@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,12 +112,18 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         return self.norm1(queries)
 
-    def mlp_tokens(self, queries: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def mlp_tokens(
+        self,
+        queries: torch.Tensor,
+        attn: torch.Tensor,
+        mlp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Steps 2-3 on the prompt tokens ``(B, T, C)`` given the token→image attention's
         output ``attn`` ``(B, T, C)``: residual and ``norm2``, then the MLP, residual and
-        ``norm3``."""
+        ``norm3``. ``mlp`` computes ``self.mlp``'s function another way (an inference
+        engine's fused kernel); default ``self.mlp``."""
         queries = self.norm2(queries + attn)
-        return self.norm3(queries + self.mlp(queries))
+        return self.norm3(queries + (mlp or self.mlp)(queries))
 
 
 class TwoWayTransformer(nn.Module):

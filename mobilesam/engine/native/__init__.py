@@ -1,25 +1,27 @@
 """Optional native kernels for the mask decoder, compiled on first use with the system's C
 compiler.
 
-Three kernels, each fusing a run of the fast decoder (:mod:`mobilesam.modeling.decoder_cache`)
-that PyTorch would run as a dozen operations over ``N`` image tokens, so that the
-intermediates stay in a core's cache instead of crossing memory each time:
+Four kernels, each fusing a run of the CPU engine's decoder
+(:mod:`mobilesam.engine.factored_decode`) that PyTorch would run as a dozen operations, so
+that the intermediates stay in a core's cache instead of crossing memory each time:
 
 - ``upscale_tail.c``: the upscaling tail (first convolution from its factors, LayerNorm,
   GELUs, second convolution, hypernetwork product, pixel layout);
 - ``cross_attention.c``: both cross-attentions over the factored image tokens: token→image
   (scores, softmax, pooling, merged across chunks of the image as in flash attention) and
   image→token (scores and softmax, written into the factored form's coefficients);
-- ``layer_norm_stats.c``: the LayerNorm statistics of the factored image tokens.
+- ``layer_norm_stats.c``: the LayerNorm statistics of the factored image tokens;
+- ``token_linear.c``: the transformer's linear layers on a few prompt tokens.
 
-They are float32, CPU, inference only; their products call the BLAS ``sgemm_`` that
-PyTorch's CPU library exports (MKL on x86-64), and their threads are PyTorch's OpenMP
-runtime. The shared library is built once per source, flags and PyTorch version, into
+They are CPU, inference only, float32 (the tail's two products bfloat16 where the CPU has
+AVX512-BF16). Their products are few rows against rows of contiguous values, accumulated in
+vector registers (``small_gemm.h``); they need no BLAS, and their threads are OpenMP's.
+The shared library is built once per source, flags and PyTorch version, into
 ``<cache>/native/<digest>/`` (``<cache>`` as in :func:`mobilesam.hub.default_cache_dir`),
-and loaded with :mod:`ctypes`. Anything missing (no compiler, another BLAS, another
-platform) leaves :func:`kernels` returning None, and the decoder keeps its PyTorch order:
-results agree to float32 rounding either way. ``MOBILESAM_NATIVE=0`` turns the kernels off;
-:func:`status` says which path is in use and why.
+and loaded with :mod:`ctypes`. Anything missing (no compiler, another platform) leaves
+:func:`kernels` returning None, and the decoder keeps its PyTorch order: results agree to
+float32 rounding either way. ``MOBILESAM_NATIVE=0`` turns the kernels off; :func:`status`
+says which path is in use and why.
 
 Every tensor is checked before its pointer reaches C (:mod:`.kernels`: a
 :class:`ValueError`, also under ``python -O``). With bf16 precision the tail's two products

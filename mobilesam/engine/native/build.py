@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 _HERE = Path(__file__).parent
-SOURCES = ("upscale_tail.c", "cross_attention.c", "layer_norm_stats.c")
-HEADERS = ("common.h",)
+SOURCES = ("upscale_tail.c", "cross_attention.c", "layer_norm_stats.c", "token_linear.c")
+HEADERS = ("common.h", "small_gemm.h")
 LIBRARY = "decoder_kernels.so"
 
 
@@ -29,7 +29,6 @@ def build_flags() -> tuple[str, ...] | None:
     arch = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}.get(torch.backends.cpu.get_cpu_capability())
     if arch is None:
         return None
-    torch_lib = Path(torch.__file__).parent / "lib"
     return (
         "-O3",
         f"-march={arch}",
@@ -38,10 +37,7 @@ def build_flags() -> tuple[str, ...] | None:
         "-fopenmp",
         "-fPIC",
         "-shared",
-        f"-L{torch_lib}",
-        "-ltorch_cpu",
         "-lm",
-        f"-Wl,-rpath,{torch_lib}",
         "-Wl,--no-undefined",
     )
 

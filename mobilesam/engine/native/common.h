@@ -1,26 +1,9 @@
-/* Helpers shared by the native decoder kernels: the BLAS product and a vectorisable exp. */
+/* Helpers shared by the native decoder kernels: tasks, bfloat16 rounding, a vectorisable exp. */
 #ifndef MOBILESAM_NATIVE_COMMON_H
 #define MOBILESAM_NATIVE_COMMON_H
 
 #include <stdint.h>
 #include <string.h>
-
-void sgemm_(const char *ta, const char *tb, const int *m, const int *n, const int *k,
-            const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
-            const float *beta, float *c, const int *ldc);
-
-/* Column-major C(m, n) = alpha op(A) op(B) + beta C. */
-static inline void gemm_scaled(char ta, char tb, int m, int n, int k, float alpha,
-                               const float *a, int lda, const float *b, int ldb, float beta,
-                               float *c, int ldc) {
-    sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-/* Column-major C(m, n) = op(A) op(B) + beta C. */
-static inline void gemm(char ta, char tb, int m, int n, int k, const float *a, int lda,
-                        const float *b, int ldb, float beta, float *c, int ldc) {
-    gemm_scaled(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-}
 
 /* Task `task` of the (prompt, chunk) tasks over an image of N tokens cut into chunks of
  * `chunk`: its prompt b and its tokens n0 .. n0 + nc. */
@@ -37,12 +20,7 @@ static inline chunk_task task_of(long task, int chunks, int chunk, long N) {
     return t;
 }
 
-/* bfloat16 products with float32 sums (MKL's; a weak reference, null under another BLAS). */
 typedef uint16_t bf16_t;
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
-                            float alpha, const bf16_t *a, int lda, const bf16_t *b, int ldb,
-                            float beta, float *c, int ldc) __attribute__((weak));
-enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
 
 /* float -> bfloat16, rounded to nearest even (NaN stays NaN), as torch's .to(bfloat16). */
 static inline bf16_t to_bf16(float x) {

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "small_gemm.h"
 
 /* Scores of one task, (H T, nc) row-major:
  * S[h T + t, n] = a[n] (q_t . Kimg_h[:, n] + coef[h T + t] . z[:, n]) + q_t . Kpe_h[:, n]. */
@@ -27,11 +28,11 @@ static void chunk_scores(float *restrict s, const float *q, const float *k_img,
                          const float *k_pe, const float *coef, const float *z, const float *a,
                          int H, int T, int d, int N, int m, long n0, int nc) {
     const int HT = H * T;
-    if (m > 0) /* column-major (nc, HT) = z chunk^T (nc, m) coef^T (m, HT) */
-        gemm('N', 'N', nc, HT, m, z + n0, N, coef, m, 0.0f, s, nc);
+    if (m > 0) /* (HT, nc) = coef (HT, m) z chunk (m, nc) */
+        rows_gemm(HT, m, nc, coef, m, z + n0, N, NULL, s, nc, 0);
     for (int h = 0; h < H; h++)
-        gemm('N', 'N', nc, T, d, k_img + (long)h * d * N + n0, N, q + (long)h * T * d, d,
-             m > 0 ? 1.0f : 0.0f, s + (long)h * T * nc, nc);
+        rows_gemm(T, d, nc, q + (long)h * T * d, d, k_img + (long)h * d * N + n0, N, NULL,
+                  s + (long)h * T * nc, nc, m > 0);
     if (a)
         for (int row = 0; row < HT; row++) {
             float *sr = s + (long)row * nc;
@@ -39,8 +40,8 @@ static void chunk_scores(float *restrict s, const float *q, const float *k_img,
         }
     if (k_pe)
         for (int h = 0; h < H; h++)
-            gemm('N', 'N', nc, T, d, k_pe + (long)h * d * N + n0, N, q + (long)h * T * d, d,
-                 1.0f, s + (long)h * T * nc, nc);
+            rows_gemm(T, d, nc, q + (long)h * T * d, d, k_pe + (long)h * d * N + n0, N, NULL,
+                      s + (long)h * T * nc, nc, 1);
 }
 
 /* The scores of one task turned into exponentials against each row's maximum (times a),
@@ -113,11 +114,11 @@ int mobilesam_token_attention_f32(const float *q, const float *k_img, const floa
             chunk_weights(s, stats, q + (long)b * HT * d, k_img, k_pe,
                           m > 0 ? coef + (long)b * HT * m : NULL, zb,
                           a ? a + (long)b * N : NULL, H, T, d, N, m, n0, nc);
-            for (int h = 0; h < H; h++) /* column-major (d, T) = V chunk^T (d, nc) P_h^T */
-                gemm('N', 'N', d, T, nc, v_img + ((long)h * N + n0) * d, d,
-                     s + (long)h * T * nc, nc, 0.0f, pv + (long)h * T * d, d);
-            if (m > 0) /* column-major (m, HT) = z chunk (m, nc) P^T (nc, HT) */
-                gemm('T', 'N', m, HT, nc, zb + n0, N, s, nc, 0.0f, pz, m);
+            for (int h = 0; h < H; h++) /* (T, d) = P_h (T, nc) V chunk (nc, d) */
+                rows_gemm(T, nc, d, s + (long)h * T * nc, nc, v_img + ((long)h * N + n0) * d, d,
+                          NULL, pv + (long)h * T * d, d, 0);
+            if (m > 0) /* (HT, m) = P (HT, nc) z chunk^T (nc, m) */
+                rows_dot(HT, m, nc, s, nc, zb + n0, N, pz, m);
         }
         free(s);
     }

@@ -57,8 +57,8 @@ class _Kernel:
 
 # The C signatures, parameter by parameter (names as in the .c files).
 _UPSCALE_TAIL = (
-    ("shared", _PTR), ("z", _PTR), ("z_batch_stride", _LONG), ("ew", _PTR), ("a", _PTR),
-    ("bias1", _PTR), ("lnw", _PTR), ("lnb", _PTR), ("eps", _FLOAT), ("w2", _PTR),
+    ("shared", _PTR), ("z", _PTR), ("z_batch_stride", _LONG), ("ewt", _PTR), ("a", _PTR),
+    ("bias1", _PTR), ("lnw", _PTR), ("lnb", _PTR), ("eps", _FLOAT), ("w2t", _PTR),
     ("b2", _PTR), ("hyper", _PTR), ("out", _PTR), ("batch", _INT), ("h", _INT), ("w", _INT),
     ("m", _INT), ("G", _INT), ("O", _INT), ("T", _INT), ("rows_per_chunk", _INT),
     ("bf16", _INT), ("threads", _INT),
@@ -74,6 +74,12 @@ _IMAGE_ATTENTION = (
     ("z_batch_stride", _LONG), ("a", _PTR), ("out", _PTR), ("out_batch_stride", _LONG),
     ("batch", _INT), ("H", _INT), ("T", _INT), ("d", _INT), ("N", _INT), ("m", _INT),
     ("first", _INT), ("chunk", _INT), ("threads", _INT),
+)  # fmt: skip
+
+
+_TOKEN_LINEAR = (
+    ("x", _PTR), ("wp", _PTR), ("bias", _PTR), ("y", _PTR), ("M", _INT), ("K", _INT),
+    ("N", _INT), ("relu", _INT), ("threads", _INT),
 )  # fmt: skip
 
 
@@ -133,6 +139,16 @@ def _checked(
     return t
 
 
+def _transposed_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, K, R)`` → ``(B, R, K')`` contiguous in ``dtype``: each output row's ``K`` terms
+    in a row, with ``K' = K`` in float32 and ``K`` rounded up to even (a zero term) in
+    bfloat16, whose products take pairs of terms."""
+    xt = x.transpose(1, 2).to(dtype)
+    if dtype == torch.bfloat16 and x.shape[1] % 2:
+        xt = torch.nn.functional.pad(xt, (0, 1))
+    return xt.contiguous()
+
+
 def _dims(name: str, t: torch.Tensor, ndim: int) -> tuple[int, ...]:
     """The shape of ``t``, which must be a tensor of ``ndim`` axes."""
     if not isinstance(t, torch.Tensor) or t.dim() != ndim:
@@ -164,25 +180,20 @@ def _factored(
     return coef, z, a, m
 
 
-def bf16_tail_products(features: precision.CpuFeatures, gemm_linked: bool) -> tuple[bool, str]:
+def bf16_tail_products(features: precision.CpuFeatures, kernel_built: bool) -> tuple[bool, str]:
     """Whether a bf16 upscaling tail takes bf16 products (else its products stay float32),
-    and why, in a few words. Yes where MKL's bf16 GEMM is linked and the CPU is an Intel one
-    with bf16 units (``avx512_bf16`` or ``amx_bf16``): MKL runs that GEMM on the bf16 units
-    of Intel CPUs only; elsewhere it computes at float32 speed with bf16 rounding (see
-    docs/deployment.md), so float32 products are as fast and exact."""
-    if not gemm_linked:
-        return False, "MKL's bf16 GEMM is not linked"
-    if not features.bf16_units:
-        return False, "the CPU has no bf16 units (avx512_bf16, amx_bf16)"
-    if features.vendor != "GenuineIntel":
-        vendor = features.vendor or "unknown"
-        return False, f"MKL's bf16 GEMM uses bf16 units on Intel CPUs only, not {vendor}"
-    return True, "MKL's bf16 GEMM on the CPU's bf16 units"
+    and why, in a few words: yes where the CPU has AVX512-BF16's dot-product instruction
+    (``avx512_bf16``) and the kernel using it was built."""
+    if not kernel_built:
+        return False, "the AVX512-BF16 kernel is not built (compiler)"
+    if "avx512_bf16" not in features.flags:
+        return False, "the CPU has no AVX512-BF16 (avx512_bf16)"
+    return True, "AVX512-BF16 dot products"
 
 
 class DecoderKernels:
     """The decoder's fused kernels, on CPU tensors: float32, and bfloat16 for the tail's
-    products where MKL's bf16 GEMM is linked. Each returns or fills float32 tensors; raises
+    products where the CPU has AVX512-BF16 (:attr:`bf16`). Each returns or fills float32 tensors; raises
     :class:`ValueError` for a tensor the kernel cannot read (see the module docstring) and
     :class:`MemoryError` if the kernel could not allocate its buffers."""
 
@@ -201,9 +212,14 @@ class DecoderKernels:
         self._stats = _Kernel(
             lib, "mobilesam_layer_norm_stats_f32", "LayerNorm statistics", _LAYER_NORM_STATS
         )
-        has_bf16 = lib.mobilesam_has_bf16_gemm
+        self._linear = _Kernel(lib, "mobilesam_token_linear_f32", "token linear", _TOKEN_LINEAR)
+        cols = lib.mobilesam_token_linear_cols
+        cols.argtypes, cols.restype = [], ctypes.c_int
+        #: the output-column block of :meth:`token_linear` (0 where it is not offered)
+        self.linear_cols = int(cols())
+        has_bf16 = lib.mobilesam_has_bf16_kernel
         has_bf16.argtypes, has_bf16.restype = [], ctypes.c_int
-        #: whether the tail can take bfloat16 products at all (MKL's bf16 GEMM is linked)
+        #: whether the tail's AVX512-BF16 kernel is built (the CPU may still lack it)
         self.bf16_products = bool(has_bf16())
 
     @property
@@ -235,8 +251,9 @@ class DecoderKernels:
         rational approximation whose error is far below their rounding).
 
         Args:
-            shared: ``(N, 4·G)`` the image's first-convolution product (``N = h·w`` tokens,
-                ``G = C/4`` channels per sub-pixel, sub-pixel-major), float32 or bfloat16.
+            shared: ``(4·G, N)`` the image's first-convolution product, channels first
+                (``N = h·w`` tokens, ``G = C/4`` channels per sub-pixel, sub-pixel-major),
+                float32 or bfloat16, contiguous.
             a: ``(B, N)`` per-token scale; z: ``(B, m, N)`` coefficients (rows of ``N``
                 contiguous values); ew: ``(B, m, 4·G)`` rows through the first convolution
                 (cast to the dtype of ``shared``); all three None for a transformer of
@@ -257,16 +274,19 @@ class DecoderKernels:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"shared must be torch.float32 or torch.bfloat16, got {dtype}")
         low = dtype == torch.bfloat16
-        if low and not self.bf16_products:
-            raise ValueError("bfloat16 products need MKL's bf16 GEMM, which is not linked")
-        shared = _checked("shared", shared, (n, 4 * g), dtype)
+        if low and not self.bf16:
+            why = bf16_tail_products(precision.cpu_features(), self.bf16_products)[1]
+            raise ValueError(f"bfloat16 products are not available here: {why}")
+        shared = _checked("shared", shared, (4 * g, n), dtype)
         if (z is None) != (ew is None) or (z is None and a is not None):
             raise ValueError("a, z and ew must be given together (a may be None with z)")
         m = 0
+        ewt = None
         if z is not None:
             m = _dims("z", z, 3)[1]
             z = _checked("z", z, (b, m, n), layout="rows")
-            ew = _checked("ew", ew, (b, m, 4 * g), layout="copy").to(dtype)
+            ew = _checked("ew", ew, (b, m, 4 * g), layout="copy")
+            ewt = _transposed_rows(ew, dtype)  # (B, 4·G, m), m padded to even in bf16
             if a is not None:
                 a = _checked("a", a, (b, n), layout="copy")
         bias1 = _checked("bias1", bias1, (4 * g,), layout="copy")
@@ -274,7 +294,8 @@ class DecoderKernels:
         ln_b = _checked("norm.bias", norm.bias, (g,), layout="copy")
         w2_dtype = getattr(w2, "dtype", None)  # float32, or already the products' dtype
         w2_dtype = w2_dtype if w2_dtype in (torch.float32, dtype) else dtype
-        w2 = _checked("w2", w2, (g, 4 * o), w2_dtype, layout="copy").to(dtype)
+        w2 = _checked("w2", w2, (g, 4 * o), w2_dtype, layout="copy")
+        w2t = _transposed_rows(w2[None], dtype)[0]  # (4·O, G), G padded to even in bf16
         b2 = _checked("b2", b2, (4 * o,), layout="copy")
         hyper = _checked("hyper", hyper, (b, t, o), layout="copy")
         if out is None:
@@ -286,8 +307,8 @@ class DecoderKernels:
             out = _checked("out", out, (b, t, 4 * h, 4 * w))
         self._tail(
             shared=shared.data_ptr(), z=_ptr(z), z_batch_stride=0 if z is None else z.stride(0),
-            ew=_ptr(ew), a=_ptr(a), bias1=bias1.data_ptr(), lnw=ln_w.data_ptr(),
-            lnb=ln_b.data_ptr(), eps=float(norm.eps), w2=w2.data_ptr(), b2=b2.data_ptr(),
+            ewt=_ptr(ewt), a=_ptr(a), bias1=bias1.data_ptr(), lnw=ln_w.data_ptr(),
+            lnb=ln_b.data_ptr(), eps=float(norm.eps), w2t=w2t.data_ptr(), b2=b2.data_ptr(),
             hyper=hyper.data_ptr(), out=out.data_ptr(), batch=b, h=h, w=w, m=m, G=g, O=o, T=t,
             rows_per_chunk=max(1, self.TOKENS_PER_TASK // max(w, 1)), bf16=int(low),
             threads=torch.get_num_threads(),
@@ -444,3 +465,45 @@ class DecoderKernels:
             threads=torch.get_num_threads(),
         )  # fmt: skip
         return mean, inv_std
+
+    def pack_linear(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """A linear layer's ``weight`` ``(N, K)`` (float32) in the layout
+        :meth:`token_linear` reads: ``(N / cols, K, cols)``, each block of
+        :attr:`linear_cols` outputs' weights transposed; None where the kernel is not offered
+        or ``N`` is not a multiple of the block."""
+        n, k = _dims("weight", weight, 2)
+        cols = self.linear_cols
+        if not cols or n % cols or weight.dtype != torch.float32 or not weight.is_cpu:
+            return None
+        return weight.detach().view(n // cols, cols, k).transpose(1, 2).contiguous()
+
+    def token_linear(
+        self,
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        bias: torch.Tensor | None,
+        relu: bool = False,
+    ) -> torch.Tensor:
+        """``x @ Wᵀ + bias`` (then ReLU with ``relu``) for a few rows (float32): ``x``
+        ``(..., K)``, ``packed`` the weight from :meth:`pack_linear`, ``bias`` ``(N,)`` or
+        None. Returns ``(..., N)``."""
+        blocks, k, cols = _dims("packed", packed, 3)
+        n = blocks * cols
+        if cols != self.linear_cols:
+            raise ValueError(f"packed must have blocks of {self.linear_cols} columns, got {cols}")
+        lead = tuple(x.shape[:-1]) if isinstance(x, torch.Tensor) else ()
+        rows = 1
+        for size in lead:
+            rows *= size
+        x = _checked("x", x, (*lead, k), layout="copy")
+        packed = _checked("packed", packed, (blocks, k, cols))
+        if bias is not None:
+            bias = _checked("bias", bias, (n,), layout="copy")
+        y = x.new_empty(*lead, n)
+        # one thread below ~2 M multiply-adds: the fork costs more than it saves
+        threads = max(1, min(torch.get_num_threads(), rows * k * n // 2_000_000))
+        self._linear(
+            x=x.data_ptr(), wp=packed.data_ptr(), bias=_ptr(bias), y=y.data_ptr(), M=rows, K=k,
+            N=n, relu=int(bool(relu)), threads=threads,
+        )  # fmt: skip
+        return y

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "small_gemm.h"
 
 /* One run of rows [start, stop) of z: fixed rows (values == NULL, cross = (stop - start, N)
  * cached products), or an update of `heads` heads (values (B, heads, T, d), cross = (heads,
@@ -44,8 +45,8 @@ int mobilesam_layer_norm_stats_f32(const float *z, long z_batch_stride, const fl
             const int b = ct.b, nc = ct.nc;
             const long n0 = ct.n0;
             const float *zc = z + b * z_batch_stride + n0;
-            /* acc (m + 1, nc) row-major: column-major (nc, m + 1) = z chunk^T lhs^T */
-            gemm('N', 'N', nc, m + 1, m, zc, N, lhs + (long)b * (m + 1) * m, m, 0.0f, acc, nc);
+            /* acc (m + 1, nc) = lhs (m + 1, m) z chunk (m, nc) */
+            rows_gemm(m + 1, m, nc, lhs + (long)b * (m + 1) * m, m, zc, N, NULL, acc, nc, 0);
             for (int s = 0; s < n_segments; s++) {
                 const mobilesam_segment *seg = segments + s;
                 if (seg->values == NULL) {
@@ -58,10 +59,10 @@ int mobilesam_layer_norm_stats_f32(const float *z, long z_batch_stride, const fl
                     const int rows = seg->stop - seg->start, d = seg->d;
                     const int t = seg->summed ? rows : rows / seg->heads;
                     const float *vb = seg->values + (long)b * seg->heads * t * d;
-                    for (int h = 0; h < seg->heads; h++) { /* (nc, t) += 2 cross^T v^T */
+                    for (int h = 0; h < seg->heads; h++) { /* (t, nc) += 2 v (t, d) cross (d, nc) */
                         float *dst = acc + (long)(seg->start + (seg->summed ? 0 : h * t)) * nc;
-                        gemm_scaled('N', 'N', nc, t, d, 2.0f, seg->cross + (long)h * d * N + n0,
-                                    N, vb + (long)h * t * d, d, 1.0f, dst, nc);
+                        rows_gemm_scaled(t, d, nc, 2.0f, vb + (long)h * t * d, d,
+                                         seg->cross + (long)h * d * N + n0, N, NULL, dst, nc, 1);
                     }
                 }
             }

@@ -1,27 +1,30 @@
-/* SAM's mask-decoder upscaling tail, fused per chunk of image tokens (float32 or bfloat16
- * products, CPU).
+/* SAM's mask-decoder upscaling tail, fused per chunk of image tokens (CPU).
  *
  * For each prompt b and image token p (grid position (i, j) of an h x w grid):
- *   y   = shared[p] + z[b, :, p]^T ew[b]        first transposed conv, factored (4 x G values)
+ *   y   = shared[p] + ew[b]^T z[b, :, p]        first transposed conv, factored (4 x G values)
  *   y   = y * a[b, p] + bias1                   per-token scale of the factored form, bias
  *   y   = GELU(LayerNorm_G(y))                  per sub-pixel (a, b), G channels
- *   x2  = GELU(y W2 + b2)                       second transposed conv: 4 x O values per sub-pixel
+ *   x2  = GELU(W2^T y + b2)                     second transposed conv: 4 x O values per sub-pixel
  *   out = hyper[b] . x2                         T mask logits per sub-sub-pixel
  * and sub-pixel (a, b) of sub-pixel (c, d) of token (i, j) is output pixel
- * (4i + 2a + c, 4j + 2b + d). Every intermediate of a chunk stays in the core's cache, the
- * products go to the BLAS sgemm_ that PyTorch links (MKL), and the chunks of all prompts are
- * shared between OpenMP threads. The Python side (mobilesam/engine/native/__init__.py) documents the
- * arguments; the arithmetic is that of MaskDecoder._tail, in a different order of rounding.
- * With bf16 set, the two convolutions take bfloat16 inputs (shared, ew and W2 come in
- * bfloat16; z and the first LayerNorm's output are rounded to it) with float32 sums; the
- * LayerNorm, GELUs and the hypernetwork product stay float32, the GELUs with a cheaper erf
- * whose error is far below that rounding.
+ * (4i + 2a + c, 4j + 2b + d). A chunk's intermediates are channel-major (one row of the
+ * chunk's tokens per channel), so LayerNorm, GELU and bias run along rows and every product
+ * is a few weight rows against rows of tokens (small_gemm.h), in the core's cache. The chunks
+ * of all prompts are shared between OpenMP threads. The Python side
+ * (mobilesam/engine/native/kernels.py) documents the arguments; the arithmetic is that of the
+ * engine's PyTorch tail (mobilesam/engine/upscale_tail.py) in another order of rounding.
+ *
+ * With bf16 set, the two convolutions take bfloat16 inputs (shared, ew^T and W2^T come in
+ * bfloat16; z and the LayerNorm's output are rounded to it) with float32 sums, on the CPU's
+ * AVX512-BF16 dot-product instruction; LayerNorm, GELUs and the hypernetwork product stay
+ * float32, the GELUs with a cheaper erf whose error is far below that rounding.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "small_gemm.h"
 
 /* erf by a rational minimax approximation on [-4, 4] (odd degree-13 numerator, even degree-8
  * denominator: the one Eigen and XLA use), clamped outside, where erf is +-1 in float32.
@@ -64,141 +67,240 @@ static void gelu(float *restrict x, long n, int rational) {
     }
 }
 
-/* y (p, 4G) += shared rows (float32, or bfloat16 with bf16), then y = y * a + bias1,
- * LayerNorm over each G-channel group. */
-static void scale_and_norm(float *restrict y, const void *shared, int bf16,
-                           const float *restrict a, const float *restrict bias1,
-                           const float *restrict lnw, const float *restrict lnb, float eps,
-                           int p, int G) {
-    for (int q = 0; q < p; q++) {
-        float s = a ? a[q] : 1.0f;
-        float *row = y + (long)q * 4 * G;
-        if (bf16) {
-            const bf16_t *sh = (const bf16_t *)shared + (long)q * 4 * G;
-            for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + from_bf16(sh[c])) * s + bias1[c];
+/* ---- bfloat16 products on AVX512-BF16 ------------------------------------------------- */
+
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 10)
+#include <immintrin.h>
+#define BF16_KERNEL 1
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+/* y (M, n) = x (M, 2 K2) w, bf16 inputs, float32 sums: x rows of ldx bf16 values (pairs of
+ * adjacent terms), w packed in pairs, (K2, n, 2). Blocks of 8 rows by 32 columns in
+ * registers, as rows_gemm (masked at the last columns); rows past M repeat row M - 1. */
+BF16_TARGET static void bf16_gemm(int M, int K2, int n, const bf16_t *x, long ldx,
+                                  const bf16_t *w, float *y, long ldy) {
+    for (int m0 = 0; m0 < M; m0 += 8) {
+        const bf16_t *rows[8];
+        for (int r = 0; r < 8; r++) rows[r] = x + (long)(m0 + r < M ? m0 + r : M - 1) * ldx;
+        const int mr = M - m0 < 8 ? M - m0 : 8;
+        for (int c = 0; c < n; c += 32) {
+            const int n0 = n - c < 16 ? n - c : 16, n1 = n - c - 16 < 0 ? 0 : (n - c - 16 < 16 ? n - c - 16 : 16);
+            const __mmask16 k0 = (__mmask16)((1u << n0) - 1u), k1 = (__mmask16)((1u << n1) - 1u);
+            __m512 acc[8][2];
+            for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            for (int k = 0; k < K2; k++) {
+                const bf16_t *wk = w + ((long)k * n + c) * 2;
+                const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi32(k0, wk);
+                const __m512bh w1 = (__m512bh)_mm512_maskz_loadu_epi32(k1, wk + 32);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    int32_t pair;
+                    memcpy(&pair, rows[r] + 2 * k, sizeof pair);
+                    const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+                }
+            }
+            for (int r = 0; r < mr; r++) {
+                _mm512_mask_storeu_ps(y + (long)(m0 + r) * ldy + c, k0, acc[r][0]);
+                _mm512_mask_storeu_ps(y + (long)(m0 + r) * ldy + c + 16, k1, acc[r][1]);
+            }
+        }
+    }
+}
+#else
+#define BF16_KERNEL 0
+static void bf16_gemm(int M, int K2, int n, const bf16_t *x, long ldx, const bf16_t *w,
+                      float *y, long ldy) {
+    (void)M, (void)K2, (void)n, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;
+}
+#endif
+
+int mobilesam_has_bf16_kernel(void) { return BF16_KERNEL; }
+
+/* The bfloat16 bits of x, rounded to nearest even, in the upper half of a 32-bit word
+ * (finite x; the lower half is garbage). Branch-free, so that loops of it vectorise. */
+static inline uint32_t bf16_high(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u + 0x7fffu + ((u >> 16) & 1u);
+}
+
+/* rows (K, p) of float32 with row stride ld -> bf16 pairs (ceil(K / 2), p, 2), zero-padded:
+ * each 32-bit word holds row k's value in its lower half and row k + 1's in its upper. */
+static void pack_pairs(bf16_t *restrict dst, const float *src, long ld, int K, int p) {
+    for (int k = 0; k < K; k += 2) {
+        const float *r0 = src + (long)k * ld, *r1 = r0 + ld;
+        uint32_t *d = (uint32_t *)(dst + (long)k * p);
+        if (k + 1 < K)
+            for (int q = 0; q < p; q++)
+                d[q] = (bf16_high(r1[q]) & 0xffff0000u) | (bf16_high(r0[q]) >> 16);
+        else
+            for (int q = 0; q < p; q++) d[q] = bf16_high(r0[q]) >> 16;
+    }
+}
+
+/* ---- one chunk of one prompt ------------------------------------------------------------ */
+
+typedef struct {
+    const void *shared, *ewt, *w2t;
+    const float *z, *a, *bias1, *lnw, *lnb, *b2, *hyper;
+    float *out;
+    long z_batch_stride;
+    float eps;
+    int h, w, m, G, O, T, bf16;
+} tail;
+
+typedef struct {
+    float *y, *x2, *lg, *stats;
+    bf16_t *packed;
+} buffers;
+
+/* y (4G, p) = shared + ew^T z chunk, scaled by a, plus bias1 (channel-major). */
+static void first_conv(const tail *t, const buffers *bf, int b, long p0, int p) {
+    const long N = (long)t->h * t->w;
+    const int C4 = 4 * t->G, mp = t->m + (t->m & 1);
+    const float *z = t->z + b * t->z_batch_stride + p0;
+    if (t->m == 0)
+        memset(bf->y, 0, sizeof(float) * (size_t)C4 * p);
+    else if (t->bf16) {
+        pack_pairs(bf->packed, z, N, t->m, p);
+        bf16_gemm(C4, mp / 2, p, (const bf16_t *)t->ewt + (long)b * C4 * mp, mp, bf->packed,
+                  bf->y, p);
+    } else
+        rows_gemm(C4, t->m, p, (const float *)t->ewt + (long)b * C4 * t->m, t->m, z, N, NULL,
+                  bf->y, p, 0);
+    const float *a = t->a ? t->a + b * N + p0 : NULL;
+    for (int c = 0; c < C4; c++) {
+        float *row = bf->y + (long)c * p;
+        if (t->bf16) {
+            const bf16_t *sh = (const bf16_t *)t->shared + c * N + p0;
+            for (int q = 0; q < p; q++) row[q] += from_bf16(sh[q]);
         } else {
-            const float *sh = (const float *)shared + (long)q * 4 * G;
-            for (int c = 0; c < 4 * G; c++) row[c] = (row[c] + sh[c]) * s + bias1[c];
+            const float *sh = (const float *)t->shared + c * N + p0;
+            for (int q = 0; q < p; q++) row[q] += sh[q];
         }
-        for (int g = 0; g < 4; g++) {
-            float *v = row + g * G;
-            float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-            for (int c = 0; c < G; c++) mean += v[c];
-            mean /= (float)G;
-#pragma omp simd reduction(+ : var)
-            for (int c = 0; c < G; c++) var += (v[c] - mean) * (v[c] - mean);
-            float r = 1.0f / sqrtf(var / (float)G + eps);
-            for (int c = 0; c < G; c++) v[c] = (v[c] - mean) * r * lnw[c] + lnb[c];
-        }
+        const float bias = t->bias1[c];
+        if (a)
+            for (int q = 0; q < p; q++) row[q] = row[q] * a[q] + bias;
+        else
+            for (int q = 0; q < p; q++) row[q] += bias;
     }
 }
 
-/* x2t (4O, rows) channel-major: += b2, GELU; then logits lg (T, 4, rows):
- * lg[t][s][r] = sum_c hyper[t][c] x2t[s O + c][r] for sub-sub-pixel s. */
-static void second_act_and_hyper(float *restrict x2t, float *restrict lg,
-                                 const float *restrict b2, const float *restrict hyper,
-                                 int rows, int O, int T, int bf16) {
-    for (int k = 0; k < 4 * O; k++) {
-        float *col = x2t + (long)k * rows;
-        for (int r = 0; r < rows; r++) col[r] += b2[k];
+/* LayerNorm over each sub-pixel's G channels (rows g G .. g G + G of y), then GELU. */
+static void norm_and_gelu(const tail *t, const buffers *bf, int p) {
+    const int G = t->G;
+    float *mean = bf->stats, *inv = bf->stats + p;
+    for (int g = 0; g < 4; g++) {
+        float *rows = bf->y + (long)g * G * p;
+        memset(mean, 0, sizeof(float) * (size_t)p);
+        memset(inv, 0, sizeof(float) * (size_t)p);
+        for (int c = 0; c < G; c++)
+            for (int q = 0; q < p; q++) mean[q] += rows[(long)c * p + q];
+        for (int q = 0; q < p; q++) mean[q] /= (float)G;
+        for (int c = 0; c < G; c++)
+            for (int q = 0; q < p; q++) {
+                const float v = rows[(long)c * p + q] - mean[q];
+                inv[q] += v * v;
+            }
+        for (int q = 0; q < p; q++) inv[q] = 1.0f / sqrtf(inv[q] / (float)G + t->eps);
+        for (int c = 0; c < G; c++) {
+            float *row = rows + (long)c * p;
+            const float wc = t->lnw[c], bc = t->lnb[c];
+            for (int q = 0; q < p; q++) row[q] = (row[q] - mean[q]) * inv[q] * wc + bc;
+        }
     }
-    gelu(x2t, 4L * O * rows, bf16);
-    for (int s = 0; s < 4; s++)  /* column-major (rows, T) with ld 4 rows */
-        gemm('N', 'N', rows, T, O, x2t + (long)s * O * rows, rows, hyper, O, 0.0f,
-             lg + (long)s * rows, 4 * rows);
+    gelu(bf->y, 4L * G * p, t->bf16);
 }
 
-/* Write lg (T, 4 [c, d], 4p [pp, a, b]) of grid rows r0.. (p = nrows * w tokens) into out
- * (T, 4h, 4w): pixel (4i + 2a + c, 4j + 2b + d). */
-static void scatter(const float *restrict lg, float *restrict out, int T, int r0, int nrows,
-                    int h, int w) {
-    const long rows = 4L * nrows * w, W4 = 4L * w;
-    for (int t = 0; t < T; t++)
+/* x2 (4 sub-pixels, 4O, p) = GELU(W2^T y_g + b2) per sub-pixel g. */
+static void second_conv(const tail *t, const buffers *bf, int p) {
+    const int G = t->G, O4 = 4 * t->O;
+    for (int g = 0; g < 4; g++) {
+        const float *yg = bf->y + (long)g * G * p;
+        float *x2 = bf->x2 + (long)g * O4 * p;
+        if (t->bf16) {
+            pack_pairs(bf->packed, yg, p, G, p);
+            bf16_gemm(O4, (G + 1) / 2, p, (const bf16_t *)t->w2t, G + (G & 1), bf->packed, x2, p);
+        } else
+            rows_gemm(O4, G, p, (const float *)t->w2t, G, yg, p, NULL, x2, p, 0);
+        for (int k = 0; k < O4; k++) {
+            float *row = x2 + (long)k * p;
+            const float bias = t->b2[k];
+            for (int q = 0; q < p; q++) row[q] += bias;
+        }
+    }
+    gelu(bf->x2, 16L * t->O * p, t->bf16);
+}
+
+/* Mask logits of grid rows r0 .. r0 + nrows (p = nrows w tokens): lg (T, 16, p) from the
+ * hypernetwork product, then written to out (T, 4h, 4w) at pixel (4i + 2a + c, 4j + 2b + d)
+ * for sub-pixel g = 2a + b and sub-sub-pixel s = 2c + d. */
+static void logits(const tail *t, const buffers *bf, int b, int r0, int nrows) {
+    const int w = t->w, p = nrows * w, O = t->O, T = t->T;
+    const float *hyper = t->hyper + (long)b * T * O;
+    for (int gs = 0; gs < 16; gs++) /* (T, p) rows of lg for sub-pixel g, sub-sub-pixel s */
+        rows_gemm(T, O, p, hyper, O, bf->x2 + (long)gs * O * p, p, NULL, bf->lg + (long)gs * p,
+                  16L * p, 0);
+    const long W4 = 4L * w;
+    float *out = t->out + (long)b * T * 16 * t->h * w;
+    for (int tk = 0; tk < T; tk++)
         for (int i = 0; i < nrows; i++)
             for (int a = 0; a < 2; a++)
                 for (int c = 0; c < 2; c++) {
-                    float *dst = out + ((long)t * 4 * h + 4L * (r0 + i) + 2 * a + c) * W4;
-                    const float *s0 = lg + ((long)t * 4 + 2 * c) * rows + 4L * i * w + 2 * a;
-                    const float *s1 = s0 + rows; /* d = 1 */
+                    float *dst = out + ((long)tk * 4 * t->h + 4L * (r0 + i) + 2 * a + c) * W4;
+                    const float *src = bf->lg + (long)tk * 16 * p + (long)i * w;
+                    const float *s00 = src + (long)((2 * a) * 4 + 2 * c) * p;     /* b 0, d 0 */
+                    const float *s01 = src + (long)((2 * a) * 4 + 2 * c + 1) * p; /* b 0, d 1 */
+                    const float *s10 = src + (long)((2 * a + 1) * 4 + 2 * c) * p; /* b 1, d 0 */
+                    const float *s11 = s10 + p;                                   /* b 1, d 1 */
                     for (int j = 0; j < w; j++) {
-                        dst[4 * j + 0] = s0[4 * j];     /* b = 0, d = 0 */
-                        dst[4 * j + 1] = s1[4 * j];     /* b = 0, d = 1 */
-                        dst[4 * j + 2] = s0[4 * j + 1]; /* b = 1, d = 0 */
-                        dst[4 * j + 3] = s1[4 * j + 1]; /* b = 1, d = 1 */
+                        dst[4 * j + 0] = s00[j];
+                        dst[4 * j + 1] = s01[j];
+                        dst[4 * j + 2] = s10[j];
+                        dst[4 * j + 3] = s11[j];
                     }
                 }
 }
 
-/* y (p, 4G) = z chunk^T (p, m) ew (m, 4G): float32, or bfloat16 inputs (z rounded into zb). */
-static void first_conv(float *y, const float *z, long N, const void *ew, int bf16, bf16_t *zb,
-                       int p, int m, int G) {
-    if (bf16) {
-        for (int k = 0; k < m; k++)
-            for (int n = 0; n < p; n++) zb[(long)k * p + n] = to_bf16(z[k * N + n]);
-        cblas_gemm_bf16bf16f32(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, p, 4 * G, m, 1.0f,
-                               zb, p, (const bf16_t *)ew, 4 * G, 0.0f, y, 4 * G);
-    } else { /* column-major (4G, p) = ew^T (4G, m) z (m, p) */
-        gemm('N', 'T', 4 * G, p, m, (const float *)ew, 4 * G, z, (int)N, 0.0f, y, 4 * G);
-    }
-}
-
-/* x2t (4O, 4p) = W2^T y^T for y (4p, G): float32, or bfloat16 inputs (y rounded into yb). */
-static void second_conv(float *x2t, const float *y, const void *w2, int bf16, bf16_t *yb,
-                        int p, int G, int O) {
-    if (bf16) {
-        for (long i = 0; i < 4L * p * G; i++) yb[i] = to_bf16(y[i]);
-        cblas_gemm_bf16bf16f32(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_TRANS, 4 * O, 4 * p, G, 1.0f,
-                               (const bf16_t *)w2, 4 * O, yb, G, 0.0f, x2t, 4 * p);
-    } else { /* column-major (4p, 4O) = y (4p, G) W2 (G, 4O) */
-        gemm('T', 'T', 4 * p, 4 * O, G, y, G, (const float *)w2, 4 * O, 0.0f, x2t, 4 * p);
-    }
-}
-
-int mobilesam_has_bf16_gemm(void) { return cblas_gemm_bf16bf16f32 != NULL; }
-
 int mobilesam_upscale_tail(const void *shared, const float *z, long z_batch_stride,
-                               const void *ew, const float *a, const float *bias1,
-                               const float *lnw, const float *lnb, float eps, const void *w2,
-                               const float *b2, const float *hyper, float *out, int batch,
-                               int h, int w, int m, int G, int O, int T, int rows_per_chunk,
-                               int bf16, int threads) {
-    const long N = (long)h * w;
+                           const void *ewt, const float *a, const float *bias1, const float *lnw,
+                           const float *lnb, float eps, const void *w2t, const float *b2,
+                           const float *hyper, float *out, int batch, int h, int w, int m, int G,
+                           int O, int T, int rows_per_chunk, int bf16, int threads) {
+    if (bf16 && !BF16_KERNEL) return 2;
+    const tail t = {shared, ewt, w2t, z, a, bias1, lnw, lnb, b2, hyper, out, z_batch_stride,
+                    eps, h, w, m, G, O, T, bf16};
     const int chunks = (h + rows_per_chunk - 1) / rows_per_chunk;
-    const int P = rows_per_chunk * w;
-    const size_t elem = bf16 ? sizeof(bf16_t) : sizeof(float);
-    if (bf16 && !mobilesam_has_bf16_gemm()) return 2;
+    const int P = rows_per_chunk * w, K = m > G ? m : G;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *y = malloc(sizeof(float) * (size_t)P * 4 * G);
-        float *x2t = malloc(sizeof(float) * (size_t)P * 16 * O);
-        float *lg = malloc(sizeof(float) * (size_t)P * 16 * T);
-        bf16_t *zb = bf16 ? malloc(sizeof(bf16_t) * (size_t)P * (m > 4 * G ? m : 4 * G)) : NULL;
-        failed = !y || !x2t || !lg || (bf16 && !zb);
+        buffers bf = {
+            malloc(sizeof(float) * (size_t)P * 4 * G),
+            malloc(sizeof(float) * (size_t)P * 16 * O),
+            malloc(sizeof(float) * (size_t)P * 16 * T),
+            malloc(sizeof(float) * (size_t)P * 2),
+            bf16 ? malloc(sizeof(bf16_t) * (size_t)P * (K + 1)) : NULL,
+        };
+        failed = !bf.y || !bf.x2 || !bf.lg || !bf.stats || (bf16 && !bf.packed);
 #pragma omp for schedule(static)
         for (long task = 0; task < (long)batch * chunks; task++) {
             if (failed) continue;
             const int b = (int)(task / chunks), r0 = (int)(task % chunks) * rows_per_chunk;
             const int nrows = r0 + rows_per_chunk > h ? h - r0 : rows_per_chunk;
             const int p = nrows * w;
-            const long p0 = (long)r0 * w;
-            if (m > 0)
-                first_conv(y, z + b * z_batch_stride + p0, N,
-                           (const char *)ew + (long)b * m * 4 * G * elem, bf16, zb, p, m, G);
-            else
-                memset(y, 0, sizeof(float) * (size_t)p * 4 * G);
-            scale_and_norm(y, (const char *)shared + p0 * 4 * G * elem, bf16,
-                           a ? a + b * N + p0 : NULL, bias1, lnw, lnb, eps, p, G);
-            gelu(y, (long)p * 4 * G, bf16);
-            second_conv(x2t, y, w2, bf16, zb, p, G, O); /* zb reused for y's bfloat16 copy */
-            second_act_and_hyper(x2t, lg, b2, hyper + (long)b * T * O, 4 * p, O, T, bf16);
-            scatter(lg, out + (long)b * T * 16 * N, T, r0, nrows, h, w);
+            first_conv(&t, &bf, b, (long)r0 * w, p);
+            norm_and_gelu(&t, &bf, p);
+            second_conv(&t, &bf, p);
+            logits(&t, &bf, b, r0, nrows);
         }
-        free(y);
-        free(x2t);
-        free(lg);
-        free(zb);
+        free(bf.y);
+        free(bf.x2);
+        free(bf.lg);
+        free(bf.stats);
+        free(bf.packed);
     }
     return failed;
 }
