@@ -101,10 +101,14 @@ BF16_TARGET static void bf16_gemm(int M, int K2, int n, const bf16_t *x, long ld
                     acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
                 }
             }
-            for (int r = 0; r < mr; r++) {
-                _mm512_mask_storeu_ps(y + (long)(m0 + r) * ldy + c, k0, acc[r][0]);
-                _mm512_mask_storeu_ps(y + (long)(m0 + r) * ldy + c + 16, k1, acc[r][1]);
+            float out[8][32]; /* stored at fixed indices, so acc stays in registers */
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                _mm512_storeu_ps(out[r], acc[r][0]);
+                _mm512_storeu_ps(out[r] + 16, acc[r][1]);
             }
+            for (int r = 0; r < mr; r++)
+                memcpy(y + (long)(m0 + r) * ldy + c, out[r], sizeof(float) * (size_t)(n0 + n1));
         }
     }
 }
