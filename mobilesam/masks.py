@@ -358,3 +358,59 @@ def remove_small_regions(
         return mask | fill[labels], True
     keep = ~small if (~small).any() else np.arange(n) == int(np.argmax(sizes))
     return np.concatenate([[False], keep])[labels], True
+
+
+def rle_counts(rle: dict) -> np.ndarray:
+    """The run lengths of an RLE as an int64 array (first count is zeros, column-major).
+
+    ``rle["counts"]`` is either uncompressed (a list or array of ints) or COCO's compressed
+    string (``bytes`` or ``str``, as pycocotools writes it; decoded here with numpy, without
+    a Python loop over characters, exactly as pycocotools' ``rleFrString``).
+
+    Raises:
+        ValueError: a compressed string that is not one (a character out of range, a number
+            cut short).
+    """
+    counts = rle["counts"]
+    if not isinstance(counts, (str, bytes)):
+        return np.asarray(counts, dtype=np.int64).reshape(-1)
+    raw = counts.encode("ascii") if isinstance(counts, str) else counts
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if c.min() < 0 or c.max() >= 64:
+        raise ValueError("not a COCO compressed RLE string: a character is out of range")
+    last = (c & 0x20) == 0  # a number's last character has no "more" bit
+    if not last[-1]:
+        raise ValueError("not a COCO compressed RLE string: the last number is cut short")
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    group = np.cumsum(np.concatenate([[0], last[:-1].astype(np.int64)]))
+    shift = 5 * (np.arange(c.size) - starts[group])
+    if shift.max() > 30:  # seven characters at most: 35 bits hold any 32-bit run
+        raise ValueError("not a COCO compressed RLE string: a number is too long")
+    x = np.zeros(starts.size, dtype=np.int64)
+    np.add.at(x, group, (c & 0x1F) << shift)
+    ends = np.flatnonzero(last)
+    negative = (c[ends] & 0x10) != 0  # sign bit of the last 5-bit group
+    x[negative] -= np.int64(1) << (shift[ends][negative] + 5)
+    # runs after the second are stored as differences to the run two before
+    out = x.copy()
+    out[1::2] = np.cumsum(x[1::2])
+    if out.size > 2:
+        out[2::2] = np.cumsum(x[2::2])
+    return out
+
+
+def rle_foreground_index(counts: np.ndarray) -> np.ndarray:
+    """Column-major flat indices (``x * H + y``) of an RLE's foreground pixels, in order,
+    from its run lengths (:func:`rle_counts`): ``O(area)`` work, never ``O(H × W)``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    bounds = np.cumsum(counts)
+    starts = bounds[0::2][: counts[1::2].size]  # a foreground run starts where zeros end
+    lengths = counts[1::2]
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    total = int(lengths.sum())
+    # index k of run r is starts[r] + (k - first k of run r)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total, dtype=np.int64)

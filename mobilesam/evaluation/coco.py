@@ -359,24 +359,53 @@ def evaluate_coco(
 
     ``annotations`` is the ground-truth file, or a ``COCO`` from :func:`read_annotations`;
     ``detections``, already read (:func:`read_detections`), replaces reading
-    ``settings.detections``.
+    ``settings.detections``. The same as :func:`segment_coco_images` over
+    :func:`coco_image_ids`, then :func:`score_coco` (which is how several processes share
+    the images: each segments some, one scores all).
 
     Raises:
         CocoFileError: a malformed ground-truth or detections file.
         ValueError: a photo that cannot be decoded, or whose size is not its record's.
         FileNotFoundError: a photo the ground truth names is missing.
     """
-    from pycocotools.cocoeval import COCOeval
-
     gt = read_annotations(annotations) if isinstance(annotations, (str, Path)) else annotations
     dets = detections
     if dets is None and settings.detections is not None:
         dets = read_detections(settings.detections)
-    prompts = box_prompts(gt, dets)
-    # every image counts: the objects of an image the detector found nothing in are misses
-    image_ids = sorted(gt.getImgIds())[: settings.max_images]
-    results: list[dict] = []
+    image_ids = coco_image_ids(gt, settings.max_images)
+    per_image = segment_coco_images(
+        predictor, images_dir, gt, box_prompts(gt, dets), image_ids, settings.multimask, progress
+    )
+    return score_coco(gt, image_ids, per_image)
+
+
+def coco_image_ids(gt: Any, max_images: int | None = None) -> list[int]:
+    """The ids of the images evaluated: all of the ground truth's, sorted, the first
+    ``max_images`` of them when given. Every one counts, even without prompts: the objects
+    of an image the detector found nothing in are misses."""
+    return sorted(gt.getImgIds())[:max_images]
+
+
+def segment_coco_images(
+    predictor: SamPredictor,
+    images_dir: str | Path,
+    gt: Any,
+    prompts: dict[int, list[tuple[list, int, float]]],
+    image_ids: list[int],
+    multimask: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[int, list[dict]]]:
+    """``(image id, COCO results of its prompts)`` for each of ``image_ids``, in order
+    (``prompts`` from :func:`box_prompts`; an image without prompts has no results).
+    ``progress(done, total)`` after each image.
+
+    Raises:
+        ValueError: a photo that cannot be decoded, or whose size is not its record's.
+        FileNotFoundError: a photo the ground truth names is missing.
+    """
+    out: list[tuple[int, list[dict]]] = []
     for done, image_id in enumerate(image_ids, 1):
+        results: list[dict] = []
         if prompts.get(image_id):
             info = gt.loadImgs(image_id)[0]
             path = Path(images_dir) / info["file_name"]
@@ -387,10 +416,24 @@ def evaluate_coco(
                     f"{path} is {w}×{h} pixels, but its record in the annotations (image id "
                     f"{image_id}) says {info['width']}×{info['height']}"
                 )
-            for r in segment_image(predictor, image, prompts[image_id], settings.multimask):
+            for r in segment_image(predictor, image, prompts[image_id], multimask):
                 results.append({"image_id": image_id, **r})
+        out.append((image_id, results))
         if progress is not None:
             progress(done, len(image_ids))
+    return out
+
+
+def score_coco(
+    gt: Any, image_ids: list[int], per_image: list[tuple[int, list[dict]]]
+) -> dict[str, Any]:
+    """COCOeval (segm) over ``image_ids`` of the results ``per_image`` (from
+    :func:`segment_coco_images`, in any order and from any number of calls: they are put in
+    image-id order first, so the figures never depend on who segmented what); returns
+    ``{"AP": …, …, "images": n, "prompts": n}``."""
+    from pycocotools.cocoeval import COCOeval
+
+    results = [r for _, rs in sorted(per_image, key=lambda item: item[0]) for r in rs]
     stats = [-1.0] * len(METRICS)
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
