@@ -12,6 +12,7 @@ from .build import (
     sam_model_registry,
 )
 from .checkpoint import CheckpointError
+from .device import DeviceUnavailable, available_devices, resolve_device
 from .modeling import Sam
 from .predictor import (
     DegenerateEmbeddingError,
@@ -27,6 +28,7 @@ __all__ = [
     "MODEL_CONFIGS",
     "CheckpointError",
     "DegenerateEmbeddingError",
+    "DeviceUnavailable",
     "ImageNotSetError",
     "NonFiniteOutputError",
     "ResizeLongestSide",
@@ -35,10 +37,12 @@ __all__ = [
     "SamConfig",
     "SamPredictor",
     "__version__",
+    "available_devices",
     "build_sam",
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
     "build_sam_vit_t",
+    "resolve_device",
     "sam_model_registry",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+import torch
 from torch import nn
 
 from .checkpoint import (
@@ -20,6 +21,7 @@ from .checkpoint import (
     load_checkpoint,
     load_state_dict_strict,
 )
+from .device import resolve_device
 from .modeling.image_encoder import VIT_PRESETS, ImageEncoderViT, ViTConfig
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
@@ -108,6 +110,7 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
 def build_sam(
     checkpoint: str | os.PathLike[str] | None = None,
     model_type: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Sam:
     """Build a model, optionally loading a checkpoint strictly.
 
@@ -116,19 +119,28 @@ def build_sam(
             wrapper or ``module.``-prefixed keys are all accepted).
         model_type: a :data:`MODEL_CONFIGS` key; detected from the checkpoint's keys and shapes
             when None.
+        device: where the model goes (``sam.to(device)``): ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, ``"mps"``, a ``torch.device``, or ``"auto"`` (CUDA where available,
+            see :func:`mobilesam.device.resolve_device`); None leaves it on the CPU, as SAM
+            does. Predictors and generators run on the model's device.
 
     Raises:
         ValueError: unknown ``model_type``, or neither argument given.
+        mobilesam.device.DeviceUnavailable: a ``device`` this machine does not have (a
+            ValueError naming the devices it has), checked before anything is loaded.
         FileNotFoundError: no file at ``checkpoint``.
         checkpoint.CheckpointError: the checkpoint is unreadable, damaged (NaN/inf values) or
             does not fit: one line naming the offending keys and the architecture expected
             (:func:`sam_from_state_dict`).
     """
+    target = None if device is None else resolve_device(device)
     if checkpoint is None:
         if model_type is None:
             raise ValueError("build_sam needs a checkpoint, a model_type, or both")
-        return build_sam_from_config(_config(model_type))
-    return sam_from_state_dict(load_checkpoint(checkpoint), model_type, source=str(checkpoint))
+        model = build_sam_from_config(_config(model_type))
+    else:
+        model = sam_from_state_dict(load_checkpoint(checkpoint), model_type, source=str(checkpoint))
+    return model if target is None else model.to(target)
 
 
 def sam_from_state_dict(
@@ -190,11 +202,17 @@ def _config(model_type: str) -> SamConfig:
 def _registry_builder(model_type: str) -> Callable[..., Sam]:
     fn = partial(build_sam, model_type=model_type)
 
-    def builder(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
-        return fn(checkpoint=checkpoint)
+    def builder(
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+    ) -> Sam:
+        return fn(checkpoint=checkpoint, device=device)
 
     builder.__name__ = f"build_sam_{model_type}"
-    builder.__doc__ = f"Build ``{model_type}`` and load ``checkpoint`` (if given) strictly."
+    builder.__doc__ = (
+        f"Build ``{model_type}``, load ``checkpoint`` (if given) strictly and move it to "
+        "``device`` (if given; see :func:`build_sam`)."
+    )
     return builder
 
 

@@ -93,7 +93,9 @@ class AxisBlocks(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_blocks(low: int, padded: int, valid: int, out: int, dtype: torch.dtype) -> AxisBlocks:
+def _axis_blocks(
+    low: int, padded: int, valid: int, out: int, dtype: torch.dtype, device: torch.device
+) -> AxisBlocks:
     m = composite_resize_matrix(low, padded, valid, out)
     nb = -(-out // BLOCK)
     m = torch.cat([m, m.new_zeros(nb * BLOCK - out, low)]).view(nb, BLOCK, low)
@@ -101,11 +103,12 @@ def _axis_blocks(low: int, padded: int, valid: int, out: int, dtype: torch.dtype
     first = nonzero.to(torch.int8).argmax(1)
     last = low - 1 - nonzero.flip(1).to(torch.int8).argmax(1)
     width = int((last - first).max()) + 1
-    index = torch.minimum(first[:, None] + torch.arange(width), last[:, None])
+    offsets = torch.arange(width, device=m.device)
+    index = torch.minimum(first[:, None] + offsets, last[:, None])
     weight = torch.gather(m, 2, index[:, None, :].expand(nb, BLOCK, width))
     # a repeated (padding) index must not count twice
-    weight = weight * (first[:, None] + torch.arange(width) <= last[:, None])[:, None, :]
-    return AxisBlocks(index, weight.to(dtype), out)
+    weight = weight * (first[:, None] + offsets <= last[:, None])[:, None, :]
+    return AxisBlocks(index.to(device), weight.to(device, dtype), out)
 
 
 class BlockGrid(NamedTuple):
@@ -119,9 +122,15 @@ class BlockGrid(NamedTuple):
         return x.shape[0], self.rows.index.shape[0], self.cols.index.shape[0]
 
     def all_blocks(self, n: int) -> torch.Tensor:
-        """``(n·nbr·nbc, 3)`` (mask, block row, block column) of every block, row-major."""
+        """``(n·nbr·nbc, 3)`` (mask, block row, block column) of every block, row-major, on
+        the grid's device."""
         nbr, nbc = self.rows.index.shape[0], self.cols.index.shape[0]
-        return torch.cartesian_prod(torch.arange(n), torch.arange(nbr), torch.arange(nbc))
+        dev = self.rows.index.device
+        return torch.cartesian_prod(
+            torch.arange(n, device=dev),
+            torch.arange(nbr, device=dev),
+            torch.arange(nbc, device=dev),
+        )
 
     def values(self, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Full-resolution logits of the ``blocks`` ``(K, 3)`` of ``x`` ``(n, h, w)``:
@@ -155,10 +164,12 @@ def block_grid(
     padded_size: int,
     like: torch.Tensor,
 ) -> BlockGrid:
-    """The :class:`BlockGrid` that takes ``low_hw`` logits to ``original_size`` (memoised
-    per geometry and dtype; treat as read-only)."""
-    rows = _axis_blocks(low_hw[0], padded_size, input_size[0], original_size[0], like.dtype)
-    cols = _axis_blocks(low_hw[1], padded_size, input_size[1], original_size[1], like.dtype)
+    """The :class:`BlockGrid` that takes ``low_hw`` logits to ``original_size``, in the dtype
+    and on the device of ``like`` (memoised per geometry, dtype and device; treat as
+    read-only)."""
+    dt, dev = like.dtype, like.device
+    rows = _axis_blocks(low_hw[0], padded_size, input_size[0], original_size[0], dt, dev)
+    cols = _axis_blocks(low_hw[1], padded_size, input_size[1], original_size[1], dt, dev)
     return BlockGrid(rows, cols)
 
 
@@ -278,9 +289,10 @@ class ThresholdedBlocks(NamedTuple):
 
     def _valid_pixels(self) -> torch.Tensor:
         rows, cols = self.grid.rows, self.grid.cols
-        r = (rows.size - BLOCK * torch.arange(rows.index.shape[0])).clamp(max=BLOCK)
-        c = (cols.size - BLOCK * torch.arange(cols.index.shape[0])).clamp(max=BLOCK)
-        return (r[:, None] * c[None, :]).to(self.mixed.device)
+        dev = self.mixed.device
+        r = (rows.size - BLOCK * torch.arange(rows.index.shape[0], device=dev)).clamp(max=BLOCK)
+        c = (cols.size - BLOCK * torch.arange(cols.index.shape[0], device=dev)).clamp(max=BLOCK)
+        return r[:, None] * c[None, :]
 
 
 def _block_rows(
@@ -337,11 +349,13 @@ def composite_resize_matrix(low: int, padded: int, valid: int, out: int) -> torc
     """SAM's three steps along one axis as one banded ``(out, low)`` float64 matrix: bilinear
     resize ``low → padded``, keep the first ``valid`` samples, bilinear resize ``valid →
     out``, with PyTorch's float32 weights. Each output sample is a convex combination of at
-    most four adjacent low-res samples. Memoised; treat as read-only."""
-    i0, i1, w0, w1 = _source_index(padded, low, torch.device("cpu"))
-    j0, j1, v0, v1 = _source_index(out, valid, torch.device("cpu"))
-    m = torch.zeros(out, low, dtype=torch.float64)
-    rows = torch.arange(out)
+    most four adjacent low-res samples, on the CPU (a table that callers move to their device
+    once). Memoised; treat as read-only."""
+    cpu = torch.device("cpu")
+    i0, i1, w0, w1 = _source_index(padded, low, cpu)
+    j0, j1, v0, v1 = _source_index(out, valid, cpu)
+    m = torch.zeros(out, low, dtype=torch.float64, device=cpu)
+    rows = torch.arange(out, device=cpu)
     for j, v in ((j0, v0), (j1, v1)):
         for i, wt in ((i0, w0), (i1, w1)):
             m.index_put_((rows, i[j]), v.double() * wt[j].double(), accumulate=True)

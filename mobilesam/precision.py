@@ -9,6 +9,12 @@ prompt encoder, the decoder's transformer (bound by memory traffic and operation
 products; measured no faster in bf16), the IoU scores and the mask postprocessing stay in
 float32, so scores and the returned logits are float32.
 
+On a CUDA device, bf16 and fp16 run as PyTorch's mixed precision instead:
+:func:`autocast` wraps the encoder and the mask decoder in ``torch.autocast`` (products and
+convolutions in the reduced dtype, normalisations and softmax in float32, the weights as they
+are), and the predictor returns float32 scores and logits. The prompt encoder, the positional
+encodings and the mask postprocessing stay float32 there too.
+
 ``"auto"`` picks bf16 where the device has bf16 units (a CPU reporting ``avx512_bf16`` or
 ``amx_bf16``, a CUDA device with native bf16), float32 elsewhere: decided from the device's
 features, never from a timing, so one machine always runs the same arithmetic
@@ -19,6 +25,7 @@ bf16 for each CPU and setting is tabled in docs/deployment.md.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -51,13 +58,33 @@ def resolve_precision(precision: PrecisionLike, device: torch.device | str = "cp
     if name == "auto":
         return auto_dtype(torch.device(device).type)
     if name not in PRECISIONS:
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        raise ValueError(f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {precision!r}")
     return PRECISIONS[name]
 
 
 def precision_name(dtype: torch.dtype) -> str:
     """``"fp32"``, ``"bf16"`` or ``"fp16"``."""
     return {v: k for k, v in PRECISIONS.items()}[dtype]
+
+
+def autocast_dtype(device: torch.device | str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the encoder and the decoder run under ``torch.autocast`` for a predictor of
+    ``dtype`` on ``device``: ``dtype`` itself for bf16 or fp16 on a CUDA device, None elsewhere
+    (a CPU runs a cast copy of the encoder and its own bf16 kernels instead)."""
+    if torch.device(device).type == "cuda" and dtype != torch.float32:
+        return dtype
+    return None
+
+
+def autocast(
+    device: torch.device | str, dtype: torch.dtype
+) -> contextlib.AbstractContextManager[object]:
+    """``torch.autocast("cuda", dtype)`` where :func:`autocast_dtype` says so, else a context
+    that does nothing."""
+    chosen = autocast_dtype(device, dtype)
+    if chosen is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=chosen)
 
 
 def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -13,11 +13,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batch_predictor import BatchPrediction, ImageBatch
 from .checkpoint import all_finite, first_few, non_finite_keys
 from .engine import Engine, ImageState, Workspace, engine_for
 from .modeling.sam import Sam
 from .postprocess import upscale_masks
-from .precision import PrecisionLike, cast_copy, precision_name, resolve_precision
+from .precision import (
+    PrecisionLike,
+    autocast,
+    autocast_dtype,
+    cast_copy,
+    precision_name,
+    resolve_precision,
+)
 from .prompts import PROMPT_REACH, check_prompt_tensors, prepare_prompts
 from .transforms import ResizeLongestSide, resize_to_input, to_rgb_uint8
 
@@ -80,7 +88,10 @@ def check_embedding(
         cause: the likely cause of NaN/inf or overflowed values, appended to the message; a
             callable is called only when the check fails (e.g. to scan the weights).
     """
-    e = torch.as_tensor(embedding).detach().float()
+    # a tensor stays on its device; an array is read on the CPU
+    if not isinstance(embedding, torch.Tensor):
+        embedding = torch.from_numpy(np.asarray(embedding))
+    e = embedding.detach().float()
     if not all_finite(e):
         bad = int((~torch.isfinite(e)).sum())
         raise DegenerateEmbeddingError(
@@ -151,24 +162,32 @@ class ImageNotSetError(RuntimeError, ValueError):
     ValueError)."""
 
 
-class SamPredictor:
-    """Promptable segmentation of one image at a time.
+class SamPredictor(BatchPrediction):
+    """Promptable segmentation of one image at a time, or of a batch of images
+    (:meth:`set_image_batch`, :meth:`predict_batch`).
 
     Args:
         sam_model: a :class:`~mobilesam.modeling.sam.Sam` (e.g. from ``sam_model_registry``).
         dtype: the image encoder's dtype, ``torch.float32``, ``torch.bfloat16`` or
             ``torch.float16``. Without ``dtype`` or ``precision``, the dtype the model's
             encoder has now (float32 as loaded).
-        precision: the same as a name: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see
-            :mod:`mobilesam.precision`). With bf16 the products of the decoder's upscaling
-            tail (its product-heavy part) take bf16 inputs too; the prompt encoder, the decoder's
-            transformer, the IoU scores and the mask postprocessing always run in float32:
-            inputs, embeddings and outputs are float32, and every embedding is checked
-            (:class:`DegenerateEmbeddingError`).
+        precision: the same as a name: ``"fp32"``, ``"bf16"``, ``"fp16"`` (meant for CUDA)
+            or ``"auto"`` (see :mod:`mobilesam.precision`). On a CPU, with bf16 the products
+            of the decoder's upscaling tail (its product-heavy part) take bf16 inputs too; the
+            prompt encoder, the decoder's transformer, the IoU scores and the mask
+            postprocessing always run in float32. Inputs, embeddings and outputs are float32,
+            and every embedding is checked (:class:`DegenerateEmbeddingError`).
         engine: the inference engine (:mod:`mobilesam.engine`): ``"cpu"`` (the factored
             decoder and native kernels), ``"plain"`` (SAM's order, the modules' ``forward``),
             an :class:`~mobilesam.engine.Engine`, or ``None``/``"auto"``: ``"cpu"`` on a CPU
-            device, ``"plain"`` on any other. Both give the same masks to float rounding.
+            device, ``"plain"`` on any other, decided again whenever the model moves to
+            another kind of device. Both give the same masks to float rounding.
+
+    The predictor runs on the model's device (that of its parameters and buffers: move the
+    model with ``sam.to(device)`` or build it with ``build_sam(..., device=...)``) and
+    follows it when the model moves. On a CUDA device, bf16 and fp16 run the encoder and the
+    mask decoder under ``torch.autocast`` with the model's own float32 weights (see
+    :mod:`mobilesam.precision`); scores and logits are returned in float32.
 
     The predictor never changes ``sam_model``: where the model's encoder has another dtype,
     :attr:`image_encoder` is the predictor's own cast copy (so predictors of several
@@ -192,8 +211,10 @@ class SamPredictor:
             device = sam_model.pixel_mean.device  # "auto" decides for the model's device
             chosen = resolve_precision(dtype if precision is None else precision, device)
         self.model = sam_model
-        #: The inference engine this predictor runs (see :mod:`mobilesam.engine`).
-        self.engine: Engine = engine_for(engine, sam_model.pixel_mean.device)
+        # the engine asked for, and the one in use with the device type it was chosen for
+        # (an unknown name fails here, not at first use)
+        self._engine_request = engine
+        self._engine = (sam_model.device.type, engine_for(engine, sam_model.device))
         #: The image encoder's dtype (and, for bf16, that of the decoder's upscaling tail's
         #: products).
         self.dtype = chosen
@@ -205,14 +226,24 @@ class SamPredictor:
         self.reset_image()
 
     @property
+    def engine(self) -> Engine:
+        """The inference engine this predictor runs (see :mod:`mobilesam.engine`): the one
+        asked for, or with ``None``/``"auto"`` the default for the model's device now."""
+        kind = self.device.type
+        if self._engine_request in (None, "auto") and self._engine[0] != kind:
+            self._engine = (kind, engine_for(self._engine_request, self.device))
+        return self._engine[1]
+
+    @property
     def image_encoder(self) -> nn.Module:
         """The encoder :meth:`set_image` runs: the model's own where its parameters have
-        :attr:`dtype`, else this predictor's copy of it cast to :attr:`dtype`. The copy is
-        made at first use and made again whenever the model's encoder changes (a parameter
-        or buffer replaced or modified in place, its dtype, device or train/eval mode), so
-        it never runs stale weights; the model itself is never changed."""
+        :attr:`dtype` or where autocast runs it (bf16/fp16 on CUDA), else this predictor's
+        copy of it cast to :attr:`dtype`. The copy is made at first use and made again
+        whenever the model's encoder changes (a parameter or buffer replaced or modified in
+        place, its dtype, device or train/eval mode), so it never runs stale weights; the
+        model itself is never changed."""
         source = self.model.image_encoder
-        if _dtype_of(source) == self.dtype:
+        if _dtype_of(source) == self.dtype or autocast_dtype(self.device, self.dtype):
             self._cast_encoder = None
             return source
         key = (weights_key(source), source.training)
@@ -236,6 +267,7 @@ class SamPredictor:
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self._batch: ImageBatch | None = None  # set_image_batch's images
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an image.
@@ -269,17 +301,28 @@ class SamPredictor:
         self.reset_image()
         self._set_sizes(original_image_size, (shape[2], shape[3]))
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        encoder = self.image_encoder
-        features = self.engine.encode(encoder, x.to(self.dtype))
+        features = self.embed_torch(x)
         check_embedding(
             features,
             f"SamPredictor ({precision_name(self.dtype)} encoder)",
-            lambda: encoder_cause(encoder, self.dtype),
+            lambda: encoder_cause(self.image_encoder, self.dtype),
         )
-        self.features = features.float()
+        self.features = features
         self._checked = _tensor_key(self.features)
         self.is_image_set = True
         self.image_state()
+
+    @torch.no_grad()
+    def embed_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The image encoder at this predictor's precision, as :meth:`set_image` runs it, on
+        preprocessed input: ``x`` ``(B, 3, S, S)`` float32 on the model's device (normalised
+        and padded, :meth:`Sam.preprocess <mobilesam.modeling.sam.Sam.preprocess>`) →
+        embeddings ``(B, 256, 64, 64)`` float32. Unchecked (see :func:`check_embedding`);
+        sets no image."""
+        encoder = self.image_encoder
+        with autocast(self.device, self.dtype):
+            features = self.engine.encode(encoder, x.to(_dtype_of(encoder)))
+        return features.float()
 
     def predict(
         self,
@@ -381,11 +424,13 @@ class SamPredictor:
         """
         sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
         tokens = "all" if multimask_output is None else ("multi" if multimask_output else "single")
-        masks, iou = self.engine.decode(
-            self.image_state(), sparse, None if mask_input is None else dense, tokens
-        )
+        state = self.image_state()
+        with autocast(self.device, self.dtype):
+            masks, iou = self.engine.decode(
+                state, sparse, None if mask_input is None else dense, tokens
+            )
         check_outputs(masks, iou, "SamPredictor", self.model)
-        return masks, iou
+        return masks.float(), iou.float()
 
     @torch.no_grad()
     def decode_points(
@@ -429,12 +474,13 @@ class SamPredictor:
         count, iou, index = 0, [], []
         for i in range(0, n, step):
             sparse, _ = self.encode_prompts(coords_t[i : i + step], labels_t[i : i + step])
-            logits, scores, prompt = self.engine.decode_filtered(
-                state, sparse, iou_thresh, ws, out=low[count:]
-            )
+            with autocast(self.device, self.dtype):
+                logits, scores, prompt = self.engine.decode_filtered(
+                    state, sparse, iou_thresh, ws, out=low[count:]
+                )
             check_outputs(logits, scores, where, self.model)
             count += len(scores)
-            iou.append(scores)
+            iou.append(scores.float())
             index.append(prompt + i)
         if not iou:
             return (
@@ -553,12 +599,21 @@ class SamPredictor:
         self.input_h, self.input_w = self.input_size
 
     def get_image_embedding(self) -> torch.Tensor:
-        """The current image's embedding, ``(1, 256, 64, 64)``."""
+        """The current image's embedding, ``(1, 256, 64, 64)``; after
+        :meth:`set_image_batch`, every image's, ``(B, 256, 64, 64)`` (as in sam2)."""
+        if self._batch is not None:
+            return self._batch.features
         self._require_image()
         assert self.features is not None
         return self.features
 
     def _require_image(self) -> None:
+        if self._batch is not None:
+            raise ImageNotSetError(
+                f"the predictor holds a batch of {len(self._batch)} images from "
+                ".set_image_batch(...): use predict_batch, or set one image with "
+                ".set_image(...) first"
+            )
         require_image(self.is_image_set)
 
 

@@ -60,7 +60,7 @@ class BatchFilter:
         # 1. Predicted IoU: a per-mask scalar, so the decoder filters before any upscaling.
         with self.stage("decoder"):
             low_res, iou, index = self.decode(points)
-        pts = torch.as_tensor(points)[index.cpu()]
+        pts = torch.from_numpy(np.asarray(points))[index.cpu()]  # on the CPU, as Candidates
 
         # 2. The rest is at full resolution: a bounded chunk of masks at a time.
         orig_h, orig_w = orig_size
@@ -143,5 +143,5 @@ class BatchFilter:
             iou_preds=iou.float().cpu(),
             stability=stability.cpu(),
             points=pts,
-            crop_boxes=torch.zeros(len(rles), 4, dtype=torch.long),
+            crop_boxes=torch.zeros(len(rles), 4, dtype=torch.long, device=pts.device),
         )

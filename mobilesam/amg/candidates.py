@@ -19,6 +19,13 @@ from ..masks import (
     uncrop_points,
 )
 
+#: Where candidates live, whatever the model's device: their RLE is read on the CPU anyway.
+CPU = torch.device("cpu")
+
+
+def _empty(*size: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(size, dtype=dtype, device=CPU)
+
 
 @dataclass
 class Candidates:
@@ -34,11 +41,11 @@ class Candidates:
     """
 
     rles: list[dict] = field(default_factory=list)
-    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
-    iou_preds: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    stability: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    points: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
-    crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
+    boxes: torch.Tensor = field(default_factory=lambda: _empty(0, 4, dtype=torch.long))
+    iou_preds: torch.Tensor = field(default_factory=lambda: _empty(0, dtype=torch.float32))
+    stability: torch.Tensor = field(default_factory=lambda: _empty(0, dtype=torch.float32))
+    points: torch.Tensor = field(default_factory=lambda: _empty(0, 2, dtype=torch.float64))
+    crop_boxes: torch.Tensor = field(default_factory=lambda: _empty(0, 4, dtype=torch.long))
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -81,7 +88,7 @@ class Candidates:
             self,
             boxes=uncrop_boxes_xyxy(self.boxes, crop_box),
             points=uncrop_points(self.points, crop_box),
-            crop_boxes=torch.tensor([crop_box], dtype=torch.long).expand(len(self), 4),
+            crop_boxes=torch.tensor([crop_box], dtype=torch.long, device=CPU).expand(len(self), 4),
         )
 
 
@@ -99,5 +106,5 @@ def without_small_regions(data: Candidates, min_area: int, nms_thresh: float) ->
         if not unchanged[-1]:  # an unchanged mask keeps its RLE and box
             m = torch.from_numpy(mask)[None]
             rles[i], boxes[i] = mask_to_rle(m)[0], batched_mask_to_box(m)[0]
-    scores = torch.tensor(unchanged, dtype=torch.float)
+    scores = torch.tensor(unchanged, dtype=torch.float, device=CPU)
     return replace(data, rles=rles, boxes=boxes).nms(scores, nms_thresh)

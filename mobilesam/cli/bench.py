@@ -15,6 +15,7 @@ from .._atomic import atomic_write
 from .common import (
     add_command,
     add_count_arg,
+    add_device_arg,
     add_max_pixels_arg,
     add_precision_arg,
     example_image,
@@ -26,6 +27,7 @@ from .models import add_model_args, load_model
 EXAMPLES = """
 mobilesam bench --checkpoint mobile_sam.pt
 mobilesam bench photo.jpg --model mobilesam --threads 4 --repeats 5 --everything --json out.json
+mobilesam bench --model mobilesam --device cuda --precision bf16
 """
 
 
@@ -33,20 +35,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the image encoder, set_image and predict on this machine.
 
     It prints the median time of each (and, with --everything, of segmenting everything in
-    the photo), with the machine's measured matrix-multiply peak (GFLOP/s) and whether the
+    the photo), with the CPU's measured matrix-multiply peak (GFLOP/s) and whether the
     decoder's native kernels run, for context, and can write the figures to a JSON file. It
     also times the encoder in fp32 and bf16 and prints a recommended --precision: a
-    suggestion only; nothing is chosen from these timings. The full benchmarks are in the
-    repository's benchmarks folder.
+    suggestion only; nothing is chosen from these timings. On a GPU (--device) every timing
+    waits for the device to finish. The full benchmarks are in the repository's benchmarks
+    folder (benchmarks/gpu.py for a GPU).
     """
     import torch
+
+    from ..device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     image = read_photo(args.image or example_image(), args.max_pixels)
     model, ckpt = load_model(args)
+    model.to(resolve_device(args.device))
     result = {
         "checkpoint": str(ckpt),
+        "device": str(model.device),
         "image_size": list(image.shape[:2]),
         "threads": torch.get_num_threads(),
         **time_model(model, image, args),
@@ -75,10 +82,11 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
     peak = matmul_peak(runs=5)["best_gflops"]
     pred = SamPredictor(model, precision=args.precision)
     encoder = {name: encoder_s(model, name, args.repeats) for name in ("fp32", "bf16")}
-    set_img = median_s(lambda: pred.set_image(image), args.repeats)
+    device = model.device
+    set_img = median_s(lambda: pred.set_image(image), args.repeats, device=device)
     h, w = image.shape[:2]
     pt, lb = np.array([[w / 2, h / 2]]), np.array([1])
-    predict = median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2)
+    predict = median_s(lambda: pred.predict(pt, lb), 5 * args.repeats, warmup=2, device=device)
     result: dict[str, Any] = {
         "precision": precision_name(pred.dtype),
         "native_kernels": native.status(),
@@ -94,8 +102,10 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
         gen = SamAutomaticMaskGenerator(
             model, points_per_side=args.points_per_side, precision=args.precision
         )
+        synchronize(device)
         start = time.perf_counter()
         masks = gen.generate(image)
+        synchronize(device)
         result["everything_s"] = round(time.perf_counter() - start, 2)
         result["everything_masks"] = len(masks)
     return result
@@ -103,15 +113,15 @@ def time_model(model: Any, image: np.ndarray, args: argparse.Namespace) -> dict[
 
 def encoder_s(model: Any, precision: str, repeats: int) -> float:
     """Median seconds of ``model``'s image encoder at ``precision`` (``"fp32"`` or
-    ``"bf16"``) on one random image, as a predictor of that precision runs it."""
+    ``"bf16"``) on one random image on the model's device, as a predictor of that precision
+    runs it."""
     import torch
 
     from ..predictor import SamPredictor
 
     pred = SamPredictor(model, precision=precision)
-    x = torch.randn(1, 3, model.img_size, model.img_size).to(pred.dtype)
-    with torch.no_grad():
-        return median_s(lambda: pred.engine.encode(pred.image_encoder, x), repeats)
+    x = torch.randn(1, 3, model.img_size, model.img_size, device=model.device)
+    return median_s(lambda: pred.embed_torch(x), repeats, device=model.device)
 
 
 #: How much faster the bf16 encoder must be here for bench to recommend bf16: below this,
@@ -128,11 +138,25 @@ def recommendation(fp32_s: float, bf16_s: float) -> str:
     return f"--precision fp32 (bf16 encoder {speedup:.2f}x of fp32's speed here)"
 
 
-def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup``."""
+def median_s(fn: Callable[[], object], repeats: int, warmup: int = 1, device: Any = None) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup``; on a
+    CUDA ``device`` each run ends when the device has finished its work."""
     from ..timing import time_fn
 
-    return statistics.median(time_fn(fn, repeats, warmup))
+    def run() -> None:
+        fn()
+        synchronize(device)
+
+    synchronize(device)
+    return statistics.median(time_fn(run, repeats, warmup))
+
+
+def synchronize(device: Any) -> None:
+    """Wait for a CUDA ``device`` (a ``torch.device`` or None) to finish its queued work."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -141,6 +165,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "image", nargs="?", type=existing_file, help="photo (default: the bundled example)"
     )
     add_model_args(p)
+    add_device_arg(p)
     add_precision_arg(p)
     add_count_arg(p, "--threads", None, "torch threads (default: torch's)")
     add_count_arg(p, "--repeats", 3, "timed runs")

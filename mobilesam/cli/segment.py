@@ -14,6 +14,7 @@ from .._atomic import atomic_write
 from .common import (
     CliError,
     add_command,
+    add_device_arg,
     add_max_pixels_arg,
     add_out_arg,
     add_precision_arg,
@@ -29,6 +30,7 @@ EXAMPLES = """
 mobilesam segment --point 400,380                      # bundled photo, official weights
 mobilesam segment photo.jpg --checkpoint mobile_sam.pt --point 120,80 --point 300,200,0
 mobilesam segment photo.jpg --model mobilesam --box 10,20,300,400 --multimask --out masks/
+mobilesam segment photo.jpg --model mobilesam --device cuda --precision bf16 --point 120,80
 """
 
 
@@ -41,12 +43,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     with --multimask, PHOTO_overlay.png (the best mask over the photo) and PHOTO.json (the
     prompts, the masks' scores and the timings) to the --out folder.
     """
+    from ..device import resolve_device
     from ..predictor import SamPredictor
 
     image_path = args.image or example_image()
     image = read_photo(image_path, args.max_pixels)
     points, box = prompts(args, image.shape[:2])
     model, ckpt = load_model(args)
+    model.to(resolve_device(args.device))
     predictor = SamPredictor(model, precision=args.precision)
     t0 = time.perf_counter()
     predictor.set_image(image)
@@ -69,6 +73,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "box": box,
         "masks": names,
         "scores": [float(s) for s in scores],
+        "device": str(predictor.device),
         "encode_s": round(t1 - t0, 4),
         "predict_s": round(t2 - t1, 4),
     }
@@ -133,6 +138,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="photo to segment (default: the bundled example)",
     )
     add_model_args(p)
+    add_device_arg(p)
     add_precision_arg(p)
     p.add_argument(
         "--point",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .common import (
     add_command,
     add_count_arg,
+    add_device_arg,
     add_max_pixels_arg,
     add_precision_arg,
     number_at_least,
@@ -27,6 +28,7 @@ mobilesam serve --model mobilesam --port 9000 --max-upload-mb 10 --cache-images 
 mobilesam serve --host 0.0.0.0 --allow-host box.lan    # a deliberate LAN set-up
 mobilesam serve --model mobilesam --docs       # Swagger UI at /docs (loads it from a CDN)
 mobilesam serve --model mobilesam --max-connections 100 --header-timeout 5
+mobilesam serve --model mobilesam --device cuda:1      # the model on the second GPU
 """
 
 
@@ -42,11 +44,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     capped. Needs the serve extra (pip install "mobilesam[serve]"). Ctrl-C stops it.
     """
     require_extra("serve", "fastapi", "uvicorn")
+    from ..device import resolve_device
     from ..serve import create_app
     from ..serve.server import serve
 
     settings, limits = server_settings(args), connection_limits(args)
     model, _ = load_model(args)
+    model.to(resolve_device(args.device))
     if not _is_loopback(args.host):
         print(
             f"mobilesam: warning: listening on {args.host}: anyone who can reach this machine "
@@ -57,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     docs = "docs" if settings.docs else "openapi.json"
     print(
         f"mobilesam: page at http://{shown}:{args.port}/ , API at "
-        f"http://{shown}:{args.port}/{docs}",
+        f"http://{shown}:{args.port}/{docs} (model on {model.device})",
         file=sys.stderr,
     )
     serve(create_app(model, settings), args.host, args.port, limits)
@@ -117,6 +121,7 @@ def _is_loopback(host: str) -> bool:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "serve", cmd_serve, EXAMPLES)
     add_model_args(p)
+    add_device_arg(p)
     add_precision_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument(

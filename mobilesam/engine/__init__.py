@@ -6,7 +6,9 @@ Two engines give the same masks to float rounding:
 - ``"cpu"`` (:class:`CpuEngine`): the factored decoding order with the native kernels, and
   the encoder's banded inference; the default on a CPU device;
 - ``"plain"`` (:class:`PlainEngine`): SAM's order, the modules' ``forward``; the default on
-  every other device.
+  every other device. On CUDA the predictor runs it under ``torch.autocast`` for bf16/fp16
+  (:func:`mobilesam.precision.autocast`), and batches of images through its encoder
+  (``SamPredictor.set_image_batch``).
 
 :func:`engine_for` is the one place an engine is chosen; ``SamPredictor(sam, engine=...)``
 overrides it. ``docs/engine.md`` explains the interface and how to add an engine.
