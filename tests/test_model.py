@@ -165,3 +165,23 @@ def test_vit_small_encoder_parity(reference):
     expected = np.load(reference / "vit_small" / "sam_vit_small_embedding.npy")
     assert out.shape == expected.shape
     assert np.abs(out - expected).max() <= 2e-3
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 7, 14])
+def test_attention_bias_index_is_the_official_enumeration(window):
+    """The closed form of TinyViT's bias index equals the official code's enumeration
+    (offsets numbered in order of first appearance over token pairs in row-major order)."""
+    import itertools
+
+    from mobilesam.modeling.tiny_vit import relative_offset_index
+
+    points = list(itertools.product(range(window), range(window)))
+    offsets: dict[tuple[int, int], int] = {}
+    want = [
+        offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
+        for a in points
+        for b in points
+    ]
+    idxs, n = relative_offset_index(window)
+    assert n == len(offsets)
+    assert idxs.tolist() == torch.tensor(want).view(len(points), -1).tolist()

@@ -178,10 +178,11 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "bf16", "auto"],
+        choices=["fp32", "bf16", "fp16", "auto"],
         help="precision of the image encoder (and with bf16 of the products of the "
-        "decoder's upscaling tail): fp32 (default, reproducible), bf16, or auto (bf16 where "
-        "the device has bf16 units); scores and logits stay fp32",
+        "decoder's upscaling tail): fp32 (default, reproducible), bf16, fp16 (for GPUs: "
+        "mixed precision there, slow on CPUs), or auto (bf16 where the device has bf16 "
+        "units); scores and logits stay fp32",
     )
 
 

@@ -19,7 +19,6 @@ Fast inference (folded BatchNorm, bands of rows, bf16 kernels) lives in
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -200,20 +199,16 @@ def relative_offset_index(window: int) -> tuple[torch.Tensor, int]:
     """Index table of TinyViT's attention bias for a ``window``×``window`` window.
 
     Token pairs are mapped to their absolute (|dy|, |dx|) offset, numbered in order of first
-    appearance in row-major order, as in the official code.
+    appearance in row-major order, as in the official code. The first token, (0, 0), meets
+    every offset in row-major order, so that number is ``|dy|·window + |dx|``.
 
     Returns:
         ``(N, N)`` int64 indices with ``N = window**2``, and the number of distinct offsets.
     """
-    points = list(itertools.product(range(window), range(window)))
-    offsets: dict[tuple[int, int], int] = {}
-    idxs = []
-    for p1 in points:
-        for p2 in points:
-            off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
-            idxs.append(offsets.setdefault(off, len(offsets)))
-    n = len(points)
-    return torch.tensor(idxs, dtype=torch.long).view(n, n), len(offsets)
+    y, x = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    y, x = y.flatten(), x.flatten()
+    idxs = (y[:, None] - y[None, :]).abs() * window + (x[:, None] - x[None, :]).abs()
+    return idxs, window * window
 
 
 class Attention(nn.Module):
