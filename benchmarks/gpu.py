@@ -590,6 +590,9 @@ def main() -> int:
         print("no GPU is present (torch.cuda.is_available() is False): dry run on the CPU")
         args.device, args.quick = "cpu", True
     device = resolve_device(args.device or "cuda")
+    if device.type == "cpu" and not args.quick:  # the full plan is hours of CPU time
+        print("--device cpu: the dry run (--quick)")
+        args.quick = True
     plan = Plan.quick(device) if args.quick else Plan()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         plan = plan.without("bf16")

@@ -132,8 +132,9 @@ def resize_longest_size(size: torch.Tensor, long_side_length: int) -> torch.Tens
     numeric dtype) → int64 ``(h, w)`` after the resize, rounded half-up in float64 exactly as
     the Python version, so exported graphs and the predictor agree for every size."""
     size = size.to(torch.float64)
-    scale = long_side_length / size.max()
-    return torch.floor(size * scale + 0.5).to(torch.int64)
+    # a (1,) tensor, not a 0-d one: the exporter would treat a 0-d scale as a float32 scalar
+    scale = long_side_length / size.amax(0, keepdim=True)
+    return torch.clamp(torch.floor(size * scale + 0.5), min=1).to(torch.int64)
 
 
 class ResizeLongestSide:

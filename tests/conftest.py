@@ -14,7 +14,9 @@ from .helpers import FIXTURE_CKPT, REFERENCE, load_image
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    # two threads, or one per xdist worker (`-n 2` runs two workers on the 2 cores)
+    threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+    torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,10 @@ def server(payload: bytes) -> Iterator[LocalServer]:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        # the server's own sockets keep a timeout of their own: a test may set a tiny process
+        # default (socket.setdefaulttimeout), which accepted sockets would otherwise inherit
+        timeout = 30.0
+
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
 

@@ -29,6 +29,7 @@ mobilesam serve --host 0.0.0.0 --allow-host box.lan    # a deliberate LAN set-up
 mobilesam serve --model mobilesam --docs       # Swagger UI at /docs (loads it from a CDN)
 mobilesam serve --model mobilesam --max-connections 100 --header-timeout 5
 mobilesam serve --model mobilesam --device cuda:1      # the model on the second GPU
+mobilesam serve --web site/    # a site from mobilesam export --web: the model in the browser
 """
 
 
@@ -42,7 +43,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     otherwise; there is no authentication. Uploads are decoded a few at a time within a
     memory budget, slow clients are closed after the read timeouts, and connections are
     capped. Needs the serve extra (pip install "mobilesam[serve]"). Ctrl-C stops it.
+
+    With --web DIR it serves instead the static site that mobilesam export --web DIR wrote
+    (the page running the whole model in the browser; no model is loaded here), with the
+    cross-origin-isolation headers WebAssembly threads need.
     """
+    if args.web is not None:
+        return _serve_web(args)
     require_extra("serve", "fastapi", "uvicorn")
     from ..device import resolve_device
     from ..serve import create_app
@@ -65,6 +72,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     serve(create_app(model, settings), args.host, args.port, limits)
+    return 0
+
+
+def _serve_web(args: argparse.Namespace) -> int:
+    """``--web DIR``: the exported in-browser site as static files (:mod:`mobilesam.web.server`)."""
+    from ..web.server import serve_site
+
+    if not _is_loopback(args.host):
+        print(
+            f"mobilesam: note: on {args.host} over plain http, browsers run the page on one "
+            "thread and without WebGPU (both need https or localhost)",
+            file=sys.stderr,
+        )
+    serve_site(args.web, args.host, args.port)
     return 0
 
 
@@ -178,6 +199,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve interactive API docs (Swagger UI) at /docs; the page loads its script "
         "from cdn.jsdelivr.net, so it is off by default",
+    )
+    p.add_argument(
+        "--web",
+        metavar="DIR",
+        help="serve the site that mobilesam export --web DIR wrote (the model runs in the "
+        "browser; static files with the cross-origin-isolation headers threads need) instead "
+        "of the model and its API",
     )
     p.add_argument(
         "--allow-host",

@@ -277,3 +277,33 @@ def _model_record(
         "decoder_outputs": list(OUTPUT_NAMES),
         "decoder_multimask_outputs": list(TOKEN_OUTPUT_NAMES),
     }
+
+
+def export_web_decoder(model: Sam, path: Path, opset: int) -> None:
+    """Write the in-browser page's decoder (:class:`SamOnnxWebDecoder`: prompts in the
+    photo's pixels, the thresholded mask at its size) to ``path``."""
+    from .wrapper import WEB_INPUT_NAMES, WEB_OUTPUT_NAMES, SamOnnxWebDecoder
+
+    c, (h, w) = model.prompt_encoder.embed_dim, model.prompt_encoder.image_embedding_size
+    # dummy sizes deliberately unusual, so nothing sized from them can pass the tests
+    args = (
+        torch.randn(1, c, h, w),
+        torch.tensor([[[120.0, 95.0], [10.0, 20.0], [300.0, 211.0]]]),
+        torch.tensor([[1.0, 2.0, 3.0]]),
+        torch.tensor([577.0, 931.0]),
+        torch.tensor([1.0]),
+    )
+    with torch.no_grad():
+        _export(
+            SamOnnxWebDecoder(model).eval(),
+            args,
+            path,
+            opset,
+            input_names=list(WEB_INPUT_NAMES),
+            output_names=list(WEB_OUTPUT_NAMES),
+            dynamic_axes={
+                "point_coords": {1: "num_points"},
+                "point_labels": {1: "num_points"},
+                "mask": {0: "height", 1: "width"},
+            },
+        )

@@ -121,3 +121,62 @@ class SamOnnxEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image.to(self.dtype)).to(torch.float32)
+
+
+#: The web decoder's inputs and outputs (:class:`SamOnnxWebDecoder`).
+WEB_INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "orig_im_size", "multimask")
+WEB_OUTPUT_NAMES = ("mask", "score")
+
+
+class SamOnnxWebDecoder(SamOnnxDecoder):
+    """The decoder for clients that should do no arithmetic (the in-browser page): prompts
+    in the photo's own pixels in, the thresholded mask at the photo's size out.
+
+    inputs
+        ``image_embeddings`` ``(1, 256, 64, 64)``; ``point_coords`` ``(1, N, 2)`` float32, (x, y)
+        in the original photo's pixels, in SAM's layout (points, then a box's two corners
+        labelled 2 and 3, or one padding point ``(0, 0)`` labelled -1 when there is no box);
+        ``point_labels`` ``(1, N)`` float32; ``orig_im_size`` ``(2,)`` float32 ``(H, W)``;
+        ``multimask`` ``(1,)`` float32: 1 picks the best-scoring of the three multimask
+        tokens, 0 token 0 (``SamPredictor.predict(multimask_output=...)`` followed by the
+        highest score).
+    outputs
+        ``mask`` ``(H, W)`` uint8, 1 where the chosen logits exceed the model's
+        ``mask_threshold``; ``score`` ``(1,)`` float32, its predicted IoU.
+
+    Coordinates move to the input frame as ``ResizeLongestSide.apply_coords`` moves them (in
+    float64, then float32); the mask is upsampled by :func:`upscale_masks_graph`, as in
+    ``decoder.onnx``. No mask input: the page starts every answer from its prompts.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__(model, return_single_mask=False)
+        self.mask_threshold = float(model.mask_threshold)
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        orig_im_size: torch.Tensor,
+        multimask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        orig = orig_im_size.to(torch.int64)
+        input_size = resize_longest_size(orig_im_size, self.img_size)
+        # (x, y) × (w / W, h / H) in float64, as apply_coords scales them
+        ratio = (input_size.to(torch.float64) / orig_im_size.to(torch.float64)).flip(0)
+        coords = (point_coords.to(torch.float64) * ratio).to(torch.float32)
+        pe = self.prompt_encoder
+        sparse = pe.embed_points(coords, point_labels)
+        low_res, iou = self.mask_decoder.predict_masks(
+            image_embeddings, pe.get_dense_pe(), sparse, pe.no_mask_dense(1)
+        )
+        # multimask: the best of tokens 1.. (SAM's multimask outputs); else token 0
+        best_multi = torch.argmax(iou[:, 1:], dim=1) + 1
+        best = torch.where(multimask.reshape(1) > 0, best_multi, torch.zeros_like(best_multi))
+        low = low_res.index_select(1, best)
+        score = iou.index_select(1, best).reshape(1)
+        logits = upscale_masks_graph(
+            low, (input_size[0], input_size[1]), (orig[0], orig[1]), self.img_size
+        )
+        return (logits[0, 0] > self.mask_threshold).to(torch.uint8), score

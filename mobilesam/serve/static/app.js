@@ -1,14 +1,20 @@
-// Click-to-segment page for `mobilesam serve`. Plain JS, no build step, no dependencies.
+// Click-to-segment page. Plain JS, no build step, no dependencies. One page, two back ends:
+//  - "server" (`mobilesam serve`): the photo is embedded and masks are decoded by the server
+//    (POST v1/images, v1/images/{id}/segment, v1/images/{id}/everything);
+//  - "browser" (`mobilesam export --web DIR`): the whole model runs in this page with ONNX
+//    Runtime Web (static/browser.mjs, loaded only then); nothing leaves the device.
+// <html data-backend="..."> says which; everything else (prompts, drawing, downloads) is shared.
 //
 // Frames: every prompt is kept in image pixels (x right, y down, origin at the top-left
-// corner of the photo as displayed, EXIF orientation applied by the server). The three
-// canvases (#photo, #overlay, #marks) have the photo's pixel size; CSS scales them together.
+// corner of the photo as displayed, EXIF orientation applied). The three canvases (#photo,
+// #overlay, #marks) have the photo's pixel size; CSS scales them together.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  id: null,          // image id from POST /v1/images
+  backend: document.documentElement.dataset.backend === "browser" ? "browser" : "server",
+  id: null,          // image id (from POST /v1/images; "local" in the browser)
   name: "image",     // file stem, for download names
   width: 0,
   height: 0,
@@ -18,10 +24,13 @@ const state = {
   annotations: [],   // everything mode: COCO RLE annotations from the server
   seq: 0,            // request counter: answers to superseded requests are dropped
   busy: 0,
+  file: null,        // the open photo's File (re-encoded when the browser's model changes)
+  timing: { engine: null, encoderMs: null, decoderMs: null, detail: null },
 };
 window.mobilesamState = state; // read by the browser test and handy in the console
 
 const DRAG_THRESHOLD = 5; // screen pixels before a press becomes a box drag
+const LONG_PRESS_MS = 500; // a touch held this long without moving: a negative point
 const MASK_RGB = [37, 99, 235];
 
 // ---------------------------------------------------------------- status and busy state
@@ -42,12 +51,22 @@ function refreshButtons() {
   const loaded = state.id !== null;
   $("undo").disabled = !loaded || state.prompts.length === 0;
   $("clear").disabled = !loaded || (state.prompts.length === 0 && state.mode === "none");
-  $("everything").disabled = !loaded;
+  $("everything").disabled = !loaded || !backend.everything;
   const hasMasks = (state.mode === "prompt" && state.mask !== null)
     || (state.mode === "everything" && state.annotations.length > 0);
   $("download-png").disabled = !hasMasks;
   $("download-coco").disabled = !hasMasks;
 }
+
+function showEngine() {
+  const t = state.timing;
+  const parts = [t.engine || state.backend];
+  if (t.encoderMs !== null) parts.push(`encoder ${t.encoderMs} ms`);
+  if (t.decoderMs !== null) parts.push(`decoder ${t.decoderMs} ms`);
+  $("engine").textContent = parts.join(" · ");
+}
+
+// ---------------------------------------------------------------- back end: the server
 
 async function api(path, options) {
   const res = await fetch(path, options);
@@ -65,6 +84,105 @@ async function api(path, options) {
   return body;
 }
 
+// Every back end: open(file) → {id, width, height, encoderMs, detail?}; segment(request) →
+// {pixels (Uint8Array 0/1, row-major, the photo's size), score, png (base64, or null: made
+// here), decoderMs}; everything(pointsPerSide) where `everything` is true. The browser's
+// also has ready() (loads the model once; resolves to it: engine, variants, setVariant).
+const serverBackend = {
+  everything: true,
+  async open(file) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const info = await api("v1/images", { method: "POST", body: form });
+    return { id: info.id, width: info.width, height: info.height, encoderMs: info.encode_ms };
+  },
+  async segment(request) {
+    const t0 = performance.now();
+    const out = await api(`v1/images/${state.id}/segment`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ...request, format: "png" }),
+    });
+    const pixels = await pngToPixels(out.masks[out.best]);
+    return {
+      pixels,
+      score: out.scores[out.best],
+      png: out.masks[out.best],
+      decoderMs: Math.round(performance.now() - t0), // round trip, PNG included
+    };
+  },
+  everything(pps) {
+    return api(`v1/images/${state.id}/everything`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ points_per_side: pps }),
+    });
+  },
+};
+
+// ---------------------------------------------------------------- back end: this browser
+
+let backend = serverBackend;
+
+function browserBackendLoader() {
+  let loading = null;
+  const proxy = {
+    everything: false,
+    ready() {
+      if (!loading) {
+        loading = import("./browser.mjs").then((m) => m.createBrowserBackend({
+          status: (text) => setStatus(text, "busy"),
+        }));
+      }
+      return loading;
+    },
+    async open(file) {
+      return (await proxy.ready()).open(file);
+    },
+    async segment(request) {
+      return (await proxy.ready()).segment(request);
+    },
+  };
+  return proxy;
+}
+
+async function startBrowser() {
+  setBusy(+1);
+  setStatus("Loading the model into this browser…", "busy");
+  try {
+    const model = await backend.ready();
+    state.timing.engine = model.engine;
+    const select = $("variant");
+    select.replaceChildren(...model.variants.map((v) => new Option(v.label, v.name)));
+    select.value = model.variant;
+    select.disabled = model.variants.length < 2;
+    showEngine();
+    setStatus(`Model ready (${model.engine}). Open a photo (or drop one here) to start.`,
+      "idle");
+  } catch (err) {
+    setStatus(`The model could not be loaded in this browser: ${err.message}`, "error");
+  } finally {
+    setBusy(-1);
+  }
+}
+
+async function changeVariant() {
+  const model = await backend.ready();
+  setBusy(+1);
+  setStatus("Loading the other model…", "busy");
+  try {
+    await model.setVariant($("variant").value);
+    state.timing = { engine: model.engine, encoderMs: null, decoderMs: null, detail: null };
+    showEngine();
+    setStatus(`Model ready (${model.engine}).`, "idle");
+  } catch (err) {
+    setStatus(`The model could not be loaded: ${err.message}`, "error");
+  } finally {
+    setBusy(-1);
+  }
+  if (state.file) await openFile(state.file);
+}
+
 // ---------------------------------------------------------------- opening a photo
 
 async function openFile(file) {
@@ -73,14 +191,13 @@ async function openFile(file) {
   setBusy(+1);
   setStatus(`Encoding ${file.name}…`, "busy");
   try {
-    const form = new FormData();
-    form.append("file", file, file.name);
     const [info, bitmap] = await Promise.all([
-      api("v1/images", { method: "POST", body: form }),
+      backend.open(file),
       createImageBitmap(file, { imageOrientation: "from-image" }),
     ]);
     if (seq !== state.seq) return;
     state.id = info.id;
+    state.file = file;
     state.name = file.name.replace(/\.[^.]*$/, "") || "image";
     state.width = info.width;
     state.height = info.height;
@@ -97,7 +214,11 @@ async function openFile(file) {
     $("stage").hidden = false;
     drawOverlay();
     drawMarks();
-    setStatus(`${file.name}: ${info.width}×${info.height}, encoded in ${info.encode_ms} ms. `
+    state.timing.encoderMs = Math.round(info.encoderMs);
+    state.timing.decoderMs = null;
+    state.timing.detail = info.detail || null; // the browser's: preprocessing and encoder apart
+    showEngine();
+    setStatus(`${file.name}: ${info.width}×${info.height}, encoded in ${state.timing.encoderMs} ms. `
       + "Click to segment.", "ready");
   } catch (err) {
     setStatus(`Could not open ${file.name}: ${err.message}`, "error");
@@ -109,21 +230,21 @@ async function openFile(file) {
 
 // ---------------------------------------------------------------- prompts → masks
 
-function promptBody() {
+function promptRequest() {
   const points = state.prompts.filter((p) => p.kind === "point");
   const boxes = state.prompts.filter((p) => p.kind === "box");
-  const body = { format: "png" };
+  const request = {};
   if (points.length) {
-    body.points = points.map((p) => [p.x, p.y]);
-    body.labels = points.map((p) => p.label);
+    request.points = points.map((p) => [p.x, p.y]);
+    request.labels = points.map((p) => p.label);
   }
   if (boxes.length) {
     const b = boxes[boxes.length - 1]; // the API takes one box: the latest one counts
-    body.box = [b.x0, b.y0, b.x1, b.y1];
+    request.box = [b.x0, b.y0, b.x1, b.y1];
   }
   // One positive click is ambiguous (part / object / group): ask for three, keep the best.
-  body.multimask = points.length === 1 && !boxes.length;
-  return body;
+  request.multimask = points.length === 1 && !boxes.length;
+  return request;
 }
 
 async function segment() {
@@ -140,21 +261,16 @@ async function segment() {
   setBusy(+1);
   setStatus("Segmenting…", "busy");
   try {
-    const t0 = performance.now();
-    const out = await api(`v1/images/${state.id}/segment`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(promptBody()),
-    });
-    const pixels = await pngToPixels(out.masks[out.best]);
+    const out = await backend.segment(promptRequest());
     if (seq !== state.seq) return;
     state.mode = "prompt";
     state.annotations = [];
-    state.mask = { png: out.masks[out.best], score: out.scores[out.best], pixels };
+    state.mask = { png: out.png, score: out.score, pixels: out.pixels };
     drawOverlay();
-    const ms = Math.round(performance.now() - t0);
-    setStatus(`Mask ready: score ${out.scores[out.best].toFixed(3)}, `
-      + `${countOnes(pixels)} pixels (${ms} ms).`, "ready");
+    state.timing.decoderMs = Math.round(out.decoderMs);
+    showEngine();
+    setStatus(`Mask ready: score ${out.score.toFixed(3)}, `
+      + `${countOnes(out.pixels)} pixels (${state.timing.decoderMs} ms).`, "ready");
   } catch (err) {
     if (seq === state.seq) setStatus(`Segmentation failed: ${err.message}`, "error");
   } finally {
@@ -164,16 +280,13 @@ async function segment() {
 }
 
 async function everything() {
+  if (!backend.everything) return;
   const seq = ++state.seq;
   const pps = Number($("pps").value);
   setBusy(+1);
   setStatus(`Segmenting everything on a ${pps}×${pps} grid…`, "busy");
   try {
-    const out = await api(`v1/images/${state.id}/everything`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ points_per_side: pps }),
-    });
+    const out = await backend.everything(pps);
     if (seq !== state.seq) return;
     state.prompts = [];
     state.mask = null;
@@ -333,12 +446,24 @@ function toImage(event) {
   };
 }
 
-let press = null; // {clientX, clientY, start: image point, dragging}
+let press = null; // {clientX, clientY, start: image point, dragging, timer}
+let lastPointerType = "mouse";
 
 function onPointerDown(event) {
+  lastPointerType = event.pointerType;
   if (state.id === null || event.button !== 0) return;
   $("marks").setPointerCapture(event.pointerId);
   press = { clientX: event.clientX, clientY: event.clientY, start: toImage(event), dragging: false };
+  if (event.pointerType === "touch") {
+    // a long press is the touch screen's right-click: a negative point
+    const held = press;
+    held.timer = setTimeout(() => {
+      if (press !== held || held.dragging) return;
+      press = null;
+      if (navigator.vibrate) navigator.vibrate(15);
+      addPrompt({ kind: "point", ...held.start, label: 0 });
+    }, LONG_PRESS_MS);
+  }
 }
 
 function currentBox(event) {
@@ -356,13 +481,17 @@ function currentBox(event) {
 function onPointerMove(event) {
   if (!press) return;
   const moved = Math.hypot(event.clientX - press.clientX, event.clientY - press.clientY);
-  if (moved >= DRAG_THRESHOLD) press.dragging = true;
+  if (moved >= DRAG_THRESHOLD) {
+    press.dragging = true;
+    clearTimeout(press.timer);
+  }
   if (press.dragging) drawMarks(currentBox(event));
 }
 
 function onPointerUp(event) {
   if (!press) return;
   const done = press;
+  clearTimeout(done.timer);
   const prompt = done.dragging
     ? currentBox(event)
     : { kind: "point", ...done.start, label: 1 };
@@ -370,9 +499,16 @@ function onPointerUp(event) {
   addPrompt(prompt);
 }
 
+function onPointerCancel() {
+  if (press) clearTimeout(press.timer);
+  press = null;
+  drawMarks();
+}
+
 function onContextMenu(event) {
   event.preventDefault();
-  if (state.id === null) return;
+  // a touch screen's long press also opens the context menu: the timer above handles it
+  if (state.id === null || lastPointerType === "touch") return;
   addPrompt({ kind: "point", ...toImage(event), label: 0 });
 }
 
@@ -421,9 +557,13 @@ function save(blob, filename) {
 
 async function downloadPng() {
   if (state.mode === "prompt" && state.mask) {
-    // The server's PNG as is: single channel, 0/255, at the photo's size.
-    const bytes = Uint8Array.from(atob(state.mask.png), (c) => c.charCodeAt(0));
-    save(new Blob([bytes], { type: "image/png" }), `${state.name}_mask.png`);
+    // Single channel, 0/255, at the photo's size: the server's PNG as is, or the same
+    // made here from the mask's pixels.
+    const blob = state.mask.png
+      ? new Blob([Uint8Array.from(atob(state.mask.png), (c) => c.charCodeAt(0))],
+        { type: "image/png" })
+      : await maskPng(state.mask.pixels, state.width, state.height);
+    save(blob, `${state.name}_mask.png`);
   } else if (state.mode === "everything") {
     // The colour-coded masks, opaque, on a transparent background.
     const src = $("overlay");
@@ -436,6 +576,49 @@ async function downloadPng() {
     ctx.putImageData(img, 0, 0);
     c.toBlob((blob) => save(blob, `${state.name}_everything.png`), "image/png");
   }
+}
+
+// A 0/1 row-major mask → an 8-bit grayscale PNG (0/255): signature, IHDR, one zlib IDAT
+// (filter byte 0 on every row; the browser's CompressionStream deflates), IEND.
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+function pngChunk(type, data) {
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length);
+  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
+  out.set(data, 8);
+  let crc = 0xffffffff;
+  for (let i = 4; i < 8 + data.length; i++) crc = CRC_TABLE[(crc ^ out[i]) & 0xff] ^ (crc >>> 8);
+  view.setUint32(8 + data.length, (crc ^ 0xffffffff) >>> 0);
+  return out;
+}
+
+async function maskPng(pixels, w, h) {
+  const raw = new Uint8Array((w + 1) * h);
+  for (let y = 0; y < h; y++) {
+    const row = y * (w + 1);
+    for (let x = 0; x < w; x++) raw[row + 1 + x] = pixels[y * w + x] ? 255 : 0;
+  }
+  const zlib = new Uint8Array(await new Response(
+    new Blob([raw]).stream().pipeThrough(new CompressionStream("deflate")),
+  ).arrayBuffer());
+  const header = new Uint8Array(13);
+  const view = new DataView(header.buffer);
+  view.setUint32(0, w);
+  view.setUint32(4, h);
+  header[8] = 8; // bit depth; colour type 0 (grayscale), deflate, filter 0, no interlace
+  const signature = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]);
+  return new Blob([signature, pngChunk("IHDR", header), pngChunk("IDAT", zlib),
+    pngChunk("IEND", new Uint8Array(0))], { type: "image/png" });
 }
 
 // Uncompressed column-major COCO RLE of a row-major 0/1 mask, with its box and area.
@@ -496,12 +679,17 @@ function downloadCoco() {
 // ---------------------------------------------------------------- wiring
 
 function init() {
-  $("file").addEventListener("change", (e) => openFile(e.target.files[0]));
+  if (state.backend === "browser") backend = browserBackendLoader();
+  $("file").addEventListener("change", (e) => {
+    openFile(e.target.files[0]);
+    e.target.value = ""; // choosing the same photo again opens it again
+  });
+  $("variant").addEventListener("change", changeVariant);
   const marks = $("marks");
   marks.addEventListener("pointerdown", onPointerDown);
   marks.addEventListener("pointermove", onPointerMove);
   marks.addEventListener("pointerup", onPointerUp);
-  marks.addEventListener("pointercancel", () => { press = null; drawMarks(); });
+  marks.addEventListener("pointercancel", onPointerCancel);
   marks.addEventListener("contextmenu", onContextMenu);
   $("undo").addEventListener("click", undo);
   $("clear").addEventListener("click", clearAll);
@@ -527,6 +715,7 @@ function init() {
     if (e.dataTransfer.files.length) openFile(e.dataTransfer.files[0]);
   });
   refreshButtons();
+  if (state.backend === "browser") startBrowser();
 }
 
 init();
