@@ -37,14 +37,20 @@ def _chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def browser_page(tmp_path_factory):
+def _sync_playwright():
+    """Playwright's ``sync_playwright``; skips the test without it (fails under ``CI``)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("playwright is not installed (pip install -e '.[dev]')")
         pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory):
+    sync_playwright = _sync_playwright()
     executable = _chromium()
     profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh --user-data-dir
     with sync_playwright() as pw:

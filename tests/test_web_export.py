@@ -283,14 +283,9 @@ def browser(web_site):
     """Headless Chromium and the site on a static-only server: ``(browser, url)``."""
     from mobilesam.web.server import RunningSite
 
-    from .test_web import CHROMIUM_ARGS, _chromium
+    from .test_web import CHROMIUM_ARGS, _chromium, _sync_playwright
 
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("playwright is not installed (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed")
+    sync_playwright = _sync_playwright()
     executable = _chromium()
     with RunningSite(web_site) as site, sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
