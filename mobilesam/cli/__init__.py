@@ -16,10 +16,10 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import bench, distill, evaluate, everything, export, segment, serve
+from . import bench, distill, evaluate, everything, export, finetune, segment, serve
 from .common import CliError, CliParser, describe
 
-COMMANDS = (segment, everything, export, distill, evaluate, bench, serve)
+COMMANDS = (segment, everything, export, distill, finetune, evaluate, bench, serve)
 
 DESCRIPTION = """\
 MobileSAM: fast promptable segmentation. Segment a photo from points and boxes, segment

@@ -1,7 +1,8 @@
 """The teacher's prompt encoder and mask decoder, the parts of the teacher that training
 needs: read once from the teacher checkpoint, built alone (the teacher's image encoder, a
 ViT-H for the paper, is never built) for the mask losses, and reused to export the student
-as an official-format checkpoint."""
+as an official-format checkpoint (:func:`write_checkpoint`, which fine-tuning's export uses
+too)."""
 
 from __future__ import annotations
 
@@ -98,16 +99,25 @@ def export_student(
     parts.append(("", {k: v for k, v in teacher_heads.items() if k.startswith(HEAD_PREFIXES)}))
     if mask_decoder is not None:
         parts.append(("mask_decoder.", mask_decoder.state_dict()))
+    write_checkpoint({prefix + k: v for prefix, tensors in parts for k, v in tensors.items()}, path)
+
+
+def write_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write ``state_dict`` to ``path`` atomically as an official-format checkpoint: a plain
+    state dict on the CPU, floating tensors in float32 (what ``sam_model_registry`` loads).
+
+    Raises:
+        ValueError: a tensor holds a NaN or an infinity (named); nothing is written.
+    """
     sd = {}
-    for prefix, tensors in parts:
-        for k, v in tensors.items():
-            v = v.detach().cpu()
-            sd[prefix + k] = v.float() if v.is_floating_point() else v
+    for k, v in state_dict.items():
+        v = v.detach().cpu()
+        sd[k] = v.float() if v.is_floating_point() else v
     bad = non_finite_keys(sd)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ValueError(
             f"not writing {path}: non-finite values in {', '.join(bad[:3])}{more} (a diverged "
-            "run, or a teacher checkpoint holding NaN)"
+            "run, or a starting checkpoint holding NaN)"
         )
     atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
