@@ -2,9 +2,9 @@
 
 Reduced precision runs where it pays: on a CPU with bf16 units (AVX512-BF16 or AMX) TinyViT
 runs about twice as fast in bf16, and so do the two products of the decoder's upscaling tail
-where their GEMM uses those units (with :mod:`mobilesam.engine.native`: bf16 inputs, float32 sums,
-LayerNorm and GELUs in float32, on Intel CPUs, see
-:func:`mobilesam.engine.native.bf16_tail_products`; without it, PyTorch's tail all in bf16). The
+on CPUs with AVX512-BF16 (with :mod:`mobilesam.engine.native`: bf16 inputs, float32 sums,
+LayerNorm and GELUs in float32, see :func:`mobilesam.engine.native.bf16_tail_products`;
+without it, PyTorch's tail all in bf16). The
 prompt encoder, the decoder's transformer (bound by memory traffic and operation count, not by
 products; measured no faster in bf16), the IoU scores and the mask postprocessing stay in
 float32, so scores and the returned logits are float32.

@@ -51,14 +51,10 @@ class CpuEngine(Engine):
         ``tail_dtype``, the tail stays float32: faster than PyTorch's reduced one, and
         exact."""
         decoder, device = model.mask_decoder, embedding.device
-        if (
-            tail_dtype is not None
-            and embedding.dtype == torch.float32
-            and native_tail(decoder, device, tail_dtype) is None
-            and native_tail(decoder, device, torch.float32) is not None
-        ):
-            tail_dtype = None
         tail = native_tail(decoder, device, tail_dtype or embedding.dtype)
+        if tail is None and tail_dtype is not None and embedding.dtype == torch.float32:
+            tail = native_tail(decoder, device, torch.float32)
+            tail_dtype = None if tail is not None else tail_dtype
         cache = prepare_image_cache(model, embedding, tail_dtype, tail is not None)
         if native.applicable(embedding):
             cache.linears = TokenLinears.of(decoder)

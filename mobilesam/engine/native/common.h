@@ -22,14 +22,6 @@ static inline chunk_task task_of(long task, int chunks, int chunk, long N) {
 
 typedef uint16_t bf16_t;
 
-/* float -> bfloat16, rounded to nearest even (NaN stays NaN), as torch's .to(bfloat16). */
-static inline bf16_t to_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (bf16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
-}
-
 static inline float from_bf16(bf16_t v) {
     const uint32_t u = (uint32_t)v << 16;
     float x;
